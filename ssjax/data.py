@@ -1,0 +1,203 @@
+"""Market data container and input validation (the boundary where NaNs stop).
+
+``MarketData`` holds what the filter needs as dense arrays: log futures prices ``log_f [T, M]``,
+times to maturity ``ttm [T, M]`` (years, ACT/365), the observation ``mask [T, M]`` (True =
+observed), the step lengths ``dt [T-1]`` (``dt[i]`` is the step from date i to date i+1) and,
+optionally, the log spot ``log_s [T]`` with its mask. Values under a false mask are replaced by
+harmless numbers here, so they never reach a computation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.typing import ArrayLike
+
+__all__ = ["MarketData", "make_market_data", "dt_from_dates"]
+
+DAYS_PER_YEAR = 365.0
+
+
+class MarketData(NamedTuple):
+    """Dense, validated panel for the filter (a pytree: vmap over panels works)."""
+
+    log_f: Array  # [T, M] ln F_mkt, 0 where masked
+    ttm: Array  # [T, M] years, 0 where masked
+    mask: Array  # [T, M] bool, True = observed
+    dt: Array  # [T-1] years between consecutive dates
+    log_s: Array | None = None  # [T] ln S, 0 where masked
+    mask_s: Array | None = None  # [T] bool
+
+    @property
+    def n_dates(self) -> int:
+        return self.log_f.shape[-2]
+
+    @property
+    def n_tenors(self) -> int:
+        return self.log_f.shape[-1]
+
+    @property
+    def nobs(self) -> Array:
+        n = jnp.sum(self.mask)
+        if self.mask_s is not None:
+            n = n + jnp.sum(self.mask_s)
+        return n
+
+
+def dt_from_dates(dates: ArrayLike) -> np.ndarray:
+    """Step lengths in years (ACT/365) between consecutive ``dates`` (anything pandas parses)."""
+    import pandas as pd
+
+    idx = pd.DatetimeIndex(pd.to_datetime(np.asarray(dates)))
+    if len(idx) < 2:
+        raise ValueError("dates: need at least 2 dates")
+    days = np.diff(idx.values).astype("timedelta64[s]").astype(np.float64) / 86400.0
+    if np.any(days <= 0):
+        bad = np.flatnonzero(days <= 0)[:5]
+        raise ValueError(
+            f"dates must be strictly increasing; not at positions {[int(i) + 1 for i in bad]}"
+        )
+    return days / DAYS_PER_YEAR
+
+
+def _as_2d(name: str, a) -> np.ndarray:
+    try:
+        arr = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be numeric: {e}") from None
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape [T, M], got shape {arr.shape}")
+    return arr
+
+
+def _first_bad(bad: np.ndarray, k: int = 5) -> str:
+    idx = np.argwhere(bad)[:k]
+    cells = ", ".join(
+        f"(t={int(i[0])}, m={int(i[1])})" if len(i) == 2 else f"t={int(i[0])}" for i in idx
+    )
+    more = "" if bad.sum() <= k else f" and {int(bad.sum()) - k} more"
+    return cells + more
+
+
+def make_market_data(
+    F_mkt: ArrayLike,
+    ttm: ArrayLike,
+    *,
+    S: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+    dt: ArrayLike | float | None = None,
+    dates: ArrayLike | None = None,
+    dtype=None,
+) -> MarketData:
+    """Validate raw arrays and build a :class:`MarketData`.
+
+    Args:
+        F_mkt: futures prices [T, M] (> 0 where observed).
+        ttm: times to maturity in years [T, M] (finite and ≥ 0 where observed), or [M] for
+            fixed maturities on every date.
+        S: optional spot prices [T]; NaN or non-positive entries are treated as missing only if
+            ``S`` is given with NaN there (a non-positive finite spot is an error).
+        mask: optional bool [T, M], True = observed. Defaults to the finite entries of F_mkt.
+            Values under a false mask may be anything, NaN included.
+        dt: step length(s) in years: a scalar, or an array [T-1] (``dt[i]`` is the step from
+            date i to date i+1). Exclusive with ``dates``.
+        dates: [T] dates; the steps are derived as ACT/365 year fractions.
+        dtype: float dtype of the arrays (default: float64 when x64 is on).
+
+    Raises:
+        ValueError: naming the argument and the problem (shape, NaN or non-positive price
+            where observed, negative ttm where observed, an all-missing column, T < 2, ...).
+    """
+    F = _as_2d("F_mkt", F_mkt)
+    T, M = F.shape
+    if T < 2:
+        raise ValueError(f"F_mkt must have at least 2 dates (rows), got T={T}")
+    tt = np.asarray(ttm, dtype=np.float64)
+    if tt.ndim == 1 and tt.shape[0] == M:
+        tt = np.broadcast_to(tt, (T, M))
+    if tt.shape != (T, M):
+        raise ValueError(f"ttm must have the shape of F_mkt {(T, M)} (or [M]), got {tt.shape}")
+    if mask is None:
+        m = np.isfinite(F)
+    else:
+        m = np.asarray(mask)
+        if m.shape != (T, M):
+            raise ValueError(f"mask must have the shape of F_mkt {(T, M)}, got {m.shape}")
+        if m.dtype != bool:
+            if not np.all(np.isin(m, (0, 1))):
+                raise ValueError("mask must be boolean (True = observed)")
+            m = m.astype(bool)
+    bad = m & ~np.isfinite(F)
+    if bad.any():
+        raise ValueError(f"F_mkt is NaN or infinite where mask says observed at {_first_bad(bad)}")
+    bad = m & (F <= 0)
+    if bad.any():
+        raise ValueError(
+            f"F_mkt must be > 0 where observed; non-positive prices at {_first_bad(bad)} "
+            "(mask them out or clean them before fitting)"
+        )
+    bad = m & ~np.isfinite(tt)
+    if bad.any():
+        raise ValueError(f"ttm is NaN or infinite where observed at {_first_bad(bad)}")
+    bad = m & (tt < 0)
+    if bad.any():
+        raise ValueError(
+            f"ttm must be >= 0 where observed (expired contract?); negative at {_first_bad(bad)}"
+        )
+    empty = ~m.any(axis=0)
+    if empty.any():
+        raise ValueError(
+            f"F_mkt columns {np.flatnonzero(empty).tolist()} have no observed value; drop them"
+        )
+
+    if dt is not None and dates is not None:
+        raise ValueError("give either dt or dates, not both")
+    if dates is not None:
+        dates_arr = np.asarray(dates)
+        if dates_arr.shape[0] != T:
+            raise ValueError(f"dates must have length T={T}, got {dates_arr.shape[0]}")
+        steps = dt_from_dates(dates_arr)
+    elif dt is None:
+        raise ValueError("dt is required (a scalar in years or an array [T-1]), or give dates")
+    else:
+        steps = np.asarray(dt, dtype=np.float64)
+        if steps.ndim == 0:
+            steps = np.full(T - 1, float(steps))
+        if steps.shape != (T - 1,):
+            raise ValueError(
+                f"dt must be a scalar or have shape [T-1]=[{T - 1}], got {steps.shape}"
+            )
+    if not np.all(np.isfinite(steps)) or np.any(steps <= 0):
+        raise ValueError("dt must be finite and > 0 (years between consecutive dates)")
+
+    log_s = mask_s = None
+    if S is not None:
+        s = np.asarray(S, dtype=np.float64).reshape(-1)
+        if s.shape != (T,):
+            raise ValueError(f"S must have shape [T]=[{T}], got {np.shape(S)}")
+        mask_s = np.isfinite(s)
+        bad = mask_s & (s <= 0)
+        if bad.any():
+            raise ValueError(f"S must be > 0 where observed; non-positive at {_first_bad(bad)}")
+        log_s = np.where(mask_s, np.log(np.where(mask_s & (s > 0), s, 1.0)), 0.0)
+
+    log_f = np.where(m, np.log(np.where(m, F, 1.0)), 0.0)
+    tt = np.where(m, tt, 0.0)
+    dtype = dtype or jnp.result_type(float)
+
+    def cast(a):
+        return None if a is None else jnp.asarray(a, dtype=dtype)
+
+    return MarketData(
+        log_f=cast(log_f),
+        ttm=cast(tt),
+        mask=jnp.asarray(m),
+        dt=cast(steps),
+        log_s=cast(log_s),
+        mask_s=None if mask_s is None else jnp.asarray(mask_s),
+    )

@@ -1,0 +1,68 @@
+"""Bundled real datasets (shipped inside the package; no network access).
+
+* :func:`load_wti_ss2000` — the Schwartz–Smith (2000) weekly NYMEX WTI panel: 268 Tuesdays
+  from 1990-01-02 to 1995-02-14, the 1st, 5th, 9th, 13th and 17th nearest contracts
+  (F1, F5, F9, F13, F17), a spot series, the contract behind every cell and its last trading
+  day. Source: the R package NFCP (GPL-3), object ``SS_oil``; see ``README.md`` beside it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Panel", "load_wti_ss2000"]
+
+_TENORS = ("F1", "F5", "F9", "F13", "F17")
+
+
+class Panel(NamedTuple):
+    """A tenor panel as the engines take it, with its labels."""
+
+    dates: pd.DatetimeIndex  # [T]
+    F_mkt: np.ndarray  # [T, M] prices
+    ttm: np.ndarray  # [T, M] years
+    S: np.ndarray | None  # [T] spot (or None)
+    contracts: np.ndarray  # [T, M] contract code behind each cell
+    tenor_names: list[str]
+    dt: np.ndarray  # [T-1] years between dates (ACT/365)
+
+
+def load_wti_ss2000(maturities: str = "act365") -> Panel:
+    """Load the bundled weekly WTI panel of Schwartz and Smith (2000).
+
+    Args:
+        maturities: how ``ttm`` is measured:
+            ``"act365"`` (default) — calendar days from the date to the contract's last
+            trading day / 365 (the document's ACT/365 convention);
+            ``"bus262"`` — the source's business days / 262;
+            ``"fixed"`` — the paper's fixed maturities 1, 5, 9, 13, 17 months (/12).
+
+    Returns:
+        :class:`Panel` with ``dt`` = 7/365 between consecutive Tuesdays.
+    """
+    pkg = resources.files(__name__)
+    with (pkg / "ss2000_wti_weekly.csv").open("r") as fh:
+        df = pd.read_csv(fh, parse_dates=["date"])
+    with (pkg / "ss2000_wti_contract_last_trade_dates.csv").open("r") as fh:
+        ltd = pd.read_csv(fh, parse_dates=["last_trade_date"]).set_index("contract")
+    dates = pd.DatetimeIndex(df["date"])
+    F = df[list(_TENORS)].to_numpy(float)
+    contracts = df[[f"{t}_contract" for t in _TENORS]].to_numpy()
+    if maturities == "act365":
+        last = np.stack(
+            [df[f"{t}_contract"].map(ltd["last_trade_date"]).to_numpy() for t in _TENORS], 1
+        )
+        days = (last - dates.values[:, None]).astype("timedelta64[D]").astype(float)
+        ttm = days / 365.0
+    elif maturities == "bus262":
+        ttm = df[[f"{t}_ttm_years" for t in _TENORS]].to_numpy(float)
+    elif maturities == "fixed":
+        ttm = np.broadcast_to(np.array([1, 5, 9, 13, 17], float) / 12.0, F.shape).copy()
+    else:
+        raise ValueError(f"maturities must be 'act365', 'bus262' or 'fixed', got {maturities!r}")
+    dt = np.diff(dates.values).astype("timedelta64[D]").astype(float) / 365.0
+    return Panel(dates, F, ttm, df["spot"].to_numpy(float), contracts, list(_TENORS), dt)

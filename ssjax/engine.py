@@ -1,0 +1,400 @@
+"""The document's ``KalmanEngine`` block and its function form ``compute_model_forward``.
+
+Thin shell around the pure core: validates inputs, picks starting values, runs the jitted fit,
+computes uncertainty, states and model forwards, and wraps everything in a
+:class:`ssjax.results.KalmanFit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax import Array
+from jax.typing import ArrayLike
+
+from .data import MarketData, make_market_data
+from .filter import Prior, default_prior, kalman_filter, log_likelihood_data
+from .inference import parameter_uncertainty
+from .mle import default_start, fit_mle, free_mask, status_message
+from .model import forward_curve
+from .params import Params, make_params, validate_params
+from .results import KalmanFit
+from .smoother import rts_smoother
+
+__all__ = [
+    "KalmanEngine",
+    "compute_model_forward",
+    "ModelForward",
+    "log_likelihood",
+    "model_forwards",
+]
+
+
+def _is_traced(*xs) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(xs))
+
+
+def _prior(data: MarketData, x0, P0) -> Prior:
+    d = default_prior(data)
+    mean = d.mean if x0 is None else jnp.asarray(x0, data.log_f.dtype)
+    cov = d.cov if P0 is None else jnp.asarray(P0, data.log_f.dtype)
+    if not _is_traced(mean, cov):
+        if np.shape(mean) != (2,):
+            raise ValueError(f"x0 must have shape [2] (X, Y), got {np.shape(mean)}")
+        if np.shape(cov) != (2, 2):
+            raise ValueError(f"P0 must have shape [2, 2], got {np.shape(cov)}")
+        c = np.asarray(cov)
+        if not np.all(np.isfinite(c)) or not np.allclose(c, c.T):
+            raise ValueError("P0 must be a finite symmetric matrix")
+        if np.linalg.eigvalsh(c)[0] < 0:
+            raise ValueError("P0 must be positive semi-definite")
+        if not np.all(np.isfinite(np.asarray(mean))):
+            raise ValueError("x0 must be finite")
+    return Prior(mean, cov)
+
+
+def model_forwards(p: Params, states: ArrayLike, ttm: ArrayLike) -> Array:
+    """F_model [T, M] from states [T, 2] and ttm [T, M]: ``forward_curve`` vmapped over dates."""
+    return jax.vmap(forward_curve, in_axes=(None, 0, 0))(p, jnp.asarray(states), jnp.asarray(ttm))
+
+
+def log_likelihood(
+    params: Params,
+    F_mkt: ArrayLike,
+    ttm: ArrayLike,
+    mask: ArrayLike | None = None,
+    dt: ArrayLike | float | None = None,
+    x0: ArrayLike | None = None,
+    P0: ArrayLike | None = None,
+    *,
+    S: ArrayLike | None = None,
+    dates: ArrayLike | None = None,
+) -> Array:
+    """Exact log-likelihood of a futures panel under ``params`` (pure; differentiate it).
+
+    Concrete inputs are validated (clear ``ValueError`` on bad shapes, prices, ttm or
+    parameters). Under a transformation (jit/grad/vmap over the data) the data are taken as
+    given: ``mask`` defaults to the finite entries of ``F_mkt``.
+
+    Example:
+        >>> import jax, ssjax
+        >>> panel = ssjax.datasets.load_wti_ss2000()
+        >>> p = ssjax.make_params(1.5, 0.3, 0.16, 0.3, 0.01, [0.04, 0.005, 0.003, 0.001, 0.004])
+        >>> g = jax.grad(ssjax.log_likelihood)(p, panel.F_mkt, panel.ttm, dt=panel.dt)
+    """
+    if not _is_traced(F_mkt, ttm, mask, dt, S):
+        if not _is_traced(params):
+            validate_params(params, n_tenors=np.shape(F_mkt)[-1] if np.ndim(F_mkt) == 2 else None)
+        data = make_market_data(F_mkt, ttm, S=S, mask=mask, dt=dt, dates=dates)
+    else:
+        F = jnp.asarray(F_mkt)
+        m = jnp.isfinite(F) if mask is None else jnp.asarray(mask, bool)
+        tt = jnp.broadcast_to(jnp.asarray(ttm, F.dtype), F.shape)
+        steps = jnp.broadcast_to(jnp.asarray(dt, F.dtype), (F.shape[0] - 1,))
+        log_s = mask_s = None
+        if S is not None:
+            s = jnp.asarray(S, F.dtype)
+            mask_s = jnp.isfinite(s) & (s > 0)
+            log_s = jnp.where(mask_s, jnp.log(jnp.where(mask_s, s, 1.0)), 0.0)
+        data = MarketData(
+            log_f=jnp.where(m, jnp.log(jnp.where(m, F, 1.0)), 0.0),
+            ttm=jnp.where(m, tt, 0.0),
+            mask=m,
+            dt=steps,
+            log_s=log_s,
+            mask_s=mask_s,
+        )
+    return log_likelihood_data(params, data, _prior(data, x0, P0))
+
+
+class ModelForward(NamedTuple):
+    """Output of :func:`compute_model_forward` (the document's block outputs)."""
+
+    Theta: dict
+    state_t: np.ndarray  # [2]
+    F_model_t: np.ndarray  # [M]
+    state_path: np.ndarray  # [T, 2]
+    F_model_path: np.ndarray  # [T, M]
+    fit: KalmanFit
+
+
+_THETA_KEYS = (
+    "kappa",
+    "sigma_x",
+    "sigma_y",
+    "rho",
+    "mu",
+    "meas_sd",
+    "lambda_x",
+    "mu_star",
+    "spot_sd",
+)
+
+
+class KalmanEngine:
+    """Fit Θ by maximum likelihood (or EM), filter/smooth the states, compute model forwards.
+
+    Args:
+        method: ``"MLE"`` (exact-gradient L-BFGS). ``"EM"`` is reserved for the EM calibration.
+        risk_premium: fit the 2000 paper's risk-premium form (``lambda_x``, ``mu_star``).
+        shared_noise: one measurement s.d. for all tenors instead of one per tenor.
+        states: ``"filtered"`` (default: no look-ahead) or ``"smoothed"`` for ``state_path``
+            and ``F_model_path``. ``state_t`` is always the filtered state at t*.
+        n_starts: number of starting points (the data-derived start plus ``n_starts − 1``
+            random perturbations of it); the best converged fit is kept.
+        max_steps, gtol, ftol: optimizer stopping rules (see :func:`ssjax.mle.fit_mle`).
+        fixed: ``{"rho": True, ...}`` holds those parameters at their starting values.
+        seed: seed for the random starts.
+
+    Example:
+        >>> import ssjax
+        >>> panel = ssjax.datasets.load_wti_ss2000()
+        >>> fit = ssjax.KalmanEngine().fit(panel.F_mkt, panel.ttm, dates=panel.dates)
+        >>> fit.theta["kappa"], fit.F_model_t          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        method: str = "MLE",
+        *,
+        risk_premium: bool = False,
+        shared_noise: bool = False,
+        states: str = "filtered",
+        n_starts: int = 1,
+        max_steps: int = 1000,
+        gtol: float = 1e-6,
+        ftol: float = 1e-11,
+        fixed: dict[str, bool] | None = None,
+        seed: int = 0,
+    ) -> None:
+        method = method.upper()
+        if method not in ("MLE", "EM"):
+            raise ValueError(f"method must be 'MLE' or 'EM', got {method!r}")
+        if method == "EM":
+            raise ValueError("method='EM' is not available in this version; use method='MLE'")
+        if states not in ("filtered", "smoothed"):
+            raise ValueError(f"states must be 'filtered' or 'smoothed', got {states!r}")
+        if n_starts < 1:
+            raise ValueError("n_starts must be >= 1")
+        self.method = method
+        self.risk_premium = risk_premium
+        self.shared_noise = shared_noise
+        self.states = states
+        self.n_starts = n_starts
+        self.max_steps = max_steps
+        self.gtol = gtol
+        self.ftol = ftol
+        self.fixed = fixed
+        self.seed = seed
+
+    # ---- helpers ----------------------------------------------------------------------
+    def _start(self, data: MarketData, theta0: Params | dict | None) -> Params:
+        start = default_start(data, risk_premium=self.risk_premium)
+        if self.shared_noise:
+            start = start._replace(meas_sd=jnp.median(start.meas_sd))
+        if theta0 is None:
+            return start
+        if isinstance(theta0, Params):
+            validate_params(theta0, n_tenors=data.n_tenors)
+            return theta0
+        unknown = set(theta0) - set(_THETA_KEYS)
+        if unknown:
+            raise ValueError(f"theta0: unknown parameter names {sorted(unknown)}")
+        merged = {k: v for k, v in start._asdict().items()}
+        merged.update(theta0)
+        if (merged["lambda_x"] is None) != (merged["mu_star"] is None):
+            if merged["mu_star"] is None:
+                merged["mu_star"] = merged["mu"]
+            else:
+                merged["lambda_x"] = 0.0
+        p = make_params(**merged)
+        validate_params(p, n_tenors=data.n_tenors)
+        return p
+
+    def _random_starts(self, start: Params, n: int) -> list[Params]:
+        rng = np.random.default_rng(self.seed)
+        out = [start]
+        for _ in range(n - 1):
+            f = lambda s: float(np.exp(rng.normal(0.0, s)))  # noqa: E731
+            out.append(
+                start._replace(
+                    kappa=start.kappa * f(0.7),
+                    sigma_x=start.sigma_x * f(0.4),
+                    sigma_y=start.sigma_y * f(0.4),
+                    rho=jnp.asarray(rng.uniform(-0.8, 0.8), start.rho.dtype),
+                    meas_sd=start.meas_sd * f(0.5),
+                )
+            )
+        return out
+
+    # ---- the block --------------------------------------------------------------------
+    def fit(
+        self,
+        F_mkt: ArrayLike,
+        ttm: ArrayLike,
+        S: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+        dt: ArrayLike | float | None = None,
+        dates: ArrayLike | None = None,
+        t_star: int | Any | None = None,
+        theta0: Params | dict | None = None,
+        x0: ArrayLike | None = None,
+        P0: ArrayLike | None = None,
+        tenor_names: list[str] | None = None,
+    ) -> KalmanFit:
+        """Calibrate Θ on the data up to and including ``t_star`` and compute the outputs.
+
+        Args:
+            F_mkt: futures prices [T, M] (a DataFrame's columns name the tenors).
+            ttm: times to maturity [T, M] in years (ACT/365), or [M] for fixed maturities.
+            S: optional spot prices [T] (an extra observable with Δ = 0 and its own noise).
+            mask: bool [T, M], True = observed; default: the finite entries of ``F_mkt``.
+            dt: step length(s) in years (scalar or [T-1]); or give ``dates``.
+            dates: [T] dates; steps are derived as ACT/365 year fractions.
+            t_star: last date used (an index, or a date when ``dates`` is given); default
+                the last date.
+            theta0: starting values (a :class:`Params` or a partial dict); default derived
+                from the data (:func:`ssjax.mle.default_start`).
+            x0, P0: prior mean [2] and covariance [2, 2] of (X, Y) at the first date before
+                its observations; default x0 = [0, mean observed ln F at the first date],
+                P0 = I.
+            tenor_names: labels of the tenors for tables.
+        """
+        if isinstance(F_mkt, pd.DataFrame):
+            tenor_names = tenor_names or [str(c) for c in F_mkt.columns]
+            if dates is None and isinstance(F_mkt.index, pd.DatetimeIndex):
+                dates = F_mkt.index
+            F_mkt = F_mkt.to_numpy(float)
+        if isinstance(ttm, pd.DataFrame):
+            ttm = ttm.to_numpy(float)
+        F_np = np.asarray(F_mkt, float)
+        if F_np.ndim != 2:
+            raise ValueError(f"F_mkt must have shape [T, M], got {F_np.shape}")
+        T_full, M = F_np.shape
+        ttm_np = np.asarray(ttm, float)
+        if ttm_np.ndim == 1 and ttm_np.shape[0] == M:
+            ttm_np = np.broadcast_to(ttm_np, (T_full, M))
+        dates_idx = None if dates is None else pd.DatetimeIndex(pd.to_datetime(np.asarray(dates)))
+        t_idx = self._t_star_index(t_star, T_full, dates_idx)
+        sl = slice(0, t_idx + 1)
+        steps = dt
+        if dt is not None and np.ndim(dt) == 1:
+            if np.shape(dt) != (T_full - 1,):
+                raise ValueError(
+                    f"dt must be a scalar or have shape [T-1]=[{T_full - 1}], got {np.shape(dt)}"
+                )
+            steps = np.asarray(dt)[:t_idx]
+        data = make_market_data(
+            F_np[sl],
+            ttm_np[sl],
+            S=None if S is None else np.asarray(S, float)[sl],
+            mask=None if mask is None else np.asarray(mask)[sl],
+            dt=steps,
+            dates=None if dates_idx is None else dates_idx[sl],
+        )
+        prior = _prior(data, x0, P0)
+        start = self._start(data, theta0)
+        if (S is not None) != (start.spot_sd is not None):
+            raise ValueError("theta0 has spot_sd but no S was given (or the reverse)")
+        free = free_mask(start, self.fixed)
+        free_j = None if free is None else jnp.asarray(free)
+
+        best = None
+        for init in self._random_starts(start, self.n_starts):
+            r = fit_mle(
+                data, init, prior, free_j, max_steps=self.max_steps, gtol=self.gtol, ftol=self.ftol
+            )
+            ok = bool(np.isfinite(float(r.loglik)))
+            if best is None or (
+                ok and float(r.loglik) > float(best.loglik) + 1e-9 * abs(float(best.loglik))
+            ):
+                best = r
+        p = best.params
+        unc = parameter_uncertainty(p, data, prior, free_j)
+        filt = kalman_filter(p, data, prior)
+        smooth = rts_smoother(p, data, prior, filt) if self.states == "smoothed" else None
+        path = np.asarray(filt.filtered_means if smooth is None else smooth.smoothed_means)
+        ttm_fit = np.where(np.isfinite(ttm_np[sl]), ttm_np[sl], np.nan)
+        F_path = np.asarray(model_forwards(p, path, np.nan_to_num(ttm_fit)))
+        F_path = np.where(np.isfinite(ttm_fit), F_path, np.nan)
+        state_t = np.asarray(filt.filtered_means[-1])
+        F_t = np.asarray(forward_curve(p, state_t, np.nan_to_num(ttm_fit[-1])))
+        F_t = np.where(np.isfinite(ttm_fit[-1]), F_t, np.nan)
+        names = tenor_names or [f"T{i + 1}" for i in range(M)]
+        if len(names) != M:
+            raise ValueError(f"tenor_names has {len(names)} entries for {M} tenors")
+        return KalmanFit(
+            params=p,
+            method=self.method,
+            loglik=float(best.loglik),
+            nobs=int(data.nobs),
+            converged=bool(best.converged),
+            status=status_message(int(best.status)),
+            num_steps=int(best.num_steps),
+            grad_norm=float(best.grad_norm),
+            state_t=state_t,
+            state_path=path,
+            F_model_t=F_t,
+            F_model_path=F_path,
+            t_star=t_idx,
+            cov=np.asarray(unc.cov),
+            cov_robust=np.asarray(unc.cov_robust),
+            free=np.ones(np.size(unc.cov, 0)) if free is None else free,
+            filter_result=filt,
+            smoother_result=smooth,
+            tenor_names=names,
+            dates=None if dates_idx is None else dates_idx[sl],
+            states=self.states,
+            extra={"F_mkt_t": F_np[t_idx], "start": start, "prior": prior, "data": data},
+        )
+
+    @staticmethod
+    def _t_star_index(t_star, T: int, dates: pd.DatetimeIndex | None) -> int:
+        if t_star is None:
+            return T - 1
+        if isinstance(t_star, (int, np.integer)):
+            t = int(t_star)
+            if t < 0:
+                t += T
+            if not 1 <= t < T:
+                raise ValueError(
+                    f"t_star index must leave at least 2 dates and be < T={T}, got {t_star}"
+                )
+            return t
+        if dates is None:
+            raise ValueError("t_star given as a date needs dates=")
+        ts = pd.Timestamp(t_star)
+        pos = int(dates.searchsorted(ts, side="right")) - 1
+        if pos < 1:
+            raise ValueError(f"t_star {ts.date()} leaves fewer than 2 dates")
+        return pos
+
+
+def compute_model_forward(
+    F_mkt: ArrayLike,
+    ttm: ArrayLike,
+    S: ArrayLike | None = None,
+    *,
+    method: str = "MLE",
+    theta0: Params | dict | None = None,
+    t_star: int | Any | None = None,
+    mask: ArrayLike | None = None,
+    dt: ArrayLike | float | None = None,
+    dates: ArrayLike | None = None,
+    **engine_kwargs: Any,
+) -> ModelForward:
+    """The document's ``ComputeModelForward()``: calibrate, filter and price at t*.
+
+    Returns ``Theta``, ``state_t [2]``, ``F_model_t [M]``, ``state_path [T, 2]`` and
+    ``F_model_path [T, M]`` (plus the full :class:`KalmanFit` as ``fit``).
+    """
+    fit = KalmanEngine(method, **engine_kwargs).fit(
+        F_mkt, ttm, S=S, mask=mask, dt=dt, dates=dates, t_star=t_star, theta0=theta0
+    )
+    return ModelForward(
+        fit.theta, fit.state_t, fit.F_model_t, fit.state_path, fit.F_model_path, fit
+    )

@@ -1,0 +1,192 @@
+"""Thin shell: the fit result people read (pandas tables, summary text)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .filter import FilterResult
+from .params import Params, param_names
+from .smoother import SmootherResult
+
+__all__ = ["KalmanFit"]
+
+
+def _theta_dict(p: Params, tenor_names) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, v in p._asdict().items():
+        if v is None:
+            continue
+        a = np.asarray(v, dtype=float)
+        if name == "meas_sd":
+            out[name] = float(a) if a.ndim == 0 else pd.Series(a, index=tenor_names, name=name)
+        else:
+            out[name] = float(a)
+    return out
+
+
+@dataclass(eq=False)
+class KalmanFit:
+    """Result of :meth:`ssjax.KalmanEngine.fit`.
+
+    The document's outputs: ``theta``, ``state_t [2]``, ``state_path [T, 2]``,
+    ``F_model_t [M]`` and ``F_model_path [T, M]``; plus convergence information, standard
+    errors (Hessian and robust sandwich), information criteria and ``summary()``.
+    """
+
+    params: Params
+    method: str
+    loglik: float
+    nobs: int
+    converged: bool
+    status: str
+    num_steps: int
+    grad_norm: float
+    state_t: np.ndarray
+    state_path: np.ndarray
+    F_model_t: np.ndarray
+    F_model_path: np.ndarray
+    t_star: int
+    cov: np.ndarray
+    cov_robust: np.ndarray
+    free: np.ndarray
+    filter_result: FilterResult
+    smoother_result: SmootherResult | None
+    tenor_names: list[str]
+    dates: pd.DatetimeIndex | None = None
+    states: str = "filtered"
+    extra: dict = field(default_factory=dict)
+
+    # ---- parameters -------------------------------------------------------------------
+    @cached_property
+    def theta(self) -> dict[str, Any]:
+        """Θ as a dict in the document's notation (``meas_sd`` as a Series per tenor)."""
+        return _theta_dict(self.params, self.tenor_names)
+
+    @cached_property
+    def names(self) -> list[str]:
+        return param_names(self.params, self.tenor_names)
+
+    @cached_property
+    def param_values(self) -> pd.Series:
+        vals = np.concatenate(
+            [np.ravel(np.asarray(v, float)) for v in self.params if v is not None]
+        )
+        return pd.Series(vals, index=self.names, name="coef")
+
+    @property
+    def n_params(self) -> int:
+        return int(np.sum(self.free))
+
+    @cached_property
+    def std_err(self) -> pd.Series:
+        """Standard errors from the exact Hessian (NaN for fixed parameters)."""
+        return pd.Series(np.sqrt(np.diag(self.cov)), index=self.names, name="std_err")
+
+    @cached_property
+    def std_err_robust(self) -> pd.Series:
+        """Robust (sandwich) standard errors from per-date scores."""
+        return pd.Series(np.sqrt(np.diag(self.cov_robust)), index=self.names, name="std_err_robust")
+
+    @cached_property
+    def tvalues(self) -> pd.Series:
+        return (self.param_values / self.std_err).rename("z")
+
+    @cached_property
+    def pvalues(self) -> pd.Series:
+        return pd.Series(2 * stats.norm.sf(np.abs(self.tvalues)), index=self.names, name="P>|z|")
+
+    def conf_int(self, alpha: float = 0.05, robust: bool = False) -> pd.DataFrame:
+        """Wald confidence intervals at level 1 − alpha."""
+        q = stats.norm.ppf(1 - alpha / 2)
+        se = self.std_err_robust if robust else self.std_err
+        lo, hi = self.param_values - q * se, self.param_values + q * se
+        return pd.DataFrame({f"[{alpha / 2:g}": lo, f"{1 - alpha / 2:g}]": hi})
+
+    @property
+    def aic(self) -> float:
+        return -2 * self.loglik + 2 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        return -2 * self.loglik + math.log(self.nobs) * self.n_params
+
+    # ---- tables -----------------------------------------------------------------------
+    def to_frame(self) -> pd.DataFrame:
+        """Parameters with standard errors, z, p-values and 95% intervals."""
+        df = pd.concat(
+            [self.param_values, self.std_err, self.tvalues, self.pvalues, self.conf_int(),
+             self.std_err_robust],
+            axis=1,
+        )  # fmt: skip
+        return df
+
+    def summary(self) -> str:
+        """A readable report like statsmodels' or arch's."""
+        df = self.to_frame()
+        width = 86
+        first = self.dates[0].date() if self.dates is not None else 0
+        last = self.dates[self.t_star].date() if self.dates is not None else self.t_star
+        head = [
+            ("Model:", "Schwartz-Smith two-factor"),
+            ("Method:", self.method),
+            ("Sample:", f"{first} - {last}"),
+            ("Dates:", str(self.t_star + 1)),
+            ("Tenors:", str(len(self.tenor_names))),
+            ("No. observations:", str(self.nobs)),
+            ("Log-likelihood:", f"{self.loglik:.4f}"),
+            ("AIC:", f"{self.aic:.4f}"),
+            ("BIC:", f"{self.bic:.4f}"),
+            ("Converged:", f"{self.converged} ({self.status})"),
+            ("Iterations:", str(self.num_steps)),
+            ("Max |gradient|/nobs:", f"{self.grad_norm:.2e}"),
+        ]
+        lines = ["=" * width, "Schwartz-Smith two-factor model results".center(width), "=" * width]
+        for i in range(0, len(head), 2):
+            l1, v1 = head[i]
+            l2, v2 = head[i + 1] if i + 1 < len(head) else ("", "")
+            lines.append(f"{l1:<20}{v1:>22}   {l2:<20}{v2:>21}")
+        lines.append("-" * width)
+        lines.append(
+            f"{'':<16}{'coef':>11}{'std err':>11}{'z':>9}{'P>|z|':>8}{'[0.025':>11}{'0.975]':>11}"
+            f"{'robust se':>11}"
+        )
+        lines.append("-" * width)
+        for name, row in df.iterrows():
+            vals = row.to_numpy()
+            lines.append(
+                f"{name:<16}{vals[0]:>11.5f}{vals[1]:>11.5f}{vals[2]:>9.2f}{vals[3]:>8.3f}"
+                f"{vals[4]:>11.5f}{vals[5]:>11.5f}{vals[6]:>11.5f}"
+            )
+        lines.append("=" * width)
+        st = self.state_t
+        lines.append(f"state_t (filtered X, Y at t*): [{st[0]:.5f}, {st[1]:.5f}]")
+        f_mkt = self.extra.get("F_mkt_t")
+
+        def row(values) -> str:
+            return "  ".join(f"{n}={v:.4f}" for n, v in zip(self.tenor_names, values, strict=True))
+
+        lines.append(f"F_model_t: {row(self.F_model_t)}")
+        if f_mkt is not None:
+            lines.append(f"F_mkt_t:   {row(f_mkt)}")
+        if not self.converged:
+            lines.append("WARNING: the optimizer did not converge; estimates are unreliable.")
+        if np.isnan(np.diag(self.cov)[np.asarray(self.free) > 0]).any():
+            lines.append("WARNING: the Hessian is not negative definite at the end point.")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        scalars = {k: round(v, 6) for k, v in self.theta.items() if k != "meas_sd"}
+        return (
+            f"KalmanFit(method={self.method!r}, loglik={self.loglik:.4f}, "
+            f"converged={self.converged}, theta={scalars})"
+        )
