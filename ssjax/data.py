@@ -201,3 +201,34 @@ def make_market_data(
         log_s=cast(log_s),
         mask_s=None if mask_s is None else jnp.asarray(mask_s),
     )
+
+
+def pad_dates(data: MarketData, n_dates: int) -> MarketData:
+    """Append fully-masked dates so the panel has ``n_dates`` rows.
+
+    Masked dates are pure prediction steps: the log-likelihood, the filtered moments of the
+    original dates and the smoothed moments (no data follow) are unchanged. Padding panels to
+    a few fixed lengths lets one compiled function serve windows of many lengths.
+    """
+    T = data.log_f.shape[0]
+    extra = n_dates - T
+    if extra < 0:
+        raise ValueError(f"cannot pad {T} dates down to {n_dates}")
+    if extra == 0:
+        return data
+
+    def pad(a, value=0):
+        if a is None:
+            return None
+        widths = [(0, extra)] + [(0, 0)] * (a.ndim - 1)
+        return jnp.pad(a, widths, constant_values=value)
+
+    dt = jnp.concatenate([data.dt, jnp.broadcast_to(data.dt[-1:], (extra,))])
+    return MarketData(
+        log_f=pad(data.log_f),
+        ttm=pad(data.ttm),
+        mask=pad(data.mask, False),
+        dt=dt,
+        log_s=pad(data.log_s),
+        mask_s=pad(data.mask_s, False),
+    )

@@ -7,6 +7,7 @@ computes uncertainty, states and model forwards, and wraps everything in a
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -16,12 +17,12 @@ import pandas as pd
 from jax import Array
 from jax.typing import ArrayLike
 
-from .data import MarketData, make_market_data
+from .data import MarketData, make_market_data, pad_dates
 from .filter import Prior, default_prior, kalman_filter, log_likelihood_data
 from .inference import parameter_uncertainty
 from .mle import default_start, fit_mle, free_mask, status_message
 from .model import forward_curve
-from .params import Params, make_params, validate_params
+from .params import Params, flatten_params, make_params, validate_params
 from .results import KalmanFit
 from .smoother import rts_smoother
 
@@ -122,6 +123,31 @@ class ModelForward(NamedTuple):
     fit: KalmanFit
 
 
+PAD_MULTIPLE = 64
+_default_start_jit = jax.jit(default_start, static_argnames=("risk_premium", "spot"))
+
+
+@functools.partial(jax.jit, static_argnames=("smoothed",))
+def _post_fit(p: Params, data: MarketData, prior: Prior, free: Array, ttm: Array, smoothed: bool):
+    """Everything computed at the optimum, in one compiled program."""
+    unc = parameter_uncertainty(p, data, prior, free)
+    filt = kalman_filter(p, data, prior)
+    smooth = rts_smoother(p, data, prior, filt) if smoothed else None
+    path = filt.filtered_means if smooth is None else smooth.smoothed_means
+    return unc, filt, smooth, model_forwards(p, path, ttm)
+
+
+def _first_dates(tree, T: int):
+    """Cut every per-date array (leading axis T_pad, or T_pad − 1 for lag-one) back to T dates."""
+
+    def cut(a):
+        if a.ndim == 0:
+            return a
+        return a[: T - 1] if a.shape[0] % PAD_MULTIPLE == PAD_MULTIPLE - 1 else a[:T]
+
+    return jax.tree.map(cut, tree)
+
+
 _THETA_KEYS = (
     "kappa",
     "sigma_x",
@@ -193,7 +219,7 @@ class KalmanEngine:
 
     # ---- helpers ----------------------------------------------------------------------
     def _start(self, data: MarketData, theta0: Params | dict | None) -> Params:
-        start = default_start(data, risk_premium=self.risk_premium)
+        start = _default_start_jit(data, risk_premium=self.risk_premium)
         if self.shared_noise:
             start = start._replace(meas_sd=jnp.median(start.meas_sd))
         if theta0 is None:
@@ -301,12 +327,24 @@ class KalmanEngine:
         if (S is not None) != (start.spot_sd is not None):
             raise ValueError("theta0 has spot_sd but no S was given (or the reverse)")
         free = free_mask(start, self.fixed)
-        free_j = None if free is None else jnp.asarray(free)
+
+        # pad to a multiple of PAD_MULTIPLE dates (masked: pure predictions) so that windows
+        # of different lengths share one compiled program
+        T = data.n_dates
+        n_pad = -(-T // PAD_MULTIPLE) * PAD_MULTIPLE
+        data_pad = pad_dates(data, n_pad)
+        free_j = jnp.ones(flatten_params(start).shape[0]) if free is None else jnp.asarray(free)
 
         best = None
         for init in self._random_starts(start, self.n_starts):
             r = fit_mle(
-                data, init, prior, free_j, max_steps=self.max_steps, gtol=self.gtol, ftol=self.ftol
+                data_pad,
+                init,
+                prior,
+                free_j,
+                max_steps=self.max_steps,
+                gtol=self.gtol,
+                ftol=self.ftol,
             )
             ok = bool(np.isfinite(float(r.loglik)))
             if best is None or (
@@ -314,13 +352,15 @@ class KalmanEngine:
             ):
                 best = r
         p = best.params
-        unc = parameter_uncertainty(p, data, prior, free_j)
-        filt = kalman_filter(p, data, prior)
-        smooth = rts_smoother(p, data, prior, filt) if self.states == "smoothed" else None
-        path = np.asarray(filt.filtered_means if smooth is None else smooth.smoothed_means)
         ttm_fit = np.where(np.isfinite(ttm_np[sl]), ttm_np[sl], np.nan)
-        F_path = np.asarray(model_forwards(p, path, np.nan_to_num(ttm_fit)))
-        F_path = np.where(np.isfinite(ttm_fit), F_path, np.nan)
+        ttm_pad = np.zeros((n_pad, M))
+        ttm_pad[:T] = np.nan_to_num(ttm_fit)
+        unc, filt, smooth, F_path = _post_fit(
+            p, data_pad, prior, free_j, jnp.asarray(ttm_pad), smoothed=self.states == "smoothed"
+        )
+        filt, smooth = _first_dates((filt, smooth), T)
+        path = np.asarray(filt.filtered_means if smooth is None else smooth.smoothed_means)
+        F_path = np.where(np.isfinite(ttm_fit), np.asarray(F_path)[:T], np.nan)
         state_t = np.asarray(filt.filtered_means[-1])
         F_t = np.asarray(forward_curve(p, state_t, np.nan_to_num(ttm_fit[-1])))
         F_t = np.where(np.isfinite(ttm_fit[-1]), F_t, np.nan)
@@ -343,7 +383,7 @@ class KalmanEngine:
             t_star=t_idx,
             cov=np.asarray(unc.cov),
             cov_robust=np.asarray(unc.cov_robust),
-            free=np.ones(np.size(unc.cov, 0)) if free is None else free,
+            free=np.asarray(free_j),
             filter_result=filt,
             smoother_result=smooth,
             tenor_names=names,

@@ -65,11 +65,14 @@ class FilterResult(NamedTuple):
 def default_prior(data: MarketData) -> Prior:
     """The default prior: x0 = [0, mean observed ln F at the first date], P0 = I₂.
 
+    (The first date with any observation, if the first date has none.)
+
     Same as statsmodels' "known" initialization with those values. P0 = I is wide compared
     with log-price scales (a s.d. of 1 in ln F), so the first date's data dominate.
     """
-    w = data.mask[0].astype(data.log_f.dtype)
-    y0 = jnp.sum(w * data.log_f[0]) / jnp.maximum(jnp.sum(w), 1.0)
+    first = jnp.argmax(jnp.any(data.mask, axis=1))  # the first date with an observation
+    m0 = data.mask[first]
+    y0 = jnp.sum(jnp.where(m0, data.log_f[first], 0.0)) / jnp.maximum(jnp.sum(m0), 1)
     dtype = data.log_f.dtype
     return Prior(jnp.stack([jnp.zeros((), dtype), y0]), jnp.eye(2, dtype=dtype))
 
@@ -99,7 +102,8 @@ class Collapsed(NamedTuple):
 def _observation_columns(p: Params, data: MarketData):
     """Loadings b, residual y − d, 1/sd and weights w for every observable: [T, N]."""
     dtype = data.log_f.dtype
-    b, A = measurement(p, data.ttm)
+    # values under the mask never matter, even in a hand-built MarketData
+    b, A = measurement(p, jnp.where(data.mask, data.ttm, 0.0))
     w = data.mask.astype(dtype)
     sd = jnp.broadcast_to(p.meas_sd, data.log_f.shape[-1:]).astype(dtype)
     sd = jnp.broadcast_to(sd, data.log_f.shape)
