@@ -258,14 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--shell",
         action="store_true",
         help="also time ssjax.KalmanEngine().fit (fit + standard errors) against statsmodels "
-        "fit(cov_type='approx'); adds about a minute",
+        "fit(cov_type='approx'); adds about half a minute",
     )
     args = ap.parse_args(argv)
 
     rep_small = 3 if args.quick else 10  # repeats for the per-call tasks
     rep_fit = 1 if args.quick else 3  # repeats for the statsmodels fits and loop
     rep_fast = 2 if args.quick else 7  # repeats for the (cheap) ssjax fit and batch call
-    rep_shell = 1  # KalmanEngine().fit takes seconds even when warm
+    rep_shell = 1 if args.quick else 3  # repeats for the shell fit (fit + standard errors)
     num_small_jax, num_small_sm = (20, 3) if args.quick else (100, 10)
 
     t_script = time.perf_counter()

@@ -229,11 +229,13 @@ def _run(p: Params, data: MarketData, prior: Prior, keep_path: bool, unroll: int
 
 
 def log_likelihood_data(
-    p: Params, data: MarketData, prior: Prior | None = None, *, unroll: int = 1
+    p: Params, data: MarketData, prior: Prior | None = None, *, unroll: int = 4
 ) -> Array:
     """Exact Gaussian log-likelihood of the observed entries of ``data`` under ``p``.
 
     Pure, jittable, differentiable and ``vmap``-able (over parameters or panels).
+    ``unroll`` is passed to the time ``lax.scan``: 4 runs one evaluation and its gradient
+    ~20-30% faster than 1 on the 2-core CPU this was measured on, at a longer compile.
     """
     prior = default_prior(data) if prior is None else prior
     _, loglik_t, _ = _run(p, data, prior, keep_path=False, unroll=unroll)
