@@ -82,10 +82,6 @@ def _safe_sqrt(s: Array) -> Array:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, s, 1.0)), 0.0)
 
 
-def _safe_div(a: Array, r: Array) -> Array:
-    return a / jnp.where(r > 0, r, 1.0)
-
-
 class Collapsed(NamedTuple):
     """Per-date sufficient quantities of the masked observations (state-independent)."""
 
@@ -124,6 +120,7 @@ def _givens(r: Array, x: Array):
     h = _safe_sqrt(r * r + x * x)
     nz = h > 0
     h_safe = jnp.where(nz, h, 1.0)
+    # true divides (not a reciprocal): a zero row then leaves the factor exactly unchanged
     return h, jnp.where(nz, r / h_safe, 1.0), jnp.where(nz, x / h_safe, 0.0)
 
 
@@ -176,19 +173,20 @@ def _update(m1, m2, p11, p12, p22, u11, u12, u22, z1, z2):
     s12 = b12 * u22
     s22 = 1.0 + b22 * u22
     det = s11 * s22 - s12 * s12
+    inv_det = 1.0 / det
     # ν = ẑ − U m
     v1 = z1 - u11 * m1 - u12 * m2
     v2 = z2 - u22 * m2
     # α = S⁻¹ν
-    a1 = (s22 * v1 - s12 * v2) / det
-    a2 = (s11 * v2 - s12 * v1) / det
+    a1 = (s22 * v1 - s12 * v2) * inv_det
+    a2 = (s11 * v2 - s12 * v1) * inv_det
     # m⁺ = m + Bᵀα ; P⁺ = P − Bᵀ S⁻¹ B
     f1 = m1 + b11 * a1 + b21 * a2
     f2 = m2 + b12 * a1 + b22 * a2
-    g11 = (s22 * b11 - s12 * b21) / det  # G = S⁻¹ B
-    g12 = (s22 * b12 - s12 * b22) / det
-    g21 = (s11 * b21 - s12 * b11) / det
-    g22 = (s11 * b22 - s12 * b12) / det
+    g11 = (s22 * b11 - s12 * b21) * inv_det  # G = S⁻¹ B
+    g12 = (s22 * b12 - s12 * b22) * inv_det
+    g21 = (s11 * b21 - s12 * b11) * inv_det
+    g22 = (s11 * b22 - s12 * b12) * inv_det
     k11 = p11 - (b11 * g11 + b21 * g21)
     k12 = p12 - (b11 * g12 + b21 * g22)
     k22 = p22 - (b12 * g12 + b22 * g22)

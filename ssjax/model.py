@@ -53,9 +53,11 @@ def _decay_terms(kappa: ArrayLike, t: ArrayLike) -> tuple[Array, Array, Array]:
     x = kappa * t
     one_minus_e = -jnp.expm1(-x)
     small = jnp.abs(x) < 1e-4
-    k_safe = jnp.where(small, jnp.ones_like(kappa), kappa)
-    series = t * (1.0 - x / 2.0 + x * x / 6.0 - x * x * x / 24.0)
-    g1 = jnp.where(small, series, one_minus_e / k_safe)
+    # 1/κ once (κ is a scalar): a multiply per element instead of a divide; the guard keeps
+    # the unused branch and its gradient finite when κ is (nearly) zero
+    inv_k = 1.0 / jnp.where(jnp.abs(kappa) < 1e-100, jnp.ones_like(kappa), kappa)
+    series = t * (1.0 - x * (0.5 - x * (1.0 / 6.0 - x / 24.0)))
+    g1 = jnp.where(small, series, one_minus_e * inv_k)
     e = 1.0 - one_minus_e
     return e, g1, 0.5 * g1 * (1.0 + e)
 
