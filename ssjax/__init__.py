@@ -22,7 +22,14 @@ from .engine import (  # noqa: E402
     log_likelihood,
     model_forwards,
 )
-from .filter import FilterResult, Prior, default_prior, kalman_filter, log_likelihood_data  # noqa: E402
+from .filter import (  # noqa: E402
+    FilterResult,
+    Prior,
+    default_prior,
+    kalman_filter,
+    log_likelihood_data,
+    log_likelihood_terms,
+)
 from .inference import Uncertainty, parameter_uncertainty  # noqa: E402
 from .mle import MLEResult, default_start, fit_mle  # noqa: E402
 from .model import forward_curve, log_forward, measurement, transition  # noqa: E402
@@ -40,6 +47,7 @@ __all__ = [
     "ModelForward",
     "log_likelihood",
     "log_likelihood_data",
+    "log_likelihood_terms",
     "model_forwards",
     "MarketData",
     "make_market_data",

@@ -18,13 +18,13 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from .data import MarketData, make_market_data, pad_dates
-from .filter import Prior, default_prior, kalman_filter, log_likelihood_data
+from .filter import FilterResult, Prior, default_prior, kalman_filter, log_likelihood_data
 from .inference import parameter_uncertainty
 from .mle import default_start, fit_mle, free_mask, status_message
 from .model import forward_curve
 from .params import Params, flatten_params, make_params, validate_params
 from .results import KalmanFit
-from .smoother import rts_smoother
+from .smoother import SmootherResult, rts_smoother
 
 __all__ = [
     "KalmanEngine",
@@ -137,15 +137,18 @@ def _post_fit(p: Params, data: MarketData, prior: Prior, free: Array, ttm: Array
     return unc, filt, smooth, model_forwards(p, path, ttm)
 
 
-def _first_dates(tree, T: int):
-    """Cut every per-date array (leading axis T_pad, or T_pad − 1 for lag-one) back to T dates."""
-
-    def cut(a):
-        if a.ndim == 0:
-            return a
-        return a[: T - 1] if a.shape[0] % PAD_MULTIPLE == PAD_MULTIPLE - 1 else a[:T]
-
-    return jax.tree.map(cut, tree)
+def _first_dates(filt: FilterResult, smooth: SmootherResult | None, T: int):
+    """Cut the padded filter and smoother outputs back to the T real dates."""
+    filt = jax.tree.map(lambda a: a[:T] if a.ndim else a, filt)
+    if smooth is not None:
+        smooth = SmootherResult(
+            smoothed_means=smooth.smoothed_means[:T],
+            smoothed_covs=smooth.smoothed_covs[:T],
+            lag_one_covs=smooth.lag_one_covs[: T - 1],
+            gains=smooth.gains[: T - 1],
+            filter=filt,
+        )
+    return filt, smooth
 
 
 _THETA_KEYS = (
@@ -358,7 +361,7 @@ class KalmanEngine:
         unc, filt, smooth, F_path = _post_fit(
             p, data_pad, prior, free_j, jnp.asarray(ttm_pad), smoothed=self.states == "smoothed"
         )
-        filt, smooth = _first_dates((filt, smooth), T)
+        filt, smooth = _first_dates(filt, smooth, T)
         path = np.asarray(filt.filtered_means if smooth is None else smooth.smoothed_means)
         F_path = np.where(np.isfinite(ttm_fit), np.asarray(F_path)[:T], np.nan)
         state_t = np.asarray(filt.filtered_means[-1])

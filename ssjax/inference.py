@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from .data import MarketData
-from .filter import Prior, _run, default_prior
+from .filter import Prior, default_prior, log_likelihood_terms
 from .params import Params, flatten_params, unflatten_params
 
 __all__ = ["Uncertainty", "parameter_uncertainty"]
@@ -34,8 +34,7 @@ class Uncertainty(NamedTuple):
 
 
 def _loglik_t_flat(vec: Array, like: Params, data: MarketData, prior: Prior) -> Array:
-    p = unflatten_params(vec, like)
-    return _run(p, data, prior, keep_path=False, unroll=1)[1]
+    return log_likelihood_terms(unflatten_params(vec, like), data, prior)
 
 
 def parameter_uncertainty(

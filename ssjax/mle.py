@@ -25,7 +25,7 @@ import optax
 from jax import Array, lax
 
 from .data import MarketData
-from .filter import Prior, _run, default_prior, log_likelihood_data
+from .filter import Prior, default_prior, log_likelihood_data, log_likelihood_terms
 from .params import Params, flatten_params, from_unconstrained, to_unconstrained, unflatten_params
 
 __all__ = [
@@ -72,8 +72,7 @@ def _bhhh_scale(v0: Array, template: Params, data: MarketData, prior: Prior, sca
     """sqrt(diag(Σ_t s_t s_tᵀ) / n): the per-coordinate curvature scale at the start."""
 
     def loglik_t(v):
-        p = from_unconstrained(unflatten_params(v, template))
-        return _run(p, data, prior, keep_path=False, unroll=1)[1]
+        return log_likelihood_terms(from_unconstrained(unflatten_params(v, template)), data, prior)
 
     J = jax.jacfwd(loglik_t)(v0)  # [T, n] per-date scores
     d = jnp.sqrt(jnp.sum(J * J, axis=0) / scale)

@@ -85,6 +85,9 @@ def test_missing_values_spot_and_smoothed_states(wti):
     assert fit.nobs == int(np.isfinite(F).sum() + np.isfinite(wti.S).sum())
     assert fit.smoother_result is not None
     np.testing.assert_allclose(fit.state_path, fit.smoother_result.smoothed_means)
+    T = F.shape[0]
+    assert fit.smoother_result.lag_one_covs.shape == (T - 1, 2, 2)
+    assert fit.filter_result.loglik_t.shape == (T,)
     assert np.all(np.isfinite(fit.F_model_path))  # forwards exist where prices are missing
 
 
