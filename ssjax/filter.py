@@ -102,24 +102,27 @@ class Collapsed(NamedTuple):
     nobs: Array  # [T]
 
 
-def _observation_columns(p: Params, data: MarketData):
-    """Loadings b, residual y − d, 1/sd and weights w for every observable: [T, N]."""
+def _observation_rows(p: Params, data: MarketData):
+    """Loadings b, residuals y − d and mask of every observable, tenor-major: [N, T] each,
+    plus the s.d.s [N] (N = M tenors, plus the spot as a last row when present).
+
+    Tenor-major layout: the data are transposed (cheap, they are not batched) before any
+    parameter enters, so nothing batched over parameters needs a transpose later.
+    """
     dtype = data.log_f.dtype
+    mask = data.mask.T
     # values under the mask never matter, even in a hand-built MarketData
-    b, A = measurement(p, jnp.where(data.mask, data.ttm, 0.0))
-    w = data.mask.astype(dtype)
+    b, A = measurement(p, jnp.where(mask, data.ttm.T, 0.0))
+    resid = jnp.where(mask, data.log_f.T - A, 0.0)
     sd = jnp.broadcast_to(p.meas_sd, data.log_f.shape[-1:]).astype(dtype)
-    sd = jnp.broadcast_to(sd, data.log_f.shape)
-    resid = jnp.where(data.mask, data.log_f - A, 0.0)
     if data.log_s is not None:
         if p.spot_sd is None:
             raise ValueError("the data have a spot series S but params.spot_sd is None")
-        ws = data.mask_s.astype(dtype)[:, None]
-        b = jnp.concatenate([b, jnp.ones_like(ws)], axis=-1)
-        resid = jnp.concatenate([resid, jnp.where(data.mask_s, data.log_s, 0.0)[:, None]], -1)
-        sd = jnp.concatenate([sd, jnp.broadcast_to(p.spot_sd.astype(dtype), ws.shape)], -1)
-        w = jnp.concatenate([w, ws], axis=-1)
-    return b, resid, sd, w
+        b = jnp.concatenate([b, jnp.ones((1, b.shape[1]), dtype)], axis=0)
+        resid = jnp.concatenate([resid, jnp.where(data.mask_s, data.log_s, 0.0)[None]], 0)
+        mask = jnp.concatenate([mask, data.mask_s[None]], axis=0)
+        sd = jnp.concatenate([sd, jnp.reshape(p.spot_sd, (1,)).astype(dtype)])
+    return b, resid, mask, sd
 
 
 def _givens(r: Array, x: Array):
@@ -137,27 +140,29 @@ def collapse_observations(p: Params, data: MarketData) -> Collapsed:
     Each observed entry i contributes the whitened row (b_i, 1 | y_i − d_i) / sd_i; the rows
     are folded one tenor at a time into the 2×2 triangle U and ẑ by orthogonal rotations
     (backward stable whatever the scale of 1/sd), the leftover goes to RSS. The loop over the
-    N observables is a short ``lax.scan`` of elementwise operations on [T] vectors.
+    N observables is a short ``lax.fori_loop`` of elementwise operations on [T] vectors.
     """
-    b, resid, sd, w = _observation_columns(p, data)
-    inv = w / sd
-    cols = jnp.stack([b * inv, inv, resid * inv])  # [3, T, N]: whitened (X, Y | y - d)
-    cols = jnp.moveaxis(cols, -1, 0)  # [N, 3, T]
+    b, resid, mask, sd = _observation_rows(p, data)
+    inv = jnp.where(mask, 1.0 / sd[:, None], 0.0)  # [N, T] whitening weights, 0 where missing
+    rows = (b * inv, inv, resid * inv)  # whitened (X loading, Y loading | y − d), [N, T] each
 
-    def fold(acc, col):
+    def fold(i, acc):
         u11, u12, u22, z1, z2, rss = acc
-        a, c, z = col[0], col[1], col[2]
+        # index the rows (rather than scanning over them): under vmap a scan would move the
+        # batch axis behind N, a transposed copy of every [B, N, T] input
+        a, c, z = (lax.dynamic_index_in_dim(r, i, axis=0, keepdims=False) for r in rows)
         u11, cs, sn = _givens(u11, a)
         u12, c = cs * u12 + sn * c, cs * c - sn * u12
         z1, z = cs * z1 + sn * z, cs * z - sn * z1
         u22, cs, sn = _givens(u22, c)
         z2, z = cs * z2 + sn * z, cs * z - sn * z2
-        return (u11, u12, u22, z1, z2, rss + z * z), None
+        return (u11, u12, u22, z1, z2, rss + z * z)
 
-    zeros = jnp.zeros(b.shape[:-1], b.dtype)
-    (u11, u12, u22, z1, z2, rss), _ = lax.scan(fold, (zeros,) * 6, cols)
-    logdet_r = jnp.sum(w * 2.0 * jnp.log(sd), axis=-1)
-    nobs = jnp.sum(w, axis=-1)
+    zeros = jnp.zeros(b.shape[1:], b.dtype)
+    u11, u12, u22, z1, z2, rss = lax.fori_loop(0, b.shape[0], fold, (zeros,) * 6)
+    w = mask.astype(b.dtype)
+    logdet_r = jnp.sum(w * (2.0 * jnp.log(sd))[:, None], axis=0)
+    nobs = jnp.sum(w, axis=0)
     return Collapsed(u11, u12, u22, z1, z2, rss, logdet_r, nobs)
 
 
