@@ -27,6 +27,7 @@ from .filter import (  # noqa: E402
     Prior,
     default_prior,
     kalman_filter,
+    log_likelihood_batch,
     log_likelihood_data,
     log_likelihood_terms,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "compute_model_forward",
     "ModelForward",
     "log_likelihood",
+    "log_likelihood_batch",
     "log_likelihood_data",
     "log_likelihood_terms",
     "model_forwards",

@@ -38,6 +38,7 @@ from .params import Params
 __all__ = [
     "FilterResult",
     "kalman_filter",
+    "log_likelihood_batch",
     "log_likelihood_data",
     "log_likelihood_terms",
     "default_prior",
@@ -256,6 +257,54 @@ def log_likelihood_terms(
     """Per-date log-likelihood contributions ``loglik_t [T]`` (scores and BHHH use these)."""
     prior = default_prior(data) if prior is None else prior
     return _run(p, data, prior, keep_path=False, unroll=unroll)[1]
+
+
+def log_likelihood_batch(
+    params: Params,
+    data: MarketData,
+    prior: Prior | None = None,
+    *,
+    batch_size: int | None = 200,
+) -> Array:
+    """Log-likelihoods of many parameter sets (and/or panels) in one call: ``[B]``.
+
+    ``params`` carries a leading batch axis B on every array leaf (build it with
+    ``jax.vmap`` or ``jax.tree.map(jnp.stack, ...)``); ``data`` is either one panel shared
+    by all B parameter sets or a batch of B panels of the same shape (leading axis on
+    ``log_f``); ``prior`` likewise shared or batched, and ``None`` for the default.
+
+    The batch is evaluated ``batch_size`` lanes at a time (``lax.map`` over chunks of a
+    ``vmap``): on a CPU a chunk of a few hundred lanes keeps each scan's working set in cache
+    and runs 1,000 evaluations of the bundled panel about twice as fast as one
+    ``vmap`` over all of them. ``batch_size=None`` is the plain ``vmap`` (often best on a GPU).
+    Jit it (or call it inside a jitted function); it is differentiable like the rest.
+    """
+    leaves = [x for x in jax.tree.leaves(params) if hasattr(x, "ndim")]
+    if not leaves or any(jnp.ndim(x) < 1 for x in leaves):
+        raise ValueError(
+            "params: every parameter needs a leading batch axis for log_likelihood_batch "
+            "(use log_likelihood_data for a single parameter set)"
+        )
+    n = jnp.shape(leaves[0])[0]
+    if any(jnp.shape(x)[0] != n for x in leaves):
+        raise ValueError("params: the leading (batch) axis differs between parameters")
+    data_batched = data.log_f.ndim == 3
+    if data_batched and data.log_f.shape[0] != n:
+        raise ValueError(f"data: {data.log_f.shape[0]} panels for a batch of {n} parameter sets")
+    prior_batched = prior is not None and jnp.ndim(prior.mean) == 2
+
+    # the batched pieces travel through map/vmap; shared ones are closed over
+    xs = (params, data if data_batched else None, prior if prior_batched else None)
+
+    def body(x):
+        p, d, pr = x
+        d = data if d is None else d
+        pr = prior if pr is None else pr
+        return jnp.sum(_run(p, d, default_prior(d) if pr is None else pr, False, 1)[1])
+
+    if batch_size is None or batch_size >= n:
+        return jax.vmap(body)(xs)
+    return lax.map(body, xs, batch_size=batch_size)
 
 
 def _sym(a11, a12, a22):

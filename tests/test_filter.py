@@ -531,6 +531,41 @@ def test_vmap_over_panels_equals_loop(wti, params_wti):
     np.testing.assert_allclose(got, loop, rtol=VMAP_RTOL)
 
 
+def test_log_likelihood_batch_chunks_equal_loop(wti, wti_data, theta_wti):
+    rng = np.random.default_rng(7)
+    batch = [
+        ssjax.make_params(**dict(
+            theta_wti,
+            kappa=theta_wti["kappa"] * np.exp(0.3 * rng.standard_normal()),
+            rho=rng.uniform(-0.8, 0.8),
+            meas_sd=theta_wti["meas_sd"] * np.exp(0.3 * rng.standard_normal(5)),
+        ))
+        for _ in range(7)
+    ]  # fmt: skip
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *batch)
+    prior = ssjax.default_prior(wti_data)
+    loop = np.array([float(LL(p, wti_data, prior)) for p in batch])
+    assert len(set(loop.round(6))) == 7
+    batch_ll = jax.jit(ssjax.log_likelihood_batch, static_argnames="batch_size")
+    for size in (3, 7, None):  # 3: two chunks and a remainder of one
+        got = np.asarray(batch_ll(stacked, wti_data, batch_size=size))
+        np.testing.assert_allclose(got, loop, rtol=VMAP_RTOL, err_msg=str(size))
+    # a batch of panels, one parameter set per panel, and an explicit shared prior
+    panels = []
+    for k in range(3):
+        mask = wti_mask(wti.F_mkt.shape, seed=20 + k)
+        panels.append(ssjax.make_market_data(np.where(mask, wti.F_mkt, np.nan), wti.ttm, dt=wti.dt))
+    data3 = jax.tree.map(lambda *a: jnp.stack(a), *panels)
+    p3 = jax.tree.map(lambda a: a[:3], stacked)
+    got = np.asarray(batch_ll(p3, data3, prior, batch_size=2))
+    want = [float(LL(b, d, prior)) for b, d in zip(batch[:3], panels, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=VMAP_RTOL)
+    with pytest.raises(ValueError, match="leading batch axis"):
+        ssjax.log_likelihood_batch(batch[0], wti_data)
+    with pytest.raises(ValueError, match="3 panels for a batch of 7"):
+        ssjax.log_likelihood_batch(stacked, data3)
+
+
 # ---- 7. no silent recompiles; innovations --------------------------------------------------
 def test_traced_once_and_innovations_match_numpy(wti, theta_wti):
     n_traces = {"n": 0}
