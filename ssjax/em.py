@@ -1,0 +1,412 @@
+r"""Structured EM for the two-factor model: a smoother E-step and an ECM M-step.
+
+Unlike the EM of pykalman or dynamax (free transition, loading and noise matrices), this EM
+keeps the Schwartz–Smith structure: the transition, the loadings e^{−κΔ} and the intercepts
+A(Δ) stay functions of Θ, so every iterate is a valid model and the fixed point is the MLE.
+
+One iteration from Θ_k
+----------------------
+**E-step.** The filter and the RTS smoother at Θ_k give the smoothed means m_t, covariances
+P_t and lag-one cross-covariances C_t = Cov(x_{t+1}, x_t | all data) (and, for free, the
+observed-data log-likelihood ℓ(Θ_k)). The expected complete-data log-likelihood
+
+.. math::
+    Q(\Theta) = \sum_{t,i\ \mathrm{observed}} -\tfrac12\Big[\ln 2\pi s_i^2
+        + \frac{(y_{ti} - A_i - b_i m_{t1} - m_{t2})^2 + h_i P_t h_i^\top}{s_i^2}\Big]
+      + \sum_t w_t\Big(-\tfrac12\Big[\ln|2\pi Q_t| + \mathrm{tr}\,Q_t^{-1}
+        \mathrm{E}[e_t e_t^\top]\Big]\Big),
+
+with h_i = (b_i, 1), e_t = x_{t+1} − Φ_t x_t − c_t and
+E[e_t e_tᵀ] = ēēᵀ + P_{t+1} − C_tΦ_tᵀ − Φ_tC_tᵀ + Φ_tP_tΦ_tᵀ (ē the mean of e_t), is then a
+smooth, cheap function of Θ: [T, M] elementwise work, no filtering. w_t = 0 for steps into the
+unobserved tail of a padded panel (they carry no information and would only slow EM down).
+The prior of the first state is fixed, so it does not enter Q.
+
+**M-step (ECM).** (1) The measurement variances in closed form: s_i² is the mean over the
+observed dates of tenor i of the expected squared residual (pooled over tenors for a shared
+s.d.; the spot has its own). (2) The structural parameters (κ, σ_X, σ_Y, ρ, μ, and λ_X, μ*
+when present) by a few optax L-BFGS steps on −Q from Θ_k, in coordinates whitened by the
+Cholesky factor of −∇²Q at Θ_k (so the first step is a Newton step). Each conditional step
+cannot decrease Q; if the second ever returned a lower Q (it should not), it is undone and
+counted in ``q_decreases``. So ℓ(Θ_{k+1}) ≥ ℓ(Θ_k): EM's monotonicity, checked in the tests.
+
+The whole fit is one jittable function (``lax.while_loop`` over iterations), so it vmaps over
+panels like :func:`ssjax.mle.fit_mle`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array, lax
+
+from .data import MarketData
+from .filter import Prior, _observation_rows, default_prior
+from .model import transition
+from .params import Params, flatten_params, from_unconstrained, to_unconstrained, unflatten_params
+from .smoother import rts_smoother
+
+__all__ = [
+    "EMResult",
+    "EStats",
+    "e_step",
+    "expected_complete_loglik",
+    "m_step",
+    "fit_em",
+    "EM_STATUS_MESSAGES",
+]
+
+LOG_2PI = math.log(2.0 * math.pi)
+RUNNING, CONVERGED, MAX_ITERS, NONFINITE = 0, 1, 2, 3
+EM_STATUS_MESSAGES = {
+    RUNNING: "running",
+    CONVERGED: "converged: relative log-likelihood change below tol",
+    MAX_ITERS: "not converged: maximum number of EM iterations reached",
+    NONFINITE: "not converged: log-likelihood became non-finite",
+}
+_NOISE_FIELDS = ("meas_sd", "spot_sd")
+
+
+class EStats(NamedTuple):
+    """Smoothed moments from the E-step (the sufficient statistics of Q)."""
+
+    means: Array  # [T, 2]
+    covs: Array  # [T, 2, 2]
+    lag_one: Array  # [T-1, 2, 2] Cov(x_{t+1}, x_t | all data)
+    loglik: Array  # () observed-data log-likelihood at the E-step parameters
+
+
+class EMResult(NamedTuple):
+    """Outcome of :func:`fit_em` (a pytree: it vmaps)."""
+
+    params: Params
+    loglik: Array  # log-likelihood at ``params``
+    loglik_path: Array  # [max_iters + 1]: ℓ(Θ_0), ℓ(Θ_1), ... (NaN after the last)
+    num_iters: Array  # iterations taken
+    num_em_steps: Array  # EM maps (E-step + M-step) evaluated: 3 per accelerated iteration
+    status: Array
+    converged: Array
+    q_decreases: Array  # M-steps whose structural part was undone because Q fell
+    ll_decreases: Array  # iterations where ℓ fell by more than 1e-9 relative (should be 0)
+
+
+def _transition_weights(data: MarketData) -> Array:
+    """w_t for the step t → t+1: 1 if any observation lies at t+1 or later, else 0."""
+    obs = jnp.any(data.mask, axis=1)
+    if data.mask_s is not None:
+        obs = obs | data.mask_s
+    later = jnp.flip(jnp.cumsum(jnp.flip(obs.astype(jnp.int32)))) > 0  # any obs at >= t
+    return later[1:].astype(data.log_f.dtype)
+
+
+def e_step(p: Params, data: MarketData, prior: Prior | None = None) -> EStats:
+    """Filter and smooth at ``p``: the statistics Q needs, and ℓ(p)."""
+    prior = default_prior(data) if prior is None else prior
+    sm = rts_smoother(p, data, prior)
+    return EStats(sm.smoothed_means, sm.smoothed_covs, sm.lag_one_covs, sm.filter.loglik)
+
+
+def _expected_sq_resid(p: Params, data: MarketData, stats: EStats):
+    """E[(y − h x − A)²] for every observable [N, T], the mask [N, T] and the s.d.s [N]."""
+    b, resid, mask, sd = _observation_rows(p, data)
+    m1, m2 = stats.means[:, 0], stats.means[:, 1]
+    p11, p12, p22 = stats.covs[:, 0, 0], stats.covs[:, 0, 1], stats.covs[:, 1, 1]
+    e = resid - b * m1 - m2
+    v = e * e + b * b * p11 + 2.0 * b * p12 + p22
+    return jnp.where(mask, v, 0.0), mask, sd
+
+
+def expected_complete_loglik(
+    p: Params, data: MarketData, stats: EStats, weights: Array | None = None
+) -> Array:
+    """Q(Θ): the expected complete-data log-likelihood given the E-step statistics.
+
+    (Without the constant prior term.) ``weights`` [T-1] weight each transition term; the
+    default drops steps into an unobserved tail (see the module docstring).
+    """
+    w_t = _transition_weights(data) if weights is None else weights
+    v, mask, sd = _expected_sq_resid(p, data, stats)
+    inv_var = 1.0 / (sd * sd)
+    n_i = jnp.sum(mask, axis=1).astype(v.dtype)
+    meas = -0.5 * jnp.sum(n_i * (LOG_2PI + 2.0 * jnp.log(sd)) + inv_var * jnp.sum(v, axis=1))
+
+    phi, c, Q = jax.vmap(lambda d: transition(p, d))(data.dt)
+    q11, q12, q22 = Q[:, 0, 0], Q[:, 0, 1], Q[:, 1, 1]
+    m, P, C = stats.means, stats.covs, stats.lag_one
+    d1 = m[1:, 0] - phi * m[:-1, 0]
+    d2 = m[1:, 1] - m[:-1, 1] - c[:, 1]
+    e11 = P[1:, 0, 0] - 2.0 * phi * C[:, 0, 0] + phi * phi * P[:-1, 0, 0]
+    e12 = P[1:, 0, 1] - C[:, 0, 1] - phi * C[:, 1, 0] + phi * P[:-1, 0, 1]
+    e22 = P[1:, 1, 1] - 2.0 * C[:, 1, 1] + P[:-1, 1, 1]
+    s11, s12, s22 = d1 * d1 + e11, d1 * d2 + e12, d2 * d2 + e22
+    det = q11 * q22 - q12 * q12
+    tr = (q22 * s11 - 2.0 * q12 * s12 + q11 * s22) / det
+    trans = -0.5 * jnp.sum(w_t * (2.0 * LOG_2PI + jnp.log(det) + tr))
+    return meas + trans
+
+
+def _noise_update(p: Params, data: MarketData, stats: EStats, free: Params) -> Params:
+    """CM-step 1: the measurement variances in closed form (structural parameters held)."""
+    v, mask, _ = _expected_sq_resid(p, data, stats)
+    M = data.log_f.shape[-1]
+    n = jnp.sum(mask, axis=1).astype(v.dtype)
+    ssr = jnp.sum(v, axis=1)
+    tiny = jnp.finfo(v.dtype).tiny ** 0.5
+
+    def sd_from(s, k, old):
+        return jnp.where(k > 0, jnp.sqrt(jnp.maximum(s / jnp.maximum(k, 1.0), tiny)), old)
+
+    if jnp.ndim(p.meas_sd) == 0:
+        meas = sd_from(jnp.sum(ssr[:M]), jnp.sum(n[:M]), p.meas_sd)
+    else:
+        meas = sd_from(ssr[:M], n[:M], p.meas_sd)
+    meas = jnp.where(free.meas_sd > 0, meas, p.meas_sd)
+    spot = p.spot_sd
+    if spot is not None:
+        spot = jnp.where(free.spot_sd > 0, sd_from(ssr[M], n[M], spot), spot)
+    return p._replace(meas_sd=meas, spot_sd=spot)
+
+
+def _structural_mask(p: Params, free: Params) -> Array:
+    """Flat mask: 1 on free structural coordinates, 0 on noise s.d.s and fixed ones."""
+    parts = {
+        k: (jnp.zeros_like(v) if k in _NOISE_FIELDS else v)
+        for k, v in free._asdict().items()
+        if v is not None
+    }
+    return flatten_params(Params(**{k: parts.get(k) for k in Params._fields}))
+
+
+def m_step(
+    p: Params,
+    data: MarketData,
+    stats: EStats,
+    free: Params | None = None,
+    *,
+    num_steps: int = 5,
+    weights: Array | None = None,
+) -> tuple[Params, Array, Array]:
+    """One ECM M-step from ``p``. Returns (new params, Q before, Q after).
+
+    ``free`` has the structure of ``p`` with 1.0 on estimated and 0.0 on fixed entries.
+    """
+    w_t = _transition_weights(data) if weights is None else weights
+    free = jax.tree.map(jnp.ones_like, p) if free is None else free
+    q_before = expected_complete_loglik(p, data, stats, w_t)
+    p1 = _noise_update(p, data, stats, free)  # CM-step 1 (exact maximizer)
+
+    template = to_unconstrained(p1)
+    v0 = flatten_params(template)
+    s_mask = _structural_mask(p1, free)
+    scale = jnp.maximum(data.nobs.astype(v0.dtype), 1.0)
+
+    def negq(v):
+        return (
+            -expected_complete_loglik(
+                from_unconstrained(unflatten_params(v, template)), data, stats, w_t
+            )
+            / scale
+        )
+
+    # whiten by the Cholesky factor of the (masked) Hessian of −Q/n at the start
+    n = v0.shape[0]
+    H = jax.hessian(negq)(v0)
+    fm = (s_mask[:, None] * s_mask[None, :]) > 0
+    H = jnp.where(fm, 0.5 * (H + H.T), jnp.eye(n, dtype=H.dtype))
+    L = jnp.linalg.cholesky(H)
+    diag = jnp.sqrt(jnp.maximum(jnp.abs(jnp.diagonal(H)), 1e-12))
+    L = jnp.where(jnp.all(jnp.isfinite(L)), L, jnp.diag(diag))  # not PD: diagonal scaling
+
+    def to_v(w):
+        return v0 + s_mask * jax.scipy.linalg.solve_triangular(L.T, w, lower=False)
+
+    def fun(w):
+        return negq(to_v(w))
+
+    solver = optax.lbfgs(
+        memory_size=num_steps,
+        linesearch=optax.scale_by_zoom_linesearch(
+            max_linesearch_steps=20, initial_guess_strategy="one"
+        ),
+    )
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    def body(_, carry):
+        w, state = carry
+        value, grad = value_and_grad(w, state=state)
+        updates, state = solver.update(grad, state, w, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(w, updates), state
+
+    w0 = jnp.zeros_like(v0)
+    w, _ = lax.fori_loop(0, num_steps, body, (w0, solver.init(w0)))
+    p2 = from_unconstrained(unflatten_params(to_v(w), template))
+    q1 = expected_complete_loglik(p1, data, stats, w_t)
+    q2 = expected_complete_loglik(p2, data, stats, w_t)
+    ok = jnp.isfinite(q2) & (q2 >= q1)
+    p_new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), p2, p1)
+    return p_new, q_before, jnp.where(ok, q2, q1)
+
+
+class _Carry(NamedTuple):
+    x: Array  # flat unconstrained point whose E-step runs next
+    phase: Array  # 0: x is a candidate base point; 1: x = θ₁; 2: x = extrapolated point
+    trusted: Array  # bool: x is a plain EM iterate (accept it without a check)
+    th0: Array  # current base point θ₀ and ℓ(θ₀)
+    ll0: Array
+    th1: Array
+    th2: Array
+    path: Array
+    it: Array  # accepted iterations
+    n_em: Array  # EM maps evaluated
+    status: Array
+    q_dec: Array
+    ll_dec: Array
+    alpha_max: Array  # SQUAREM step bound
+
+
+@functools.partial(jax.jit, static_argnames=("max_iters", "m_steps", "accelerate"))
+def fit_em(
+    data: MarketData,
+    init: Params,
+    prior: Prior | None = None,
+    free: Array | None = None,
+    *,
+    max_iters: int = 500,
+    tol: float = 1e-10,
+    m_steps: int = 5,
+    accelerate: bool = True,
+) -> EMResult:
+    """Fit Θ by structured EM from ``init``.
+
+    Args:
+        data: the panel; ``init``: starting parameters (their structure is the model fitted).
+        prior: state prior at the first date (default :func:`ssjax.filter.default_prior`).
+        free: optional float mask over the flat parameter vector (1 = estimated).
+        max_iters: maximum number of (accepted) iterations.
+        tol: stop when the log-likelihood improves by less than ``tol`` relative (to
+            max(|ℓ|, 1)) from one iteration to the next.
+        m_steps: L-BFGS steps on the structural parameters per M-step.
+        accelerate: SQUAREM (Varadhan & Roland 2008, scheme S3) on the EM map, in the
+            unconstrained coordinates, with the monotone safeguard: from θ₀ take two EM
+            steps θ₁, θ₂, extrapolate θ' = θ₀ − 2αr + α²v (r = θ₁ − θ₀,
+            v = θ₂ − 2θ₁ + θ₀, α = −‖r‖/‖v‖ within [−α_max, −1]), take one EM step from θ'
+            and keep the result only if its log-likelihood is at least ℓ(θ₀); otherwise
+            continue from θ₂. So ℓ never decreases, as in plain EM (``False``).
+
+    Returns:
+        :class:`EMResult`; ``loglik_path[k]`` is ℓ after iteration k (k = 0: the start).
+
+    The loop runs one E-step (filter + smoother) and one M-step per ``while_loop`` turn,
+    whatever the phase of the acceleration, so the EM map is compiled once.
+    """
+    prior = default_prior(data) if prior is None else prior
+    free_flat = jnp.ones_like(flatten_params(init)) if free is None else jnp.asarray(free)
+    free_tree = unflatten_params(free_flat.astype(init.kappa.dtype), init)
+    w_t = _transition_weights(data)
+    dtype = init.kappa.dtype
+    template = to_unconstrained(init)
+
+    def to_p(v):
+        return from_unconstrained(unflatten_params(v, template))
+
+    v0 = flatten_params(template)
+    zero = jnp.zeros((), jnp.int32)
+    carry0 = _Carry(
+        x=v0,
+        phase=zero,
+        trusted=jnp.asarray(True),
+        th0=v0,
+        ll0=jnp.asarray(-jnp.inf, dtype),
+        th1=v0,
+        th2=v0,
+        path=jnp.full((max_iters + 1,), jnp.nan, dtype),
+        it=jnp.asarray(-1, jnp.int32),  # the start is "accepted" as iteration 0
+        n_em=zero,
+        status=jnp.asarray(RUNNING, jnp.int32),
+        q_dec=zero,
+        ll_dec=zero,
+        alpha_max=jnp.asarray(4.0, dtype),
+    )
+
+    def body(c: _Carry) -> _Carry:
+        p = to_p(c.x)
+        stats = e_step(p, data, prior)
+        ll = stats.loglik
+        p_next, q_b, q_a = m_step(p, data, stats, free_tree, num_steps=m_steps, weights=w_t)
+        x_next = flatten_params(to_unconstrained(p_next))
+        q_dec = c.q_dec + (q_a < q_b - 1e-12 * jnp.abs(q_b)).astype(jnp.int32)
+        n_em = c.n_em + 1
+        finite = jnp.isfinite(ll)
+
+        # phase 0: x is a candidate for the next base point
+        accept = (c.phase == 0) & (c.trusted | (finite & (ll >= c.ll0)))
+        it = c.it + accept.astype(jnp.int32)
+        rel = (ll - c.ll0) / jnp.maximum(jnp.abs(ll), 1.0)
+        ll_dec = c.ll_dec + (accept & (c.it >= 0) & (rel < -1e-9)).astype(jnp.int32)
+        path = jnp.where(accept, c.path.at[jnp.maximum(it, 0)].set(ll), c.path)
+        done = jnp.select(
+            [accept & ~finite, accept & (c.it >= 0) & (jnp.abs(rel) <= tol), it >= max_iters],
+            [NONFINITE, CONVERGED, MAX_ITERS],
+            RUNNING,
+        )
+        if accelerate:
+            # SQUAREM bookkeeping; on a rejected candidate, fall back to θ₂ (a plain EM iterate)
+            ph0, ph1, ph2 = c.phase == 0, c.phase == 1, c.phase == 2
+            # in phase 1, x = θ₁ and x_next = θ₂: extrapolate from (θ₀, θ₁, θ₂)
+            r = c.x - c.th0
+            dv = x_next - 2.0 * c.x + c.th0
+            nr, nd = jnp.linalg.norm(r), jnp.linalg.norm(dv)
+            ratio = jnp.where(nd > 0, nr / jnp.where(nd > 0, nd, 1.0), 1.0)
+            alpha = -jnp.clip(ratio, 1.0, c.alpha_max)
+            x_ext = c.th0 - 2.0 * alpha * r + alpha * alpha * dv
+            rejected = ph0 & ~accept
+            new_x = jnp.select(
+                [ph0 & accept, rejected, ph1, ph2 & finite, ph2 & ~finite],
+                [x_next, c.th2, x_ext, x_next, c.th2],
+            )
+            new_phase = jnp.select(
+                [ph0 & accept, rejected, ph1, ph2],
+                [1, 0, 2, 0],
+            ).astype(jnp.int32)
+            trusted = rejected | (ph2 & ~finite)
+            th0 = jnp.where(ph0 & accept, c.x, c.th0)
+            ll0 = jnp.where(ph0 & accept, ll, c.ll0)
+            th1 = jnp.where(ph0 & accept, x_next, c.th1)
+            th2 = jnp.where(ph1, x_next, c.th2)
+            # the step bound (as in SQUAREM): widen it when the extrapolation used it, shrink
+            # it after a rejected or non-finite extrapolation
+            failed = rejected | (ph2 & ~finite)
+            alpha_max = jnp.where(
+                failed,
+                jnp.maximum(1.0, c.alpha_max / 4.0),
+                jnp.where(ph1 & (-alpha >= c.alpha_max), 4.0 * c.alpha_max, c.alpha_max),
+            )
+            status = jnp.where(ph0, done, RUNNING)
+        else:
+            new_x, new_phase, trusted = x_next, c.phase, jnp.asarray(True)
+            th0, ll0, th1, th2, alpha_max = c.x, ll, c.th1, c.th2, c.alpha_max
+            status = done
+        status = jnp.where(n_em >= 4 * max_iters + 4, MAX_ITERS, status)
+        return _Carry(
+            new_x, new_phase, trusted, th0, ll0, th1, th2, path, it, n_em,
+            status.astype(jnp.int32), q_dec, ll_dec, alpha_max,
+        )  # fmt: skip
+
+    c = lax.while_loop(lambda c: c.status == RUNNING, body, carry0)
+    # the result is the last accepted base point θ₀ (its ℓ is ll0)
+    return EMResult(
+        params=to_p(c.th0),
+        loglik=c.ll0,
+        loglik_path=c.path,
+        num_iters=jnp.maximum(c.it, 0),
+        num_em_steps=c.n_em,
+        status=c.status,
+        converged=c.status == CONVERGED,
+        q_decreases=c.q_dec,
+        ll_decreases=c.ll_dec,
+    )
