@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="fit a wide CSV instead: a date column, price columns and "
                    "matching '<col>_ttm' columns in years")  # fmt: skip
     p.add_argument("--t-star", help="last date used for the fit (YYYY-MM-DD or an index)")
-    p.add_argument("--method", default="MLE", choices=["MLE"], help="calibration method")
+    p.add_argument("--method", default="MLE", type=str.upper, choices=["MLE", "EM", "HYBRID"],
+                   help="MLE (default), structured EM, or hybrid (EM, then MLE)")  # fmt: skip
     p.add_argument("--states", default="filtered", choices=["filtered", "smoothed"])
     p.add_argument("--risk-premium", action="store_true",
                    help="fit the 2000 paper's risk-premium form (lambda_x, mu_star)")  # fmt: skip

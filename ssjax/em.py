@@ -104,6 +104,7 @@ def _transition_weights(data: MarketData) -> Array:
     return later[1:].astype(data.log_f.dtype)
 
 
+@jax.jit
 def e_step(p: Params, data: MarketData, prior: Prior | None = None) -> EStats:
     """Filter and smooth at ``p``: the statistics Q needs, and ℓ(p)."""
     prior = default_prior(data) if prior is None else prior
@@ -182,6 +183,11 @@ def _structural_mask(p: Params, free: Params) -> Array:
     return flatten_params(Params(**{k: parts.get(k) for k in Params._fields}))
 
 
+def _keep_fixed(p: Params, ref: Params, free: Params) -> Params:
+    return jax.tree.map(lambda a, b, f: jnp.where(f > 0, a, b), p, ref, free)
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps",))
 def m_step(
     p: Params,
     data: MarketData,
@@ -245,6 +251,7 @@ def m_step(
     w0 = jnp.zeros_like(v0)
     w, _ = lax.fori_loop(0, num_steps, body, (w0, solver.init(w0)))
     p2 = from_unconstrained(unflatten_params(to_v(w), template))
+    p2 = _keep_fixed(p2, p1, free)  # fixed entries exactly (no log/exp round trip)
     q1 = expected_complete_loglik(p1, data, stats, w_t)
     q2 = expected_complete_loglik(p2, data, stats, w_t)
     ok = jnp.isfinite(q2) & (q2 >= q1)
@@ -400,7 +407,7 @@ def fit_em(
     c = lax.while_loop(lambda c: c.status == RUNNING, body, carry0)
     # the result is the last accepted base point θ₀ (its ℓ is ll0)
     return EMResult(
-        params=to_p(c.th0),
+        params=_keep_fixed(to_p(c.th0), init, free_tree),
         loglik=c.ll0,
         loglik_path=c.path,
         num_iters=jnp.maximum(c.it, 0),

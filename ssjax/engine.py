@@ -8,6 +8,7 @@ computes uncertainty, states and model forwards, and wraps everything in a
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -18,11 +19,12 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from .data import MarketData, make_market_data, pad_dates
+from .em import EM_STATUS_MESSAGES, fit_em
 from .filter import FilterResult, Prior, default_prior, kalman_filter, log_likelihood_data
 from .inference import parameter_uncertainty
-from .mle import default_start, fit_mle, free_mask, status_message
+from .mle import default_start, fit_mle, free_mask, negative_loglik, status_message
 from .model import forward_curve
-from .params import Params, flatten_params, make_params, validate_params
+from .params import Params, flatten_params, make_params, to_unconstrained, validate_params
 from .results import KalmanFit
 from .smoother import SmootherResult, rts_smoother
 
@@ -124,6 +126,30 @@ class ModelForward(NamedTuple):
 
 
 PAD_MULTIPLE = 64
+
+
+class _Calib(NamedTuple):
+    """What one calibration run reports to the shell."""
+
+    params: Params
+    loglik: float
+    converged: bool
+    status: str
+    num_steps: int
+    grad_norm: float
+    extra: dict
+
+
+@jax.jit
+def _grad_norm(p: Params, data: MarketData, prior: Prior, free: Array) -> Array:
+    """Max-norm of the gradient of −loglik/n in unconstrained coordinates (free entries)."""
+    template = to_unconstrained(p)
+    v = flatten_params(template)
+    scale = jnp.maximum(data.nobs.astype(v.dtype), 1.0)
+    g = jax.grad(negative_loglik)(v, template, data, prior, scale)
+    return jnp.max(jnp.abs(g * free))
+
+
 _default_start_jit = jax.jit(default_start, static_argnames=("risk_premium", "spot"))
 
 
@@ -168,7 +194,9 @@ class KalmanEngine:
     """Fit Θ by maximum likelihood (or EM), filter/smooth the states, compute model forwards.
 
     Args:
-        method: ``"MLE"`` (exact-gradient L-BFGS). ``"EM"`` is reserved for the EM calibration.
+        method: ``"MLE"`` (exact-gradient L-BFGS), ``"EM"`` (structured EM, see
+            :func:`ssjax.em.fit_em`) or ``"hybrid"`` (``hybrid_em_iters`` EM iterations, then
+            MLE from there).
         risk_premium: fit the 2000 paper's risk-premium form (``lambda_x``, ``mu_star``).
         shared_noise: one measurement s.d. for all tenors instead of one per tenor.
         states: ``"filtered"`` (default: no look-ahead) or ``"smoothed"`` for ``state_path``
@@ -178,6 +206,9 @@ class KalmanEngine:
         max_steps, gtol, ftol: optimizer stopping rules (see :func:`ssjax.mle.fit_mle`).
         fixed: ``{"rho": True, ...}`` holds those parameters at their starting values.
         seed: seed for the random starts.
+        em_max_iters, em_tol, em_accelerate: EM stopping rules and SQUAREM acceleration
+            (:func:`ssjax.em.fit_em`).
+        hybrid_em_iters: EM iterations before the MLE stage of ``method="hybrid"``.
 
     Example:
         >>> import ssjax
@@ -199,12 +230,16 @@ class KalmanEngine:
         ftol: float = 1e-11,
         fixed: dict[str, bool] | None = None,
         seed: int = 0,
+        em_max_iters: int = 500,
+        em_tol: float = 1e-10,
+        em_accelerate: bool = True,
+        hybrid_em_iters: int = 10,
     ) -> None:
         method = method.upper()
-        if method not in ("MLE", "EM"):
-            raise ValueError(f"method must be 'MLE' or 'EM', got {method!r}")
-        if method == "EM":
-            raise ValueError("method='EM' is not available in this version; use method='MLE'")
+        if method not in ("MLE", "EM", "HYBRID"):
+            raise ValueError(f"method must be 'MLE', 'EM' or 'hybrid', got {method!r}")
+        if em_max_iters < 1 or hybrid_em_iters < 1:
+            raise ValueError("em_max_iters and hybrid_em_iters must be >= 1")
         if states not in ("filtered", "smoothed"):
             raise ValueError(f"states must be 'filtered' or 'smoothed', got {states!r}")
         if n_starts < 1:
@@ -219,6 +254,10 @@ class KalmanEngine:
         self.ftol = ftol
         self.fixed = fixed
         self.seed = seed
+        self.em_max_iters = em_max_iters
+        self.em_tol = em_tol
+        self.em_accelerate = em_accelerate
+        self.hybrid_em_iters = hybrid_em_iters
 
     # ---- helpers ----------------------------------------------------------------------
     def _start(self, data: MarketData, theta0: Params | dict | None) -> Params:
@@ -340,19 +379,9 @@ class KalmanEngine:
 
         best = None
         for init in self._random_starts(start, self.n_starts):
-            r = fit_mle(
-                data_pad,
-                init,
-                prior,
-                free_j,
-                max_steps=self.max_steps,
-                gtol=self.gtol,
-                ftol=self.ftol,
-            )
-            ok = bool(np.isfinite(float(r.loglik)))
-            if best is None or (
-                ok and float(r.loglik) > float(best.loglik) + 1e-9 * abs(float(best.loglik))
-            ):
+            r = self._calibrate(data_pad, init, prior, free_j)
+            ok = bool(np.isfinite(r.loglik))
+            if best is None or (ok and r.loglik > best.loglik + 1e-9 * abs(best.loglik)):
                 best = r
         p = best.params
         ttm_fit = np.where(np.isfinite(ttm_np[sl]), ttm_np[sl], np.nan)
@@ -373,12 +402,12 @@ class KalmanEngine:
         return KalmanFit(
             params=p,
             method=self.method,
-            loglik=float(best.loglik),
+            loglik=best.loglik,
             nobs=int(data.nobs),
-            converged=bool(best.converged),
-            status=status_message(int(best.status)),
-            num_steps=int(best.num_steps),
-            grad_norm=float(best.grad_norm),
+            converged=best.converged,
+            status=best.status,
+            num_steps=best.num_steps,
+            grad_norm=best.grad_norm,
             state_t=state_t,
             state_path=path,
             F_model_t=F_t,
@@ -392,7 +421,64 @@ class KalmanEngine:
             tenor_names=names,
             dates=None if dates_idx is None else dates_idx[sl],
             states=self.states,
-            extra={"F_mkt_t": F_np[t_idx], "start": start, "prior": prior, "data": data},
+            extra={
+                "F_mkt_t": F_np[t_idx],
+                "start": start,
+                "prior": prior,
+                "data": data,
+                **best.extra,
+            },
+        )
+
+    def _calibrate(self, data: MarketData, init: Params, prior: Prior, free: Array) -> _Calib:
+        """One fit from ``init`` by the engine's method."""
+        extra: dict[str, Any] = {}
+        if self.method in ("EM", "HYBRID"):
+            em_iters = self.em_max_iters if self.method == "EM" else self.hybrid_em_iters
+            em = fit_em(
+                data, init, prior, free, max_iters=em_iters, tol=self.em_tol,
+                accelerate=self.em_accelerate,
+            )  # fmt: skip
+            n_it = int(em.num_iters)
+            extra = {
+                "em_loglik_path": np.asarray(em.loglik_path)[: n_it + 1],
+                "em_iterations": n_it,
+                "em_steps": int(em.num_em_steps),
+                "em_status": EM_STATUS_MESSAGES[int(em.status)],
+                "em_q_decreases": int(em.q_decreases),
+                "em_loglik_decreases": int(em.ll_decreases),
+            }
+            if int(em.q_decreases):
+                warnings.warn(
+                    f"EM: {int(em.q_decreases)} M-step(s) would have decreased Q and were "
+                    "undone (numerical trouble); the result is still monotone in loglik",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            if self.method == "EM":
+                return _Calib(
+                    params=em.params,
+                    loglik=float(em.loglik),
+                    converged=bool(em.converged),
+                    status=EM_STATUS_MESSAGES[int(em.status)],
+                    num_steps=n_it,
+                    grad_norm=float(_grad_norm(em.params, data, prior, free)),
+                    extra=extra,
+                )
+            init = em.params
+        r = fit_mle(
+            data, init, prior, free, max_steps=self.max_steps, gtol=self.gtol, ftol=self.ftol
+        )
+        if self.method == "HYBRID":
+            extra["mle_steps"] = int(r.num_steps)
+        return _Calib(
+            params=r.params,
+            loglik=float(r.loglik),
+            converged=bool(r.converged),
+            status=status_message(int(r.status)),
+            num_steps=int(r.num_steps),
+            grad_norm=float(r.grad_norm),
+            extra=extra,
         )
 
     @staticmethod

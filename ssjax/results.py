@@ -147,6 +147,11 @@ class KalmanFit:
             ("Iterations:", str(self.num_steps)),
             ("Max |gradient|/nobs:", f"{self.grad_norm:.2e}"),
         ]
+        if "em_iterations" in self.extra:
+            x = self.extra
+            head.append(("EM iterations:", f"{x['em_iterations']} ({x['em_steps']} E+M)"))
+            if "mle_steps" in x:
+                head.append(("MLE steps after EM:", str(x["mle_steps"])))
         lines = ["=" * width, "Schwartz-Smith two-factor model results".center(width), "=" * width]
         for i in range(0, len(head), 2):
             l1, v1 = head[i]

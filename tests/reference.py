@@ -331,3 +331,60 @@ def np_tiny_panel(theta, seed, T=6, M=3, x0=(0.1, 3.0)):
     mask[4] = False
     mask[4, 1] = True
     return np.exp(log_f), ttm, mask, dt
+
+
+def dense_expected_complete_loglik(theta_new, theta_old, log_f, ttm, mask, dt, x0, P0):
+    """Q(Θ_new | Θ_old) = E[ln p(x, y | Θ_new) | y, Θ_old] − E[ln p(x_0)] by dense algebra.
+
+    The posterior of all states x_0..x_{T-1} under Θ_old comes from conditioning the dense
+    joint Gaussian; ln p(x | Θ_new) is the dense Gaussian density of the whole state path
+    (a product of the prior and the transitions), from which the (Θ-free) prior term is
+    removed; the measurement part uses the full posterior covariance. T small.
+    """
+    T, M = log_f.shape
+    # posterior of the stacked states under theta_old
+    sd_o = np.broadcast_to(np.asarray(theta_old["meas_sd"], float), (M,))
+    mx, Sx = _dense_states(theta_old, T, dt, x0, P0)
+
+    def rows_for(theta):
+        H, ys, rv = [], [], []
+        sd = np.broadcast_to(np.asarray(theta["meas_sd"], float), (M,))
+        for t in range(T):
+            for i in range(M):
+                if not mask[t, i]:
+                    continue
+                b, A = np_measurement(theta, ttm[t, i])
+                h = np.zeros(2 * T)
+                h[2 * t], h[2 * t + 1] = b, 1.0
+                H.append(h)
+                ys.append(log_f[t, i] - A)
+                rv.append(sd[i] ** 2)
+        return np.array(H), np.array(ys), np.array(rv)
+
+    H, ys, _ = rows_for(theta_old)
+    C = H @ Sx @ H.T + np.diag(np.concatenate([sd_o[mask[t]] ** 2 for t in range(T)]))
+    G = np.linalg.solve(C, H @ Sx).T
+    mean = mx + G @ (ys - H @ mx)
+    cov = Sx - G @ H @ Sx
+    cov = 0.5 * (cov + cov.T)
+
+    def expected_log_normal(m_p, S_p, m, S):
+        n = m_p.shape[0]
+        d = m - m_p
+        _, logdet = np.linalg.slogdet(S_p)
+        return -0.5 * (
+            n * np.log(2 * np.pi)
+            + logdet
+            + np.trace(np.linalg.solve(S_p, S))
+            + d @ np.linalg.solve(S_p, d)
+        )
+
+    mxn, Sxn = _dense_states(theta_new, T, dt, x0, P0)
+    states = expected_log_normal(mxn, Sxn, mean, cov)
+    prior = expected_log_normal(np.asarray(x0, float), np.asarray(P0, float), mean[:2], cov[:2, :2])
+    Hn, ysn, rvn = rows_for(theta_new)
+    r = ysn - Hn @ mean
+    meas = -0.5 * np.sum(
+        np.log(2 * np.pi * rvn) + (r * r + np.einsum("ij,jk,ik->i", Hn, cov, Hn)) / rvn
+    )
+    return states - prior + meas

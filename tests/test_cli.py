@@ -31,3 +31,9 @@ def test_csv_input(tmp_path, wti, capsys):
     df.to_csv(path, index=False)
     assert main(["--csv", str(path)]) in (0, 1)
     assert "120 dates x 5 tenors" in capsys.readouterr().out
+
+
+def test_em_method(capsys):
+    assert main(["--method", "em", "--shared-noise"]) == 0
+    out = capsys.readouterr().out
+    assert "Method:" in out and "EM iterations:" in out

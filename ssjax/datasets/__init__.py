@@ -29,6 +29,8 @@ class Panel(NamedTuple):
     contracts: np.ndarray  # [T, M] contract code behind each cell
     tenor_names: list[str]
     dt: np.ndarray  # [T-1] years between dates (ACT/365)
+    mask: np.ndarray | None = None  # [T, M] True = observed (None: the finite prices)
+    commodity: str | None = None
 
 
 def load_wti_ss2000(maturities: str = "act365") -> Panel:
@@ -65,4 +67,14 @@ def load_wti_ss2000(maturities: str = "act365") -> Panel:
     else:
         raise ValueError(f"maturities must be 'act365', 'bus262' or 'fixed', got {maturities!r}")
     dt = np.diff(dates.values).astype("timedelta64[D]").astype(float) / 365.0
-    return Panel(dates, F, ttm, df["spot"].to_numpy(float), contracts, list(_TENORS), dt)
+    return Panel(
+        dates,
+        F,
+        ttm,
+        df["spot"].to_numpy(float),
+        contracts,
+        list(_TENORS),
+        dt,
+        np.isfinite(F),
+        "CL",
+    )
