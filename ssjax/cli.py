@@ -1,7 +1,8 @@
 """Command line: ``ssjax`` (or ``python -m ssjax``).
 
 The default run fits the Schwartz–Smith model to the bundled weekly WTI panel and prints the
-summary, the filtered state at t* and the model forwards next to the market.
+summary, the filtered state at t* and the model forwards next to the market. ``--data`` fits
+a settlement file in any supported layout (or the bundled copper).
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--csv", help="fit a wide CSV instead: a date column, price columns and "
                    "matching '<col>_ttm' columns in years")  # fmt: skip
+    p.add_argument(
+        "--data",
+        help="fit a settlement file instead: a CME settlement CSV, a continuous-contract file "
+        "(CL1..CLn) or a long per-contract CSV (layout detected from the header), or 'copper' "
+        "for the bundled COMEX copper",
+    )
+    p.add_argument("--commodity", help="with --data: which commodity (e.g. CL, NG, HG)")
+    p.add_argument(
+        "--ranks",
+        default="6",
+        help="with --data: nearby ranks, a count ('6') or a list ('1,5,9,13,17')",
+    )
+    p.add_argument("--resample", help="with --data: e.g. W-TUE for one date per week")
     p.add_argument("--t-star", help="last date used for the fit (YYYY-MM-DD or an index)")
     p.add_argument("--method", default="MLE", type=str.upper, choices=["MLE", "EM", "HYBRID"],
                    help="MLE (default), structured EM, or hybrid (EM, then MLE)")  # fmt: skip
@@ -58,13 +72,50 @@ def _load_csv(path: str):
     return dates, F, ttm, None, [str(c) for c in price_cols]
 
 
+def _load_data(args: argparse.Namespace):
+    """--data: any supported settlement layout (or the bundled copper) to a nearby panel."""
+    from .datasets import load_copper_schwartz97
+    from .panels import nearby_panel
+    from .settlements import SettlementError, read_settlements
+
+    spec = args.ranks.strip()
+    try:
+        ranks = int(spec) if "," not in spec else [int(x) for x in spec.split(",") if x]
+    except ValueError:
+        raise SystemExit(f"--ranks: expected a count or a comma list, got {args.ranks!r}") from None
+    if args.data == "copper":
+        settle = load_copper_schwartz97().settlements
+        source = "bundled COMEX copper (schwartz97)"
+    else:
+        try:
+            settle = read_settlements(args.data)
+        except (SettlementError, FileNotFoundError) as e:
+            raise SystemExit(f"--data: {e}") from None
+        source = args.data
+    try:
+        panel = nearby_panel(settle, ranks, commodity=args.commodity, resample=args.resample)
+    except ValueError as e:
+        raise SystemExit(f"--data: {e}") from None
+    source = f"{source}, {panel.commodity} nearby ranks {panel.tenor_names}"
+    F = np.where(panel.mask, panel.F_mkt, np.nan)
+    return panel.dates, F, panel.ttm, None, panel.tenor_names, source
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return _fit_only(args)
+
+
+def _fit_only(args: argparse.Namespace) -> int:
     import ssjax
 
+    if args.csv and args.data:
+        raise SystemExit("give either --csv or --data, not both")
     if args.csv:
         dates, F, ttm, S, names = _load_csv(args.csv)
         source = args.csv
+    elif args.data:
+        dates, F, ttm, S, names, source = _load_data(args)
     else:
         panel = ssjax.datasets.load_wti_ss2000(args.maturities)
         dates, F, ttm, S, names = panel.dates, panel.F_mkt, panel.ttm, panel.S, panel.tenor_names

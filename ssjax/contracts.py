@@ -102,7 +102,8 @@ def parse_contract(code: str, ref_date: Any = None) -> ContractCode:
     * ``CLZ4``: one-digit year, the decade taken from ``ref_date`` (the first year ending in
       that digit that is >= ``ref_date.year - 1``; ``ref_date`` is required);
     * Bloomberg-style ``C H97`` or ``CLZ4 Comdty``: a space between root and month letter, an
-      optional ``Comdty`` suffix.
+      optional ``Comdty`` suffix; ``HGJ8 08`` (an expired generic: one-digit year, then the
+      two-digit year) is ``HGJ08``.
 
     The root is 1 to 3 letters. A two-digit year ``yy`` is placed in the century that puts it
     in ``[ref_date.year - 10, ref_date.year + 89]`` when ``ref_date`` is given (``CLG90`` with
@@ -116,6 +117,15 @@ def parse_contract(code: str, ref_date: Any = None) -> ContractCode:
     s = code.strip().upper()
     if s.endswith(" COMDTY"):
         s = s[: -len(" COMDTY")].rstrip()
+    # Bloomberg's form for an expired generic: 'HGJ8 08' (one-digit year, then the
+    # two-digit year after a space) -> 'HGJ08'
+    bb = re.fullmatch(r"(?P<head>.*[A-Z])(?P<d>\d) (?P<yy>\d{2})", s)
+    if bb:
+        if bb["yy"][-1] != bb["d"]:
+            raise ValueError(
+                f"contract code {code!r}: year digit {bb['d']!r} disagrees with {bb['yy']!r}"
+            )
+        s = bb["head"] + bb["yy"]
     m = re.fullmatch(r"(?P<head>.*?)(?P<digits>\d*)", s)
     head, digits = (m["head"], m["digits"]) if m else (s, "")
     if not digits:

@@ -1,6 +1,9 @@
 """The ssjax command: the main job on the bundled panel."""
 
+from pathlib import Path
+
 import pandas as pd
+import pytest
 
 from ssjax.cli import main
 
@@ -37,3 +40,17 @@ def test_em_method(capsys):
     assert main(["--method", "em", "--shared-noise"]) == 0
     out = capsys.readouterr().out
     assert "Method:" in out and "EM iterations:" in out
+
+
+def test_data_option_fits_copper_and_files(tmp_path, capsys):
+    assert main(["--data", "copper", "--ranks", "1,4,8", "--resample", "W-TUE"]) == 0
+    out = capsys.readouterr().out
+    assert "HG nearby ranks ['HG1', 'HG4', 'HG8']" in out and "HG8=" in out
+    # a CME settlement file from the fixtures, any layout is detected
+    fixture = str(Path(__file__).parent / "fixtures" / "cme_settlements_sample.csv")
+    assert main(["--data", fixture, "--commodity", "HG", "--ranks", "4"]) in (0, 1)
+    assert "HG nearby ranks" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="several commodities"):
+        main(["--data", fixture])
+    with pytest.raises(SystemExit, match="--ranks"):
+        main(["--data", fixture, "--ranks", "a,b"])

@@ -346,3 +346,10 @@ def test_last_trade_dates_vectorised():
     with pytest.raises(ValueError, match="ref_dates has 1 entries for 2 codes"):
         last_trade_dates(["CLF25", "CLG25"], ref_dates=["2024-01-01"])
     assert last_trade_dates([]).empty
+
+
+def test_bloomberg_expired_generic_form():
+    assert parse_contract("HGJ8 08") == parse_contract("HGJ08")
+    assert parse_contract("HGJ8 08").year == 2008
+    with pytest.raises(ValueError, match="disagrees"):
+        parse_contract("HGJ8 09")

@@ -4,6 +4,10 @@
   from 1990-01-02 to 1995-02-14, the 1st, 5th, 9th, 13th and 17th nearest contracts
   (F1, F5, F9, F13, F17), a spot series, the contract behind every cell and its last trading
   day. Source: the R package NFCP (GPL-3), object ``SS_oil``; see ``README.md`` beside it.
+* :func:`load_wti_ss2000_contracts` — the same 268 dates with every contract observed (82
+  contracts, ~21 per date) as a settlement table, and the F1…F17 panel rebuilt from it.
+* :func:`load_copper_schwartz97` — daily COMEX copper (HG), 1996-01-02 to 2010-09-07, the 8
+  nearest contracts (R package schwartz97, GPL >= 2): settlement table and nearby panel.
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-__all__ = ["Panel", "load_wti_ss2000"]
+__all__ = [
+    "Panel",
+    "Bundled",
+    "load_wti_ss2000",
+    "load_wti_ss2000_contracts",
+    "load_copper_schwartz97",
+]
 
 _TENORS = ("F1", "F5", "F9", "F13", "F17")
 
@@ -78,3 +88,51 @@ def load_wti_ss2000(maturities: str = "act365") -> Panel:
         np.isfinite(F),
         "CL",
     )
+
+
+class Bundled(NamedTuple):
+    """A bundled data set: the long settlement table and a ready panel built from it."""
+
+    settlements: pd.DataFrame
+    panel: Panel
+
+
+def _read_gz(name: str) -> pd.DataFrame:
+    from ..settlements import read_long_csv
+
+    with resources.as_file(resources.files(__name__) / name) as path:
+        return read_long_csv(path)
+
+
+def load_wti_ss2000_contracts(ranks: tuple[int, ...] = (1, 5, 9, 13, 17)) -> Bundled:
+    """Every WTI contract of the 2000 paper's 268 weekly dates, and a nearby panel.
+
+    The settlement table has columns ``trade_date, commodity, contract, expiration_date,
+    settlement_price``. The panel takes the nearby
+    ``ranks`` among the contracts observed that day (the source's stitching), which
+    reproduces F1, F5, F9, F13 and F17 of :func:`load_wti_ss2000` exactly; ttm is ACT/365.
+    """
+    from ..panels import nearby_panel
+
+    settle = _read_gz("ss2000_wti_weekly_contracts_long.csv.gz")
+    return Bundled(settle, nearby_panel(settle, list(ranks), among="observed"))
+
+
+def load_copper_schwartz97(ranks: int = 8) -> Bundled:
+    """Daily COMEX copper futures (US cents/lb), 3,681 dates from 1996-01-02 to 2010-09-07.
+
+    From the CRAN package schwartz97 (object ``futures``; Bloomberg tickers): the 8 nearest
+    contracts each day with last trading days, open interest and volume. Seven rows of the
+    source carry neither a contract nor a price (1999-11-04, ranks 2-8) and are dropped with
+    a warning silenced here; 13 prices are missing. The panel holds nearby ranks 1..``ranks``
+    with each contract's actual ttm = (last trading day − date)/365, equal to the source's
+    ``ttm_days``/365.
+    """
+    import warnings
+
+    from ..panels import nearby_panel
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*neither a contract nor a price.*")
+        settle = _read_gz("schwartz97_copper_daily.csv.gz")
+    return Bundled(settle, nearby_panel(settle, ranks))
