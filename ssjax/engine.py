@@ -233,7 +233,7 @@ class KalmanEngine:
         em_max_iters: int = 500,
         em_tol: float = 1e-10,
         em_accelerate: bool = True,
-        hybrid_em_iters: int = 10,
+        hybrid_em_iters: int = 5,
     ) -> None:
         method = method.upper()
         if method not in ("MLE", "EM", "HYBRID"):
