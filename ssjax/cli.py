@@ -1,8 +1,11 @@
 """Command line: ``ssjax`` (or ``python -m ssjax``).
 
-The default run fits the Schwartz–Smith model to the bundled weekly WTI panel and prints the
-summary, the filtered state at t* and the model forwards next to the market. ``--data`` fits
-a settlement file in any supported layout (or the bundled copper).
+The default run is the whole pipeline on the bundled weekly WTI data: KalmanEngine →
+compute_model_forward → prepare_trading_inputs → TradeEngine at t*, then the walk-forward
+backtest; it prints Θ, the mispricing table and ``orders_t`` and writes them and the backtest
+report to an output folder (``ssjax_output/``). Settings come from ``--config FILE.toml``
+(defaults in :mod:`ssjax.pipeline`), overridden by flags. ``--fit-only`` just calibrates and
+prints the summary (with ``--csv``, ``--maturities``, ``--spot``, ``--output``).
 """
 
 from __future__ import annotations
@@ -56,8 +59,74 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one measurement s.d. for all tenors")  # fmt: skip
     p.add_argument("--spot", action="store_true", help="use the spot series as an observable")
     p.add_argument("--n-starts", type=int, default=1, help="number of starting points")
-    p.add_argument("--output", help="write the state path and model forwards to this CSV")
+    p.add_argument("--output", help="(--fit-only) write the state path and model forwards")
+    g = p.add_argument_group("pipeline (the default run)")
+    g.add_argument("--config", help="TOML settings file (see `ssjax --print-config`)")
+    g.add_argument("--print-config", action="store_true", help="print the settings and exit")
+    g.add_argument("--fit-only", action="store_true", help="calibrate and print the summary only")
+    g.add_argument("--sizing", choices=["vol_target", "qp"])
+    g.add_argument("--z-in", type=float)
+    g.add_argument("--z-out", type=float)
+    g.add_argument("--vol-target", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--no-backtest", action="store_true", help="skip the walk-forward backtest")
+    g.add_argument("--recalibrate-every", type=int)
+    g.add_argument("--output-dir", help="output folder (default ssjax_output)")
+    g.add_argument("--quiet", action="store_true", help="no progress messages")
     return p
+
+
+def _pipeline_config(args: argparse.Namespace, argv_given: set[str]) -> dict:
+    from .pipeline import load_config, merge_config
+
+    cfg = load_config(args.config)
+    over: dict[str, dict] = {}
+
+    def put(section: str, key: str, value) -> None:
+        over.setdefault(section, {})[key] = value
+
+    if args.data:
+        put("data", "source", args.data)
+    if args.commodity:
+        put("data", "commodity", args.commodity)
+    if "--ranks" in argv_given:
+        spec = args.ranks.strip()
+        try:
+            ranks = (
+                list(range(1, int(spec) + 1))
+                if "," not in spec
+                else [int(x) for x in spec.split(",") if x]
+            )
+        except ValueError:
+            raise SystemExit(
+                f"--ranks: expected a count or a comma list, got {args.ranks!r}"
+            ) from None
+        put("data", "ranks", ranks)
+    if args.resample:
+        put("data", "resample", args.resample)
+    if args.t_star is not None:
+        put("data", "t_star", args.t_star)
+    if "--method" in argv_given:
+        put("model", "method", args.method)
+    if args.risk_premium:
+        put("model", "risk_premium", True)
+    if args.shared_noise:
+        put("model", "shared_noise", True)
+    for flag, section, key in (
+        ("sizing", "engine", "sizing"),
+        ("vol_target", "engine", "vol_target"),
+        ("top_k", "engine", "top_k"),
+        ("z_in", "trading", "z_in"),
+        ("z_out", "trading", "z_out"),
+        ("recalibrate_every", "backtest", "recalibrate_every"),
+        ("output_dir", "output", "folder"),
+    ):
+        v = getattr(args, flag)
+        if v is not None:
+            put(section, key, v)
+    if args.no_backtest:
+        put("backtest", "enabled", False)
+    return merge_config(cfg, over, where="flags")
 
 
 def _load_csv(path: str):
@@ -102,7 +171,26 @@ def _load_data(args: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    if not (args.fit_only or args.csv or args.output or args.spot):
+        import json
+
+        from .pipeline import run_pipeline
+
+        try:
+            cfg = _pipeline_config(args, given)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        if args.print_config:
+            print(json.dumps(cfg, indent=2))
+            return 0
+        try:
+            res = run_pipeline(cfg, quiet=args.quiet)
+        except ValueError as e:
+            raise SystemExit(f"ssjax: {e}") from None
+        return 0 if res.fit.converged else 1
     return _fit_only(args)
 
 

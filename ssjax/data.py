@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
@@ -217,13 +218,20 @@ def pad_dates(data: MarketData, n_dates: int) -> MarketData:
     if extra == 0:
         return data
 
+    # NumPy when the arrays are concrete: eager jnp ops would compile for every new length
+    concrete = not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(data))
+    xp = np if concrete else jnp
+
     def pad(a, value=0):
         if a is None:
             return None
         widths = [(0, extra)] + [(0, 0)] * (a.ndim - 1)
-        return jnp.pad(a, widths, constant_values=value)
+        out = xp.pad(xp.asarray(a), widths, constant_values=value)
+        return jnp.asarray(out) if concrete else out
 
-    dt = jnp.concatenate([data.dt, jnp.broadcast_to(data.dt[-1:], (extra,))])
+    dt_np = xp.asarray(data.dt)
+    dt = xp.concatenate([dt_np, xp.broadcast_to(dt_np[-1:], (extra,))])
+    dt = jnp.asarray(dt) if concrete else dt
     return MarketData(
         log_f=pad(data.log_f),
         ttm=pad(data.ttm),

@@ -154,9 +154,13 @@ def _vec(x: Any, M: int, name: str) -> np.ndarray:
 
 
 def _cov(x: np.ndarray, shrinkage: float) -> np.ndarray:
-    """Covariance of the rows of x [n, M] with NaNs (pairwise complete), shrunk to its diagonal."""
+    """Covariance of the rows of x [n, M] with NaNs (pairwise complete), shrunk to its diagonal.
+
+    A column with fewer than two values gets zero variance (it is then not traded by size)."""
     ok = np.isfinite(x)
-    xc = np.where(ok, x - np.nanmean(np.where(ok, x, np.nan), axis=0), 0.0)
+    cnt = ok.sum(axis=0)
+    mean = np.where(cnt > 0, np.where(ok, x, 0.0).sum(axis=0) / np.maximum(cnt, 1), 0.0)
+    xc = np.where(ok, x - mean, 0.0)
     n = ok.T.astype(float) @ ok.astype(float)
     S = (xc.T @ xc) / np.maximum(n - 1.0, 1.0)
     S = np.where(n >= 2, S, 0.0)
@@ -176,6 +180,7 @@ def prepare_trading_inputs(
     resid_hist: ArrayLike | None = None,
     innovation_var_t: ArrayLike | None = None,
     dt: float | ArrayLike | None = None,
+    model_var: str = "innovation",
 ) -> TradingInputs:
     """The document's ``PrepareTradingInputs`` for one date t.
 
@@ -188,9 +193,13 @@ def prepare_trading_inputs(
             contract is the same on both dates (no spliced returns across rolls).
         resid_hist: past residuals ln F_mkt − ln F_model [W, M] (dates before t) for
             ``sigma_method="residuals"`` and ``z_method="residual"``.
-        innovation_var_t: the filter's innovation variance of ln F at t [M] (z_method
-            ``"model"``).
+        innovation_var_t: the model's variance of the residual ln F_mkt − ln F_model at t [M]
+            (z_method ``"model"``): the filter's innovation variance H P_{t|t−1} Hᵀ + R, or
+            the filtered residual variance R − H P_{t|t} Hᵀ, which matches F_model from the
+            filtered state (the pipeline and the backtest use the latter by default).
         dt: step length(s) in years, to annualize Σ (default ``cfg.periods_per_year``).
+        model_var: which variance ``innovation_var_t`` is (``"innovation"`` or
+            ``"filtered"``), for the ``z_basis`` label.
     """
     cfg = cfg or TradingConfig()
     F_mkt_t = np.asarray(F_mkt_t, float)
@@ -256,12 +265,20 @@ def prepare_trading_inputs(
         if v.shape != (M,):
             raise ValueError(f"innovation_var_t must have shape [{M}], got {v.shape}")
         sd = np.sqrt(np.where(np.isfinite(v) & (v > 0), v, np.nan))
-        z_basis = "model: filter innovation s.d. of ln F"
+        z_basis = (
+            "model: filtered residual s.d. of ln F (R - H P_t|t H')"
+            if model_var == "filtered"
+            else "model: filter innovation s.d. of ln F (H P_t|t-1 H' + R)"
+        )
     else:
         if resid_hist is None:
             raise ValueError("z_method='residual' needs resid_hist [W, M]")
         R = np.asarray(resid_hist, float)[-W:]
-        sd = np.nanstd(R, axis=0, ddof=1) if R.shape[0] >= 2 else np.full(M, np.nan)
+        ok = np.isfinite(R)
+        cnt = ok.sum(axis=0)
+        mean = np.where(ok, R, 0.0).sum(axis=0) / np.maximum(cnt, 1)
+        ss = np.where(ok, (R - mean) ** 2, 0.0).sum(axis=0)
+        sd = np.where(cnt >= 2, np.sqrt(ss / np.maximum(cnt - 1, 1)), np.nan)
         sd = np.where(sd > 0, sd, np.nan)
         z_basis = f"rolling residual s.d., {R.shape[0]} dates"
     z = np.where(tradable & np.isfinite(sd), alpha / np.where(np.isfinite(sd), sd, 1.0), 0.0)
@@ -441,16 +458,18 @@ class TradeEngine:
             target, status = self._solve_qp(s, inp, w_prev)
             if target is None:  # never trade on a failed solve: keep what we hold
                 return TradeDecision(s, w_prev.copy(), [], inp.z, status, np.zeros(M, bool))
-        # frictions: an increase of exposure must pay for itself
-        dw = target - w_prev
-        increase = np.abs(target) > np.abs(w_prev) + self.min_trade
-        gain = dw * inp.alpha
-        cost = np.abs(dw) * inp.cost_per_weight
+        # frictions: new exposure must pay for itself. The opening part of a trade is the
+        # growth of a same-side position, or all of the new side in a reversal; the
+        # closing part (exits, reductions) is always sent.
+        same_side = np.sign(target) * np.sign(w_prev) > 0
+        opening = np.where(same_side, np.abs(target) - np.abs(w_prev), np.abs(target))
+        opens = opening > self.min_trade
+        edge = np.sign(target) * inp.alpha  # expected return per unit of the new exposure
         blocked = np.zeros(M, bool)
         if self.check_frictions:
-            blocked = increase & (gain <= cost)
-            target = np.where(blocked, w_prev, target)
-        s = np.where(blocked & (w_prev == 0), 0.0, s)
+            blocked = opens & (edge <= inp.cost_per_weight)
+            target = np.where(blocked, np.where(same_side, w_prev, 0.0), target)
+        s = np.where(blocked, np.sign(target), s)
         dw = target - w_prev
         orders = [
             Order(int(i), "BUY" if dw[i] > 0 else "SELL", float(abs(dw[i])))

@@ -8,8 +8,8 @@ import pytest
 from ssjax.cli import main
 
 
-def test_default_run_prints_summary(capsys):
-    assert main([]) == 0
+def test_fit_only_prints_summary(capsys):
+    assert main(["--fit-only"]) == 0
     out = capsys.readouterr().out
     assert "bundled Schwartz-Smith (2000) weekly WTI panel" in out
     assert "Schwartz-Smith two-factor model results" in out
@@ -37,20 +37,20 @@ def test_csv_input(tmp_path, wti, capsys):
 
 
 def test_em_method(capsys):
-    assert main(["--method", "em", "--shared-noise"]) == 0
+    assert main(["--fit-only", "--method", "em", "--shared-noise"]) == 0
     out = capsys.readouterr().out
     assert "Method:" in out and "EM iterations:" in out
 
 
 def test_data_option_fits_copper_and_files(tmp_path, capsys):
-    assert main(["--data", "copper", "--ranks", "1,4,8", "--resample", "W-TUE"]) == 0
+    assert main(["--fit-only", "--data", "copper", "--ranks", "1,4,8", "--resample", "W-TUE"]) == 0
     out = capsys.readouterr().out
     assert "HG nearby ranks ['HG1', 'HG4', 'HG8']" in out and "HG8=" in out
     # a CME settlement file from the fixtures, any layout is detected
     fixture = str(Path(__file__).parent / "fixtures" / "cme_settlements_sample.csv")
-    assert main(["--data", fixture, "--commodity", "HG", "--ranks", "4"]) in (0, 1)
+    assert main(["--fit-only", "--data", fixture, "--commodity", "HG", "--ranks", "4"]) in (0, 1)
     assert "HG nearby ranks" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="several commodities"):
-        main(["--data", fixture])
+        main(["--fit-only", "--data", fixture])
     with pytest.raises(SystemExit, match="--ranks"):
-        main(["--data", fixture, "--ranks", "a,b"])
+        main(["--fit-only", "--data", fixture, "--ranks", "a,b"])

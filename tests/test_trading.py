@@ -245,3 +245,21 @@ def test_orders_are_the_weight_changes():
         assert o.size == pytest.approx(abs(dw[o.tenor_id]))
         assert isinstance(o.tenor_id, int) and isinstance(o.size, float)
     assert d.signals.dtype == float and set(np.unique(d.signals)) <= {-1.0, 0.0, 1.0}
+
+
+def test_blocked_reversal_exits_instead_of_keeping_the_old_side():
+    inp = _inputs([-0.001], Sigma=[[0.04]], z=[-10.0], cost=1.0)
+    d = TradeEngine().decide(inp, np.array([0.5]))
+    assert d.target_w[0] == 0.0 and d.orders == [Order(0, "SELL", 0.5)]
+    assert d.signals[0] == 0 and d.blocked[0]
+
+
+def test_empty_history_columns_do_not_warn():
+    hist = np.full((61, 2), np.nan)
+    hist[:, 0] = 50 * np.exp(np.cumsum(RNG.normal(0, 0.01, 61)))
+    inp = prepare_trading_inputs(
+        np.array([50.0, 51.0]), np.array([52.0, 50.0]), np.array([0.2, 0.4]),
+        cfg=TradingConfig(z_method="residual", periods_per_year=52),
+        F_mkt_hist=hist, resid_hist=np.c_[RNG.normal(0, 0.01, 30), np.full(30, np.nan)],
+    )  # fmt: skip
+    assert inp.Sigma[1, 1] == 0 and inp.z[1] == 0 and inp.z[0] != 0

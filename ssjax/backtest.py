@@ -1,0 +1,735 @@
+r"""Walk-forward backtest of the mispricing strategy on actual contracts, with no look-ahead.
+
+:func:`walk_forward` strings the blocks together over a tenor :class:`~ssjax.datasets.Panel`:
+
+1. **Calibration** at dates ``start, start + recalibrate_every, …``: Θ is fitted by
+   :func:`ssjax.mle.fit_mle` on the data up to and including that date only (an expanding
+   window), warm-started from the previous Θ. Every window is padded with fully masked dates
+   (:func:`ssjax.data.pad_dates`) to the panel's full length, so one compiled program serves
+   all windows.
+2. **States**: between two calibrations Θ is fixed and the states are the *filtered* means
+   (they use the data up to each date only; nothing is smoothed). The model forwards are
+   ``forward_curve(Θ, x_t|t, ttm_t)``; the filter's innovation variances at t give the
+   z-scores (``z_method="model"``; see ``z_variance``), the past residuals
+   ln F_mkt − ln F_model (each computed with the model in force on its own date) feed
+   ``z_method="residual"`` and ``sigma_method="residuals"``.
+3. **Decisions**: :func:`ssjax.trading.prepare_trading_inputs` and
+   :meth:`ssjax.trading.TradeEngine.decide` at every date from ``start`` on.
+4. **Execution and P&L** (:func:`simulate_execution`): orders at t fill at t's settlement of
+   the tenor's contract; from t to t+1 a weight w earns w·(P_c(t+1)/P_c(t) − 1) on the
+   contract c actually held (never a spliced nearby series). When the tenor's contract
+   changes (a roll), the old contract is closed and the target opened in the new one (two
+   trades, both pay costs). A contract on its last trading day (ttm = 0), or expiring
+   before the next date of the panel, is not held overnight (:func:`expiring_before_next`;
+   the trading block sees it as not tradable). A trade of |Δw| costs
+   |Δw|·(fee + half_spread + slippage)/price.
+
+Conventions of the outputs: ``pnl.loc[t]`` is the P&L earned over (t−1, t] by the weights
+held after trading at t−1, minus the costs of the trades at t; weights are held constant
+between dates (rebalanced to the target, no drift), as in the trading module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .data import MarketData, make_market_data, pad_dates
+from .datasets import Panel
+from .filter import kalman_filter
+from .mle import default_start, fit_mle, status_message
+from .model import forward_curve
+from .params import Params
+from .trading import Order, TradeEngine, TradingConfig, prepare_trading_inputs
+
+__all__ = [
+    "BacktestResult",
+    "ExecutionResult",
+    "PriceBook",
+    "compute_metrics",
+    "expiring_before_next",
+    "simulate_execution",
+    "step_pnl",
+    "walk_forward",
+]
+
+_default_start_jit = jax.jit(default_start, static_argnames=("risk_premium", "spot"))
+_filter_jit = jax.jit(kalman_filter)
+_forwards_jit = jax.jit(jax.vmap(forward_curve, in_axes=(None, 0, 0)))
+
+
+# ---- prices of actual contracts ---------------------------------------------------------------
+def _valid_code(c: Any) -> bool:
+    if c is None:
+        return False
+    if isinstance(c, float) and math.isnan(c):
+        return False
+    return str(c) != ""
+
+
+class PriceBook:
+    """Settlement price of a given contract on a given date of the panel.
+
+    Looks the contract up in ``settlements`` (columns ``trade_date, contract,
+    settlement_price`` and optionally ``commodity``) when given, otherwise (or when the table
+    has no price there) among all tenors of the panel on that date: a contract may appear
+    under another tenor than the one it was bought in. NaN when no price is known.
+    """
+
+    def __init__(self, panel: Panel, settlements: pd.DataFrame | None = None) -> None:
+        F = np.asarray(panel.F_mkt, float)
+        mask = np.isfinite(F) if panel.mask is None else np.asarray(panel.mask, bool)
+        codes = np.asarray(panel.contracts, dtype=object)
+        self._rows: list[dict[str, float]] = []
+        for t in range(F.shape[0]):
+            row: dict[str, float] = {}
+            for i in range(F.shape[1]):
+                c = codes[t, i]
+                if mask[t, i] and np.isfinite(F[t, i]) and F[t, i] > 0 and _valid_code(c):
+                    row[str(c)] = float(F[t, i])
+            self._rows.append(row)
+        self._settle: dict[str, np.ndarray] = {}
+        if settlements is not None:
+            need = {"trade_date", "contract", "settlement_price"}
+            missing = need - set(settlements.columns)
+            if missing:
+                raise ValueError(f"settlements lacks the columns {sorted(missing)}")
+            s = settlements
+            if panel.commodity is not None and "commodity" in s.columns:
+                s = s[s["commodity"] == panel.commodity]
+            s = s[["trade_date", "contract", "settlement_price"]].dropna(
+                subset=["contract", "settlement_price"]
+            )
+            wide = (
+                s.assign(trade_date=pd.to_datetime(s["trade_date"]))
+                .groupby(["trade_date", "contract"])["settlement_price"]
+                .last()
+                .unstack("contract")
+                .reindex(pd.DatetimeIndex(panel.dates))
+            )
+            self._settle = {str(c): wide[c].to_numpy(float) for c in wide.columns}
+
+    def price(self, contract: Any, t: int) -> float:
+        """Price of ``contract`` at date index ``t`` (NaN if unknown)."""
+        if not _valid_code(contract):
+            return math.nan
+        col = self._settle.get(str(contract))
+        if col is not None:
+            p = col[t]
+            if np.isfinite(p) and p > 0:
+                return float(p)
+        return self._rows[t].get(str(contract), math.nan)
+
+
+# ---- the P&L and execution steps -------------------------------------------------------------
+def expiring_before_next(ttm: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """[T, M] bool: the cell's contract cannot be held to the next date of the panel.
+
+    True on its last trading day (ttm <= 0) and when its last trading day falls strictly
+    before the next date (ttm < dt[t], e.g. a weekly panel whose front contract expires on
+    the Monday before the next Tuesday: it would have no price to be marked at). The schedule
+    of dates is known in advance, so this uses no future prices. On the last date only
+    ttm <= 0 counts.
+    """
+    ttm = np.asarray(ttm, float)
+    nxt = np.concatenate([np.asarray(dt, float), [0.0]])[:, None]
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(ttm) & ((ttm <= 0) | (ttm < nxt - 1e-12))
+
+
+def step_pnl(
+    w_prev: np.ndarray,
+    held_prev: np.ndarray,
+    marks_prev: np.ndarray,
+    price_next: Callable[[Any], float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """P&L per tenor over one step, on the contracts actually held.
+
+    Args:
+        w_prev: weights [M] held over the step.
+        held_prev: contract held per tenor [M] (None or "" when flat).
+        marks_prev: last mark price of each held contract [M].
+        price_next: contract code -> price at the end of the step (NaN if none).
+
+    Returns:
+        ``(pnl [M], marks [M])``: pnl_i = w_i·(P_next/mark_i − 1) where the held contract has
+        a price at the end of the step, and the marks moved there; a position whose contract
+        has no price is carried at its last mark (pnl 0, mark unchanged), so the whole move is
+        booked when a price reappears.
+    """
+    w_prev = np.asarray(w_prev, float)
+    marks = np.array(marks_prev, float, copy=True)
+    pnl = np.zeros_like(w_prev)
+    for i in np.flatnonzero(w_prev != 0):
+        if not _valid_code(held_prev[i]):
+            continue
+        p1 = price_next(held_prev[i])
+        if np.isfinite(p1) and p1 > 0:
+            pnl[i] = w_prev[i] * (p1 / marks[i] - 1.0)
+            marks[i] = p1
+    return pnl, marks
+
+
+@dataclass
+class ExecutionResult:
+    """What :func:`simulate_execution` books (DataFrames indexed by date)."""
+
+    positions: pd.DataFrame  # weights held after trading at t [dates x tenors]
+    held: pd.DataFrame  # contract held per tenor after trading at t ("" when flat)
+    trades: pd.DataFrame  # one row per fill
+    pnl: pd.DataFrame  # gross, cost, net, equity, exposure, turnover
+    orders: list[list[Order]]  # orders executed in the tenors' current contracts, per date
+
+
+_TRADE_COLUMNS = [
+    "date",
+    "tenor_id",
+    "tenor",
+    "contract",
+    "side",
+    "size",
+    "price",
+    "cost",
+    "kind",
+    "stale_price",
+]
+
+
+def simulate_execution(
+    panel: Panel,
+    decide: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    *,
+    settlements: pd.DataFrame | None = None,
+    start: int = 0,
+    min_trade: float = 1e-12,
+) -> ExecutionResult:
+    """Book fills, positions and P&L on actual contracts for target weights from ``decide``.
+
+    At each date t from ``start`` on:
+
+    1. the positions held since t−1 earn w·(P_c(t)/P_c(t−1) − 1) on their contract c
+       (:func:`step_pnl`, prices from :class:`PriceBook`);
+    2. **rolls**: a position whose contract is no longer the tenor's contract at t is closed
+       in its old contract at its price at t (at its last mark, flagged ``stale_price``,
+       when the old contract has no price at t);
+    3. ``decide(t, w_prev)`` returns ``(target [M], cost_per_contract [M])``, with ``w_prev``
+       the weights after the roll closes (0 in a rolled tenor);
+    4. the target is filled at t's settlement ``panel.F_mkt[t, i]`` of the tenor's contract
+       ``panel.contracts[t, i]``, except where the tenor has no price or contract at t (the
+       position is kept) and where the contract is on its last trading day or expires
+       before the next date of the panel (:func:`expiring_before_next`: the position is
+       closed whatever the target, since it could not be marked at the next date);
+    5. every fill of |Δw| costs |Δw|·cost_per_contract_i/price.
+
+    Returns:
+        :class:`ExecutionResult`. ``trades.kind`` is ``"roll_close"`` for the closes of step
+        2 and ``"order"`` for step 4 (those are also the per-date ``orders``).
+    """
+    F = np.asarray(panel.F_mkt, float)
+    T, M = F.shape
+    mask = np.isfinite(F) if panel.mask is None else np.asarray(panel.mask, bool)
+    ttm = np.asarray(panel.ttm, float)
+    codes = np.asarray(panel.contracts, dtype=object)
+    names = list(panel.tenor_names)
+    dates = pd.DatetimeIndex(panel.dates)
+    if not 0 <= start < T:
+        raise ValueError(f"start must lie in [0, {T - 1}], got {start}")
+    book = PriceBook(panel, settlements)
+    expiring = expiring_before_next(ttm, np.asarray(panel.dt, float))
+
+    w = np.zeros(M)
+    held = np.full(M, None, dtype=object)
+    marks = np.full(M, np.nan)
+    pos_rows, held_rows, pnl_rows, orders_all, trades = [], [], [], [], []
+    for t in range(start, T):
+        date = dates[t]
+        exposure = float(np.sum(np.abs(w)))
+        pnl_i, marks = step_pnl(w, held, marks, lambda c, t=t: book.price(c, t))
+        gross = float(np.sum(pnl_i))
+
+        # rolls: close what is no longer the tenor's contract
+        closes = []
+        for i in np.flatnonzero(w != 0):
+            if _valid_code(codes[t, i]) and held[i] != codes[t, i]:
+                p = book.price(held[i], t)
+                stale = not (np.isfinite(p) and p > 0)
+                side = "SELL" if w[i] > 0 else "BUY"
+                closes.append((i, held[i], side, abs(w[i]), marks[i] if stale else p, stale))
+                w[i] = 0.0
+                held[i] = None
+                marks[i] = np.nan
+
+        target, cpc = decide(t, w.copy())
+        target = np.array(target, float, copy=True)
+        cpc = np.broadcast_to(np.asarray(cpc, float), (M,))
+        if target.shape != (M,):
+            raise ValueError(f"decide must return target weights [{M}], got {target.shape}")
+
+        px = np.where(mask[t] & np.isfinite(F[t]) & (F[t] > 0), F[t], np.nan)
+        valid = np.array([_valid_code(c) for c in codes[t]])
+        can = valid & np.isfinite(px)
+        target = np.where(can, target, w)
+        target = np.where(can & expiring[t], 0.0, target)
+        dw = target - w
+        fill = np.abs(dw) > min_trade
+
+        cost = 0.0
+        turnover = 0.0
+        for i, c, side, size, price, stale in closes:
+            fee = size * cpc[i] / price
+            cost += fee
+            turnover += size
+            trades.append(
+                (date, int(i), names[i], str(c), side, float(size), float(price), float(fee))
+                + ("roll_close", bool(stale))
+            )
+        orders = []
+        for i in np.flatnonzero(fill):
+            size = float(abs(dw[i]))
+            side = "BUY" if dw[i] > 0 else "SELL"
+            fee = size * cpc[i] / px[i]
+            cost += fee
+            turnover += size
+            orders.append(Order(int(i), side, size))
+            trades.append(
+                (date, int(i), names[i], str(codes[t, i]), side, size, float(px[i]), float(fee))
+                + ("order", False)
+            )
+            w[i] = target[i]
+            if w[i] != 0:
+                held[i] = codes[t, i]
+                marks[i] = px[i]
+            else:
+                held[i] = None
+                marks[i] = np.nan
+
+        pos_rows.append(w.copy())
+        held_rows.append(["" if not _valid_code(c) else str(c) for c in held])
+        pnl_rows.append((gross, cost, gross - cost, exposure, turnover))
+        orders_all.append(orders)
+
+    idx = pd.DatetimeIndex(dates[start:], name="date")
+    pnl = pd.DataFrame(
+        pnl_rows, index=idx, columns=["gross", "cost", "net", "exposure", "turnover"]
+    )
+    pnl.insert(3, "equity", pnl["net"].cumsum())
+    trades_df = pd.DataFrame(trades, columns=_TRADE_COLUMNS)
+    trades_df["date"] = pd.to_datetime(trades_df["date"])
+    return ExecutionResult(
+        positions=pd.DataFrame(np.array(pos_rows).reshape(-1, M), index=idx, columns=names),
+        held=pd.DataFrame(
+            np.array(held_rows, dtype=object).reshape(-1, M), index=idx, columns=names
+        ),
+        trades=trades_df,
+        pnl=pnl,
+        orders=orders_all,
+    )
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+def compute_metrics(pnl: pd.DataFrame, n_trades: int, periods_per_year: float) -> pd.Series:
+    """Summary statistics of a P&L table from :func:`simulate_execution`.
+
+    * ``annual_return`` = mean net P&L per period × periods per year; ``annual_volatility`` =
+      s.d. × √(periods per year); ``sharpe`` their ratio (NaN when the s.d. is 0);
+    * ``max_drawdown``: the largest fall of the cumulative net P&L from a running peak
+      (additive, the path starts at 0);
+    * ``turnover``: Σ|Δw| (roll closes included) per year;
+    * ``hit_rate``: share of dates with nonzero positions held over the period whose net P&L
+      is > 0;
+    * ``cost_share``: total costs / |total gross P&L|;
+    * ``n_trades``: fills (roll closes included).
+    """
+    net = pnl["net"].to_numpy(float)
+    n = net.size
+    ppy = float(periods_per_year)
+    years = n / ppy if n else math.nan
+    mean = float(np.mean(net)) if n else math.nan
+    sd = float(np.std(net, ddof=1)) if n > 1 else math.nan
+    ann_ret = mean * ppy
+    ann_vol = sd * math.sqrt(ppy)
+    sharpe = ann_ret / ann_vol if ann_vol > 0 else math.nan
+    eq = np.concatenate([[0.0], np.cumsum(net)])
+    max_dd = float(np.max(np.maximum.accumulate(eq) - eq))
+    invested = pnl["exposure"].to_numpy(float) > 0
+    hit = float(np.mean(net[invested] > 0)) if invested.any() else math.nan
+    gross_total = float(pnl["gross"].sum())
+    cost_total = float(pnl["cost"].sum())
+    cost_share = cost_total / abs(gross_total) if gross_total != 0 else math.nan
+    return pd.Series(
+        {
+            "annual_return": ann_ret,
+            "annual_volatility": ann_vol,
+            "sharpe": sharpe,
+            "max_drawdown": max_dd,
+            "turnover": float(pnl["turnover"].sum()) / years if n else math.nan,
+            "hit_rate": hit,
+            "cost_share": cost_share,
+            "n_trades": float(n_trades),
+            "total_gross": gross_total,
+            "total_cost": cost_total,
+            "total_net": gross_total - cost_total,
+            "n_periods": float(n),
+            "periods_per_year": ppy,
+        },
+        name="metrics",
+    )
+
+
+# ---- the result --------------------------------------------------------------------------------
+@dataclass
+class BacktestResult:
+    """Output of :func:`walk_forward` (DataFrames indexed by the trading dates)."""
+
+    positions: pd.DataFrame  # weights held after trading at t
+    held: pd.DataFrame  # contract codes held ("" when flat)
+    signals: pd.DataFrame  # {-1, 0, +1} from the engine
+    z: pd.DataFrame
+    F_model: pd.DataFrame
+    F_mkt: pd.DataFrame
+    ttm: pd.DataFrame
+    trades: pd.DataFrame  # date, tenor_id, tenor, contract, side, size, price, cost, kind, ...
+    pnl: pd.DataFrame  # gross, cost, net, equity, exposure, turnover
+    params: pd.DataFrame  # Θ per calibration date, loglik, converged, ...
+    orders: list[list[Order]]  # one list per trading date
+    metrics: pd.Series
+    status: pd.Series  # the engine's status per date ("ok" or the QP solver's)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def report(self, folder: str | Path) -> list[Path]:
+        """Write CSVs (positions, trades, pnl, params), ``metrics.json`` and three PNGs.
+
+        ``equity.png``: cumulative net (and gross) P&L; ``zscores.png``: z per tenor with the
+        ±z_in / ±z_out bands; ``curves.png``: market vs model forwards on a few dates (the
+        last one included). Returns the paths written.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        paths: list[Path] = []
+        for name in ("positions", "trades", "pnl", "params"):
+            p = out / f"{name}.csv"
+            getattr(self, name).to_csv(p, index=name != "trades")
+            paths.append(p)
+        p = out / "metrics.json"
+        clean = {k: (float(v) if np.isfinite(v) else None) for k, v in self.metrics.items()}
+        p.write_text(json.dumps(clean, indent=2) + "\n")
+        paths.append(p)
+
+        # equity
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        ax.plot(self.pnl.index, self.pnl["equity"], label="net")
+        ax.plot(self.pnl.index, self.pnl["gross"].cumsum(), lw=0.8, ls="--", label="gross")
+        for d in self.params.index:
+            ax.axvline(d, color="0.85", lw=0.6, zorder=0)
+        ax.set_title("Cumulative P&L (per unit capital; grey: recalibrations)")
+        ax.set_ylabel("P&L")
+        ax.legend()
+        fig.tight_layout()
+        p = out / "equity.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+        # z-scores with the hysteresis bands
+        cfg = self.info.get("trading", {})
+        z_in, z_out = cfg.get("z_in", 2.0), cfg.get("z_out", 0.5)
+        M = self.z.shape[1]
+        fig, axes = plt.subplots(M, 1, figsize=(9, 1.6 * M + 1), sharex=True, squeeze=False)
+        for i, name in enumerate(self.z.columns):
+            ax = axes[i, 0]
+            ax.plot(self.z.index, self.z[name], lw=0.8)
+            held = self.positions[name].to_numpy() != 0
+            ax.fill_between(
+                self.z.index, 0, 1, where=held, transform=ax.get_xaxis_transform(),
+                color="tab:green", alpha=0.12, lw=0,
+            )  # fmt: skip
+            for v, ls in ((z_in, "--"), (-z_in, "--"), (z_out, ":"), (-z_out, ":")):
+                ax.axhline(v, color="tab:red", ls=ls, lw=0.7)
+            ax.set_ylabel(f"z {name}")
+        axes[0, 0].set_title("z-scores (dashed ±z_in, dotted ±z_out, shaded: position held)")
+        fig.tight_layout()
+        p = out / "zscores.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+        # curves on a few dates
+        n = len(self.F_mkt)
+        picks = sorted({0, n // 3, (2 * n) // 3, n - 1})
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for k, j in enumerate(picks):
+            col = f"C{k}"
+            x = self.ttm.iloc[j].to_numpy(float)
+            order = np.argsort(x)
+            label = f"{self.F_mkt.index[j]:%Y-%m-%d}"
+            ax.plot(x[order], self.F_model.iloc[j].to_numpy(float)[order], "-", color=col,
+                    label=f"model {label}")  # fmt: skip
+            ax.plot(x[order], self.F_mkt.iloc[j].to_numpy(float)[order], "o", color=col,
+                    mfc="none", label=f"market {label}")  # fmt: skip
+        ax.set_xlabel("time to maturity (years)")
+        ax.set_ylabel("futures price")
+        ax.set_title("Market (circles) vs model (lines) forward curves")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        p = out / "curves.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+        return paths
+
+
+# ---- the walk-forward driver -------------------------------------------------------------------
+def _as_numpy_params(p: Params) -> Params:
+    """Concrete float64 NumPy leaves: the same abstract signature for every call (one compile)."""
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+
+
+def _finite(p: Params) -> bool:
+    return all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(p))
+
+
+def _params_row(p: Params, tenor_names: list[str]) -> dict[str, float]:
+    row: dict[str, float] = {}
+    for name, v in p._asdict().items():
+        if v is None:
+            continue
+        a = np.asarray(v, float)
+        if name == "meas_sd" and a.ndim == 1:
+            for tn, x in zip(tenor_names, a, strict=True):
+                row[f"meas_sd_{tn}"] = float(x)
+        else:
+            row[name] = float(a)
+    return row
+
+
+def walk_forward(
+    panel: Panel,
+    settlements: pd.DataFrame | None = None,
+    *,
+    trading: TradingConfig | None = None,
+    engine: TradeEngine | None = None,
+    min_window: int = 104,
+    recalibrate_every: int = 13,
+    warm_start: bool = True,
+    start: int | None = None,
+    risk_premium: bool = False,
+    shared_noise: bool = False,
+    progress: bool = False,
+    z_variance: str = "filtered",
+) -> BacktestResult:
+    """Walk-forward backtest: recalibrate, filter, decide, execute, with no look-ahead.
+
+    Args:
+        panel: the tenor panel (:class:`ssjax.datasets.Panel`); its spot series is not used.
+        settlements: optional long settlement table (``trade_date, contract,
+            settlement_price``) to price held contracts that left the panel's tenors; without
+            it, a held contract is priced wherever it appears among the panel's tenors.
+        trading: :class:`~ssjax.trading.TradingConfig` (default ``TradingConfig()``).
+        engine: :class:`~ssjax.trading.TradeEngine` (default ``TradeEngine()``).
+        min_window: dates before the first trading date (``start`` may not be earlier).
+        recalibrate_every: dates between calibrations.
+        warm_start: start each fit from the previous Θ (else from the data-derived start).
+        start: first trading date index (default ``min_window``).
+        risk_premium, shared_noise: model variants (as in :class:`ssjax.KalmanEngine`).
+        progress: print one line per calibration to stderr.
+        z_variance: the variance handed to the trading block as ``innovation_var_t`` (used
+            by ``z_method="model"``): ``"filtered"`` (default) is the variance of the
+            filtered residual ln F_mkt − ln F_model itself, R − H P_{t|t} Hᵀ, which is what
+            alpha (computed from the filtered state) has; ``"innovation"`` is the filter's
+            one-step innovation variance of ln F at t, H P_{t|t-1} Hᵀ + R.
+            The innovation variance includes a week of state uncertainty, several times the
+            filtered residual's s.d., so its z-scores rarely reach a z_in of 2.
+
+    Returns:
+        :class:`BacktestResult`.
+    """
+    if z_variance not in ("innovation", "filtered"):
+        raise ValueError(f"z_variance must be 'innovation' or 'filtered', got {z_variance!r}")
+    cfg = TradingConfig() if trading is None else trading
+    eng = TradeEngine() if engine is None else engine
+    F_raw = np.asarray(panel.F_mkt, float)
+    if F_raw.ndim != 2:
+        raise ValueError(f"panel.F_mkt must have shape [T, M], got {F_raw.shape}")
+    T, M = F_raw.shape
+    mask = np.isfinite(F_raw) if panel.mask is None else np.asarray(panel.mask, bool)
+    F = np.where(mask, F_raw, np.nan)
+    ttm = np.asarray(panel.ttm, float)
+    dt = np.asarray(panel.dt, float)
+    codes = np.asarray(panel.contracts, dtype=object)
+    dates = pd.DatetimeIndex(panel.dates)
+    names = list(panel.tenor_names)
+    if min_window < 1:
+        raise ValueError(f"min_window must be >= 1, got {min_window}")
+    if recalibrate_every < 1:
+        raise ValueError(f"recalibrate_every must be >= 1, got {recalibrate_every}")
+    start = min_window if start is None else int(start)
+    if start < min_window:
+        raise ValueError(f"start={start} is before min_window={min_window}")
+    if start > T - 1:
+        raise ValueError(f"start={start} leaves no trading date in a panel of {T} dates")
+    make_market_data(F, ttm, mask=mask, dt=dt)  # validate the whole panel once, up front
+
+    def window(t: int) -> MarketData:
+        """The data of dates 0..t, padded with masked dates to the full length T."""
+        d = make_market_data(F[: t + 1], ttm[: t + 1], mask=mask[: t + 1], dt=dt[:t])
+        return pad_dates(d, T)
+
+    cal_dates = list(range(start, T, recalibrate_every))
+    expiring = expiring_before_next(ttm, dt)
+    cache0 = fit_mle._cache_size()
+    F_model = np.full((T, M), np.nan)
+    innov = np.full((T, M), np.nan)
+    resid = np.full((T, M), np.nan)
+    ttm0 = np.nan_to_num(ttm)
+    W = cfg.sigma_window
+    sig_rows, z_rows, status_rows = {}, {}, {}
+    param_rows = []
+    theta: Params | None = None
+    thetas: list[Params] = []
+    t_begin = time.perf_counter()
+
+    def calibrate(k: int) -> None:
+        nonlocal theta
+        tc = cal_dates[k]
+        tic = time.perf_counter()
+        data_t = window(tc)
+        if warm_start and theta is not None:
+            init = theta
+        else:
+            init = _default_start_jit(data_t, risk_premium=risk_premium)
+            if shared_noise:
+                init = init._replace(meas_sd=jnp.median(init.meas_sd))
+        init = _as_numpy_params(init)
+        r = fit_mle(data_t, init)
+        new = _as_numpy_params(r.params)
+        loglik = float(r.loglik)
+        used = "fit"
+        if not (_finite(new) and np.isfinite(loglik)):
+            new, used = (theta, "previous") if theta is not None else (init, "start")
+        theta = new
+        thetas.append(theta)
+
+        # filtered states with Θ_k up to the day before the next calibration (the filtered
+        # value at s uses data <= s only); the first block also covers the warm-up dates,
+        # whose residuals feed the rolling windows (information available at `start`)
+        end = cal_dates[k + 1] - 1 if k + 1 < len(cal_dates) else T - 1
+        lo = 0 if k == 0 else tc
+        filt = _filter_jit(theta, window(end))
+        fm = np.asarray(_forwards_jit(theta, filt.filtered_means, ttm0))
+        if z_variance == "innovation":
+            iv = np.asarray(filt.innovation_vars)
+        else:  # R − H P_t|t Hᵀ, the variance of the residual at the filtered state
+            P = np.asarray(filt.filtered_covs)
+            b = np.exp(-float(theta.kappa) * ttm0)
+            hph = b * b * P[:, None, 0, 0] + 2 * b * P[:, None, 0, 1] + P[:, None, 1, 1]
+            iv = np.broadcast_to(np.asarray(theta.meas_sd, float) ** 2, (T, M)) - hph
+        blk = slice(lo, end + 1)
+        F_model[blk] = np.where(mask[blk] & np.isfinite(ttm[blk]), fm[blk], np.nan)
+        innov[blk] = np.where(mask[blk], iv[blk], np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            resid[blk] = np.log(F[blk]) - np.log(F_model[blk])
+
+        secs = time.perf_counter() - tic
+        param_rows.append(
+            {
+                "date": dates[tc],
+                "t_index": tc,
+                "n_dates": tc + 1,
+                **_params_row(theta, names),
+                "loglik": loglik,
+                "converged": bool(r.converged),
+                "status": status_message(int(r.status)),
+                "num_steps": int(r.num_steps),
+                "used": used,
+                "seconds": secs,
+            }
+        )
+        if progress:
+            print(
+                f"calibration {k + 1}/{len(cal_dates)} {dates[tc]:%Y-%m-%d} (t={tc}, "
+                f"{tc + 1} dates): loglik={loglik:.3f} steps={int(r.num_steps)} "
+                f"converged={bool(r.converged)} {secs:.2f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    next_cal = {tc: k for k, tc in enumerate(cal_dates)}
+
+    def decide(t: int, w_prev: np.ndarray):
+        if t in next_cal:  # recalibrate first, with the data up to and including t
+            calibrate(next_cal[t])
+        lo = max(0, t - W)
+        inp = prepare_trading_inputs(
+            F[t],
+            F_model[t],
+            np.where(expiring[t], 0.0, ttm[t]),  # not tradable: cannot be held to t+1
+            cfg=cfg,
+            F_mkt_hist=F[lo : t + 1],
+            contracts_hist=codes[lo : t + 1],
+            resid_hist=resid[lo:t],
+            innovation_var_t=innov[t],
+            dt=dt[lo:t],
+            model_var=z_variance,
+        )
+        dec = eng.decide(inp, w_prev)
+        sig_rows[t], z_rows[t], status_rows[t] = dec.signals, dec.z, dec.status
+        return dec.target_w, inp.frictions.per_contract
+
+    ex = simulate_execution(panel, decide, settlements=settlements, start=start)
+    cache1 = fit_mle._cache_size()
+
+    idx = ex.positions.index
+    rows = range(start, T)
+
+    def frame(a) -> pd.DataFrame:
+        return pd.DataFrame(np.asarray(a, float).reshape(-1, M), index=idx, columns=names)
+
+    params = pd.DataFrame(param_rows).set_index("date")
+    steps = dt[start:] if T - 1 > start else dt
+    ppy = 1.0 / float(np.mean(steps))
+    metrics = compute_metrics(ex.pnl, len(ex.trades), ppy)
+    info = {
+        "calibration_dates": [dates[t] for t in cal_dates],
+        "fit_mle_cache_before": cache0,
+        "fit_mle_cache_after": cache1,
+        "fit_mle_compiles": cache1 - cache0,
+        "periods_per_year": ppy,
+        "start": start,
+        "z_variance": z_variance,
+        "seconds": time.perf_counter() - t_begin,
+        "trading": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "engine": {k: getattr(eng, k) for k in eng.__dataclass_fields__ if not k.startswith("_")},
+        "thetas": thetas,
+    }
+    return BacktestResult(
+        positions=ex.positions,
+        held=ex.held,
+        signals=frame([sig_rows[t] for t in rows]),
+        z=frame([z_rows[t] for t in rows]),
+        F_model=frame(F_model[start:]),
+        F_mkt=frame(F[start:]),
+        ttm=frame(ttm[start:]),
+        trades=ex.trades,
+        pnl=ex.pnl,
+        params=params,
+        orders=ex.orders,
+        metrics=metrics,
+        status=pd.Series([status_rows[t] for t in rows], index=idx, name="status"),
+        info=info,
+    )

@@ -1,0 +1,311 @@
+"""The main job: data → KalmanEngine → compute_model_forward → prepare_trading_inputs →
+TradeEngine at t*, plus the walk-forward backtest, with settings from a TOML file.
+
+Settings (all optional; a TOML file overrides these defaults, flags override the file)::
+
+    [data]
+    source = "wti"            # "wti" (bundled 2000-paper panel), "copper" (bundled COMEX HG),
+                              # or a settlement file in any supported layout
+    commodity = ""            # for files with several commodities
+    ranks = [1, 5, 9, 13, 17] # nearby ranks (files and copper; wti uses its five tenors)
+    resample = ""             # e.g. "W-TUE"
+    t_star = ""               # last date used (YYYY-MM-DD or an index); default: last date
+
+    [model]
+    method = "MLE"            # MLE, EM or hybrid
+    risk_premium = false
+    shared_noise = false
+
+    [trading]                 # ssjax.trading.TradingConfig
+    sigma_method = "returns"  # or "residuals"
+    sigma_window = 60
+    z_method = "model"        # or "residual"
+    z_variance = "filtered"   # z = alpha / s.d. of the filtered residual (R − H P_t|t Hᵀ);
+                              # "innovation": the one-step innovation s.d. (H P_t|t-1 Hᵀ + R)
+    z_in = 2.0
+    z_out = 0.5
+    max_weight = 1.0
+    gross_leverage = 2.0
+    fee = 0.0025              # price units per contract (WTI: USD/bbl)
+    half_spread = 0.005
+    slippage = 0.0025
+
+    [engine]                  # ssjax.trading.TradeEngine
+    sizing = "vol_target"     # or "qp"
+    vol_target = 0.10
+    gamma = 5.0
+    lambda1 = 0.0
+    lambda2 = 0.0
+    top_k = 0                 # 0: no limit
+
+    [backtest]
+    enabled = true
+    min_window = 104
+    recalibrate_every = 13
+    warm_start = true
+
+    [output]
+    folder = "ssjax_output"
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["DEFAULTS", "load_config", "merge_config", "run_pipeline", "PipelineResult"]
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"source": "wti", "commodity": "", "ranks": [1, 5, 9, 13, 17], "resample": "",
+             "t_star": ""},
+    "model": {"method": "MLE", "risk_premium": False, "shared_noise": False},
+    "trading": {"sigma_method": "returns", "sigma_window": 60, "z_method": "model",
+                "z_in": 2.0, "z_out": 0.5, "max_weight": 1.0, "gross_leverage": 2.0,
+                "fee": 0.0025, "half_spread": 0.005, "slippage": 0.0025,
+                "z_variance": "filtered"},
+    "engine": {"sizing": "vol_target", "vol_target": 0.10, "gamma": 5.0, "lambda1": 0.0,
+               "lambda2": 0.0, "top_k": 0},
+    "backtest": {"enabled": True, "min_window": 104, "recalibrate_every": 13,
+                 "warm_start": True},
+    "output": {"folder": "ssjax_output"},
+}  # fmt: skip
+
+
+def merge_config(base: dict, override: dict, where: str = "config") -> dict:
+    """``base`` updated by ``override``; unknown sections or keys raise naming them."""
+    out = copy.deepcopy(base)
+    for section, values in override.items():
+        if section not in out:
+            raise ValueError(f"{where}: unknown section [{section}] (known: {sorted(out)})")
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: [{section}] must be a table")
+        for key, v in values.items():
+            if key not in out[section]:
+                raise ValueError(
+                    f"{where}: unknown key {key!r} in [{section}] (known: {sorted(out[section])})"
+                )
+            out[section][key] = v
+    return out
+
+
+def load_config(path: str | Path | None) -> dict:
+    """The defaults merged with a TOML file (if given)."""
+    if path is None:
+        return copy.deepcopy(DEFAULTS)
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            user = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {path}: {e}") from None
+    return merge_config(DEFAULTS, user, where=str(path))
+
+
+class PipelineResult(NamedTuple):
+    fit: Any  # KalmanFit
+    inputs: Any  # TradingInputs at t*
+    decision: Any  # TradeDecision at t*
+    table: pd.DataFrame  # the mispricing table at t*
+    backtest: Any | None
+    files: list[Path]
+
+
+def _load(cfg: dict):
+    """(panel, settlements or None, description) from the [data] section."""
+    from .datasets import load_copper_schwartz97, load_wti_ss2000_contracts
+    from .panels import nearby_panel
+    from .settlements import read_settlements
+
+    d = cfg["data"]
+    src = str(d["source"])
+    resample = d["resample"] or None
+    if src == "wti":
+        b = load_wti_ss2000_contracts()
+        return b.panel, b.settlements, "bundled Schwartz-Smith (2000) weekly WTI contracts"
+    if src == "copper":
+        settle = load_copper_schwartz97().settlements
+        desc = "bundled COMEX copper (schwartz97)"
+    else:
+        settle = read_settlements(src)
+        desc = src
+    panel = nearby_panel(settle, list(d["ranks"]), commodity=d["commodity"] or None,
+                         resample=resample)  # fmt: skip
+    return panel, settle, desc
+
+
+def _t_star_index(t_star: Any, dates: pd.DatetimeIndex) -> int:
+    if t_star in ("", None):
+        return len(dates) - 1
+    if isinstance(t_star, (int, np.integer)) or str(t_star).lstrip("-").isdigit():
+        t = int(t_star)
+        t = t + len(dates) if t < 0 else t
+        if not 1 <= t < len(dates):
+            raise ValueError(f"t_star index {t_star} out of range for {len(dates)} dates")
+        return t
+    pos = int(dates.searchsorted(pd.Timestamp(str(t_star)), side="right")) - 1
+    if pos < 1:
+        raise ValueError(f"t_star {t_star} leaves fewer than 2 dates")
+    return pos
+
+
+def _residual_var(fit: Any, t: int, ttm_t: np.ndarray, kind: str) -> np.ndarray:
+    """Variance of ln F_mkt − ln F_model at t: filtered (R − H P_t|t Hᵀ) or innovation."""
+    if kind == "innovation":
+        return np.asarray(fit.filter_result.innovation_vars[t])
+    P = np.asarray(fit.filter_result.filtered_covs[t])
+    b = np.exp(-float(fit.params.kappa) * np.nan_to_num(ttm_t))
+    hph = b * b * P[0, 0] + 2 * b * P[0, 1] + P[1, 1]
+    sd = np.broadcast_to(np.asarray(fit.params.meas_sd, float), ttm_t.shape)
+    return sd * sd - hph
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
+    """Run the whole chain at t* and (optionally) the backtest; write the output folder."""
+    from .engine import KalmanEngine
+    from .trading import TradeEngine, TradingConfig, prepare_trading_inputs
+
+    tcfg = dict(cfg["trading"])
+    z_variance = tcfg.pop("z_variance")
+    if z_variance not in ("filtered", "innovation"):
+        raise ValueError(
+            f"[trading] z_variance must be 'filtered' or 'innovation', got {z_variance!r}"
+        )
+    trading_cfg = TradingConfig(**tcfg)
+    e = dict(cfg["engine"])
+    e["top_k"] = int(e["top_k"]) or None
+    engine_fields = {f.name for f in fields(TradeEngine) if f.init}
+    trade_engine = TradeEngine(**{k: v for k, v in e.items() if k in engine_fields})
+    out_dir = Path(cfg["output"]["folder"])
+
+    t0 = time.perf_counter()
+    panel, settle, desc = _load(cfg)
+    t_idx = _t_star_index(cfg["data"]["t_star"], panel.dates)
+    print(f"data: {desc}: {len(panel.dates)} dates x {len(panel.tenor_names)} tenors "
+          f"{panel.tenor_names}; t* = {panel.dates[t_idx].date()}")  # fmt: skip
+    F = np.where(panel.mask, panel.F_mkt, np.nan)
+    _log("[1/4] calibrating the model (the first call compiles, ~10-20 s)...", quiet)
+    m = cfg["model"]
+    fit = KalmanEngine(
+        m["method"], risk_premium=m["risk_premium"], shared_noise=m["shared_noise"]
+    ).fit(F, panel.ttm, dates=panel.dates, t_star=t_idx, tenor_names=panel.tenor_names)
+    _log(f"      done in {time.perf_counter() - t0:.1f} s", quiet)
+    print(fit.summary())
+
+    _log("[2/4] trading inputs and orders at t*...", quiet)
+    W = trading_cfg.sigma_window
+    lo = max(0, t_idx - W)
+    F_model_path = fit.F_model_path
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resid = np.log(F[lo:t_idx]) - np.log(F_model_path[lo:t_idx])
+    inputs = prepare_trading_inputs(
+        F[t_idx],
+        fit.F_model_t,
+        panel.ttm[t_idx],
+        cfg=trading_cfg,
+        F_mkt_hist=F[lo : t_idx + 1],
+        contracts_hist=panel.contracts[lo : t_idx + 1],
+        resid_hist=resid,
+        innovation_var_t=_residual_var(fit, t_idx, panel.ttm[t_idx], z_variance),
+        dt=panel.dt[:t_idx],
+        model_var=z_variance,
+    )
+    decision = trade_engine.decide(inputs)
+    table = pd.DataFrame(
+        {
+            "contract": panel.contracts[t_idx],
+            "ttm": panel.ttm[t_idx],
+            "F_mkt": F[t_idx],
+            "F_model": fit.F_model_t,
+            "mispricing": inputs.mispricing,
+            "z": inputs.z,
+            "signal": decision.signals.astype(int),
+            "target_w": decision.target_w,
+        },
+        index=pd.Index(panel.tenor_names, name="tenor"),
+    )
+    with pd.option_context("display.width", 120, "display.float_format", "{:.4f}".format):
+        print(f"\nmispricing at t* = {panel.dates[t_idx].date()} (z: {inputs.z_basis})")
+        print(table.to_string())
+    print(f"\norders_t ({trade_engine.sizing}; {decision.status}):")
+    if decision.orders:
+        for o in decision.orders:
+            name, code = panel.tenor_names[o.tenor_id], panel.contracts[t_idx, o.tenor_id]
+            print(f"  ({o.tenor_id}, {o.side}, {o.size:.4f})  {name} {code}")
+    else:
+        print("  none")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    theta = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in fit.theta.items()}
+    (out_dir / "theta.json").write_text(json.dumps(theta, indent=2))
+    table.to_csv(out_dir / "mispricing_t.csv")
+    orders = [
+        {"tenor_id": o.tenor_id, "tenor": panel.tenor_names[o.tenor_id],
+         "contract": str(panel.contracts[t_idx, o.tenor_id]), "side": o.side, "size": o.size}
+        for o in decision.orders
+    ]  # fmt: skip
+    (out_dir / "orders_t.json").write_text(
+        json.dumps(
+            {"date": str(panel.dates[t_idx].date()), "status": decision.status, "orders": orders},
+            indent=2,
+        )  # fmt: skip
+    )
+    pd.DataFrame(orders, columns=["tenor_id", "tenor", "contract", "side", "size"]).to_csv(
+        out_dir / "orders_t.csv", index=False
+    )
+    files += [out_dir / n for n in ("theta.json", "mispricing_t.csv", "orders_t.json",
+                                     "orders_t.csv")]  # fmt: skip
+    (out_dir / "config_used.json").write_text(json.dumps(cfg, indent=2, default=str))
+    files.append(out_dir / "config_used.json")
+
+    bt = None
+    if cfg["backtest"]["enabled"]:
+        from .backtest import walk_forward
+
+        b = cfg["backtest"]
+        _log("[3/4] walk-forward backtest (recalibrating every "
+             f"{b['recalibrate_every']} dates)...", quiet)  # fmt: skip
+        end = t_idx + 1
+        sub = panel._replace(
+            dates=panel.dates[:end], F_mkt=panel.F_mkt[:end], ttm=panel.ttm[:end],
+            contracts=panel.contracts[:end], dt=panel.dt[: end - 1],
+            mask=None if panel.mask is None else panel.mask[:end],
+            S=None if panel.S is None else panel.S[:end],
+        )  # fmt: skip
+        bt = walk_forward(
+            sub,
+            settle,
+            trading=trading_cfg,
+            engine=trade_engine,
+            min_window=int(b["min_window"]),
+            recalibrate_every=int(b["recalibrate_every"]),
+            warm_start=bool(b["warm_start"]),
+            risk_premium=m["risk_premium"],
+            shared_noise=m["shared_noise"],
+            progress=not quiet,
+            z_variance=z_variance,
+        )
+        _log("[4/4] writing the report...", quiet)
+        files += list(bt.report(out_dir / "backtest"))
+        print("\nbacktest metrics:")
+        print(bt.metrics.to_string())
+    print(f"\nwrote {len(files)} files to {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
+    return PipelineResult(fit, inputs, decision, table, bt, files)
