@@ -98,7 +98,11 @@ def validate_settlements(
     """Check a settlement table against the schema; report every problem at once.
 
     Row numbers in messages are the table's index labels (the readers set them to the
-    line numbers of the source file, so a message points at the line to fix).
+    line numbers of the source file, so a message points at the line to fix). Every check
+    whose columns are present runs, so one error lists all the problems: missing columns do
+    not stop the checks on the other columns, and the order is checked on the rows whose
+    dates parsed (with columns missing, on the leading part of the canonical order that is
+    present) even when other problems were found.
 
     Args:
         df: a table with the schema's columns (extra columns are kept).
@@ -120,18 +124,18 @@ def validate_settlements(
     """
     if on_bad_price not in ("mask", "raise"):
         raise ValueError(f"on_bad_price must be 'mask' or 'raise', got {on_bad_price!r}")
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise SettlementError(
-            [
-                f"missing column(s) {missing}; expected columns {list(REQUIRED_COLUMNS)} "
-                f"(optional {list(OPTIONAL_COLUMNS)}), got {list(df.columns)}"
-            ],
-            source,
-        )
     out = df.copy()
     problems: list[str] = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in out.columns]
+    if missing:
+        problems.append(
+            f"missing column(s) {missing}; expected columns {list(REQUIRED_COLUMNS)} "
+            f"(optional {list(OPTIONAL_COLUMNS)}), got {list(df.columns)}"
+        )
+    has = set(out.columns)
     for col in ("trade_date", "expiration_date"):
+        if col not in has:
+            continue
         raw = out[col]
         parsed = pd.to_datetime(raw, errors="coerce", format="mixed")
         bad = parsed.isna() & ~_is_blank(raw)
@@ -144,65 +148,98 @@ def validate_settlements(
             problems.append(f"{col}: empty at rows {_rows(out.index[blank])}")
         out[col] = parsed.dt.normalize().astype("datetime64[ns]")
     for col in ("commodity", "contract"):
+        if col not in has:
+            continue
         blank = _is_blank(out[col])
         if blank.any():
             problems.append(f"{col}: empty at rows {_rows(out.index[blank])}")
         out[col] = out[col].astype(str).str.strip()
-    price = pd.to_numeric(out["settlement_price"], errors="coerce")
-    unparseable = price.isna() & ~_is_blank(out["settlement_price"])
-    if unparseable.any():
-        problems.append(f"settlement_price: not a number at rows {_rows(out.index[unparseable])}")
-    bad_price = price.notna() & ~(np.isfinite(price) & (price > 0))
-    if bad_price.any():
-        msg = (
-            f"settlement_price: non-positive or non-finite at rows {_rows(out.index[bad_price])} "
-            f"(values {_rows(price[bad_price].round(6))})"
-        )
-        if on_bad_price == "raise":
-            problems.append(msg)
-        else:
-            warnings.warn(msg + "; masked (treated as not observed)", UserWarning, stacklevel=2)
-            price = price.where(~bad_price)
-    out["settlement_price"] = price.astype(float)
+    if "settlement_price" in has:
+        price = pd.to_numeric(out["settlement_price"], errors="coerce")
+        unparseable = price.isna() & ~_is_blank(out["settlement_price"])
+        if unparseable.any():
+            problems.append(
+                f"settlement_price: not a number at rows {_rows(out.index[unparseable])}"
+            )
+        bad_price = price.notna() & ~(np.isfinite(price) & (price > 0))
+        if bad_price.any():
+            msg = (
+                "settlement_price: non-positive or non-finite at rows "
+                f"{_rows(out.index[bad_price])} (values {_rows(price[bad_price].round(6))})"
+            )
+            if on_bad_price == "raise":
+                problems.append(msg)
+            else:
+                warnings.warn(msg + "; masked (treated as not observed)", UserWarning, stacklevel=2)
+                price = price.where(~bad_price)
+        out["settlement_price"] = price.astype(float)
     for col in OPTIONAL_COLUMNS:
-        if col in out.columns:
+        if col in has:
             out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
 
-    dated = out["trade_date"].notna() & out["expiration_date"].notna()
-    dup = out.duplicated(_KEY, keep=False) & out["trade_date"].notna()
-    if dup.any():
-        problems.append(
-            f"duplicate (trade_date, commodity, contract) at rows {_rows(out.index[dup])}"
-        )
-    expired = dated & (out["trade_date"] > out["expiration_date"])
-    if expired.any():
-        ex = out[expired].head(3)
-        detail = ", ".join(
-            f"{c} traded {t.date()} after expiry {e.date()}"
-            for c, t, e in zip(ex["contract"], ex["trade_date"], ex["expiration_date"], strict=True)
-        )
-        problems.append(f"contracts past expiry at rows {_rows(out.index[expired])} ({detail})")
-    # one expiration per contract
-    per = out[dated].groupby(["commodity", "contract"])["expiration_date"].nunique()
-    if (per > 1).any():
-        problems.append(
-            f"contracts with more than one expiration_date: {_rows(per.index[per > 1].tolist())}"
-        )
-    if not problems:
-        if sort:
-            out = sort_settlements(out)
-        else:
-            keys = out[_ORDER]
-            srt = sort_settlements(keys)
-            if not keys.index.equals(srt.index):
-                pos = int(np.argmax(keys.index.to_numpy() != srt.index.to_numpy()))
-                problems.append(
-                    f"unsorted input: expected order {_ORDER}; first out of place at row "
-                    f"{keys.index[pos]} (pass sort=True or call sort_settlements)"
+    # rows whose dates (those of the columns present) parsed
+    dated = pd.Series(True, index=out.index)
+    for col in ("trade_date", "expiration_date"):
+        if col in has:
+            dated &= out[col].notna()
+    if set(_KEY) <= has:
+        dup = out.duplicated(_KEY, keep=False) & out["trade_date"].notna()
+        if dup.any():
+            problems.append(
+                f"duplicate (trade_date, commodity, contract) at rows {_rows(out.index[dup])}"
+            )
+    if {"trade_date", "expiration_date", "contract"} <= has:
+        expired = dated & (out["trade_date"] > out["expiration_date"])
+        if expired.any():
+            ex = out[expired].head(3)
+            detail = ", ".join(
+                f"{c} traded {t.date()} after expiry {e.date()}"
+                for c, t, e in zip(
+                    ex["contract"], ex["trade_date"], ex["expiration_date"], strict=True
                 )
+            )
+            problems.append(f"contracts past expiry at rows {_rows(out.index[expired])} ({detail})")
+    if {"commodity", "contract", "expiration_date"} <= has:  # one expiration per contract
+        per = out[dated].groupby(["commodity", "contract"])["expiration_date"].nunique()
+        if (per > 1).any():
+            two = _rows(per.index[per > 1].tolist())
+            problems.append(f"contracts with more than one expiration_date: {two}")
+    if not sort:
+        unsorted = _first_unsorted(out, dated, has)
+        if unsorted is not None:
+            problems.append(unsorted)
     if problems:
         raise SettlementError(problems, source)
-    return out
+    return sort_settlements(out) if sort else out
+
+
+def _first_unsorted(out: pd.DataFrame, dated: pd.Series, has: set[str]) -> str | None:
+    """The unsorted-input problem, checked on the rows whose dates parsed (or ``None``).
+
+    With columns missing, the longest leading part of the canonical order whose columns are
+    present is checked (a table sorted canonically is sorted on any leading part of it).
+    """
+    prefix: list[str] = []
+    for col in _ORDER:
+        if col not in has:
+            break
+        prefix.append(col)
+    if not prefix:
+        return None
+    keys = out.loc[dated.to_numpy(), prefix].reset_index(drop=True)
+    pos = keys.sort_values(prefix, kind="stable").index.to_numpy()
+    wrong = pos != np.arange(len(pos))
+    if not wrong.any():
+        return None
+    first = int(np.argmax(wrong))
+    label = out.index[dated.to_numpy()][first]
+    skipped = int((~dated).sum())
+    note = f"; {skipped} row(s) with unparseable or empty dates not checked" if skipped else ""
+    order = prefix if prefix == list(_ORDER) else f"{prefix} (of {_ORDER})"
+    return (
+        f"unsorted input: expected order {order}; first out of place at row {label}"
+        f"{note} (pass sort=True or call sort_settlements)"
+    )
 
 
 def _is_blank(s: pd.Series) -> pd.Series:

@@ -3,20 +3,24 @@
 Layout under the store's root directory::
 
     settlements/commodity=CL/year=2024/data.parquet   one file per commodity × trade year
-    panels/<name>.parquet                              one file per panel
+    panels/<name>/year=2024/data.parquet               one file per panel × year of its dates
 
 Settlement files hold the :mod:`ssjax.settlements` schema (required columns plus ``volume``
 and ``open_interest``; other columns are not stored), each file sorted canonically (commodity,
 trade date, expiration, contract). Writes are idempotent appends keyed on (trade_date,
 commodity, contract): a stored row with the key of a new row is replaced, other rows are kept.
+Panel files hold one row per date × tenor; :meth:`ParquetStore.write_panel` replaces a panel,
+:meth:`ParquetStore.append_panel` adds dates to it (a stored date it also has is replaced).
+Reads of a date range (``start``/``end``) open only the year partitions that can hold it.
 
 Every write is atomic: the new files are written to temporary files beside their targets and
 renamed into place only when all of them have been written; the old files are kept as backups
 until every rename has succeeded, so a write that fails with an exception leaves the store as it
-was. (A process killed during the renames can leave a write half applied: every file is still a
-complete old or new version, and the old versions remain as ``*.bak-<token>`` files; readers
-ignore temporary and backup files.) The store assumes one writer at a time (there is no locking
-between processes).
+was. A panel is written as a whole new directory that replaces the old one by renames. (A
+process killed during the renames can leave a write half applied: every file is still a
+complete old or new version, and the old versions remain as ``*.bak-<token>`` files or
+directories; readers ignore temporary and backup files.) The store assumes one writer at a
+time (there is no locking between processes).
 
 Example::
 
@@ -24,14 +28,14 @@ Example::
     store.write_settlements(read_cme_settlements("nymex.settle.20240102.s.csv"))
     cl = store.read_settlements("CL", start="2023-01-01", end="2023-12-31")
     store.write_panel("cl_nearby", nearby_panel(cl, 6))
-    panel = store.read_panel("cl_nearby")
+    panel = store.read_panel("cl_nearby", start="2023-07-01")
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
@@ -73,6 +77,8 @@ _FILE = "data.parquet"
 _FORMAT_KEY = b"ssjax.store"
 _PANEL_KEY = b"ssjax.panel"
 _FORMAT_VERSION = 1
+_PANEL_FORMAT_VERSION = 2  # version 1: one file per panel (not read)
+_SCRATCH = re.compile(r"\.(?:tmp|bak)-[0-9a-f]{32}$")  # in-flight write directories
 
 
 class ParquetStore:
@@ -189,18 +195,9 @@ class ParquetStore:
 
     def _partitions(self, commodity: str) -> list[tuple[int, Path]]:
         """(year, file) of every stored partition of a commodity, by year (no file opened)."""
-        cdir = self._settlements_dir / f"commodity={commodity}"
-        if not _safe_name(commodity) or not cdir.is_dir():
+        if not _safe_name(commodity):
             return []
-        out = []
-        for ydir in cdir.iterdir():
-            name = ydir.name
-            if not name.startswith("year=") or not name[5:].lstrip("-").isdigit():
-                continue
-            f = ydir / _FILE
-            if f.is_file():
-                out.append((int(name[5:]), f))
-        return sorted(out)
+        return _year_files(self._settlements_dir / f"commodity={commodity}")
 
     def commodities(self) -> list[str]:
         """The commodities with stored settlements, sorted."""
@@ -296,52 +293,120 @@ class ParquetStore:
     def _panels_dir(self) -> Path:
         return self.root / "panels"
 
-    def _panel_path(self, name: str) -> Path:
-        if not isinstance(name, str) or not _safe_name(name):
+    def _panel_dir(self, name: str) -> Path:
+        if not isinstance(name, str) or not _safe_name(name) or _SCRATCH.search(name):
             raise ValueError(
-                f"invalid panel name {name!r}: a name must be a non-empty string without path "
-                "separators or NUL characters, and not '.' or '..'"
+                f"invalid panel name {name!r}: a panel name must be a non-empty name without "
+                "path separators, NUL characters or '=', not '.' or '..', and not ending in "
+                "'.tmp-<hex>' or '.bak-<hex>'"
             )
-        return self._panels_dir / f"{name}.parquet"
+        return self._panels_dir / name
 
     def panels(self) -> list[str]:
-        """The names of the stored panels, sorted."""
+        """The names of the stored panels, sorted (no file opened)."""
         if not self._panels_dir.is_dir():
             return []
-        return sorted(p.name[: -len(".parquet")] for p in self._panels_dir.glob("*.parquet"))
+        return sorted(
+            d.name
+            for d in self._panels_dir.iterdir()
+            if d.is_dir() and not _SCRATCH.search(d.name) and _year_files(d)
+        )
 
-    def write_panel(self, name: str, panel: Panel) -> Path:
-        """Store a panel as ``panels/<name>.parquet`` (replacing one of that name), atomically.
+    def write_panel(self, name: str, panel: Panel) -> list[Path]:
+        """Store a panel as ``panels/<name>/year=<Y>/data.parquet`` (replacing one of that name).
 
-        The file holds one row per date × tenor (``date``, ``tenor`` index, ``price``,
-        ``ttm``, ``mask``, ``contract``) in date-major order; the tenor names, commodity,
-        spot series ``S`` (or null), ``M``, ``T``, whether ``mask`` was ``None`` and ``dt``
-        (only where it differs from the ACT/365 day differences of the dates) are kept as
-        JSON in the Parquet schema metadata.
+        Each file holds one trade year's rows, one row per date × tenor (``date``, ``tenor``
+        index, ``price``, ``ttm``, ``mask``, ``contract``, ``dt`` = years since the panel's
+        previous date, NaN on its first date, and ``spot`` when the panel has ``S``) in
+        date-major order; the tenor names, commodity, ``M``, the file's ``T`` and whether
+        ``mask``/``S`` were ``None`` are kept as JSON in the Parquet schema metadata.
+
+        The write is atomic and idempotent: the files are written into a temporary
+        directory beside ``panels/<name>/``, which is renamed into place only when every
+        file is complete (the old directory is kept until then and put back if the rename
+        fails), so a failed write leaves the store as it was, and writing the same panel
+        again gives the same files. (A process killed between the two renames leaves the
+        old and new panel as ``<name>.bak-<token>`` and ``<name>.tmp-<token>`` directories,
+        which readers ignore.)
 
         Returns:
-            The file written.
+            The files written, by year.
 
         Raises:
-            ValueError: a bad name, or arrays whose shapes do not agree.
+            ValueError: a bad name; arrays whose shapes do not agree; dates that are not
+                strictly increasing; a panel without dates or tenors.
         """
-        path = self._panel_path(name)
-        _atomic_write([(path, _panel_to_table(panel))])
-        return path
+        target = self._panel_dir(name)
+        tables = _panel_tables(_panel_arrays(panel))
+        files = [(Path(f"year={year}") / _FILE, table) for year, table in tables]
+        _atomic_replace_dir(target, files)
+        return [target / rel for rel, _ in files]
 
-    def read_panel(self, name: str) -> Panel:
-        """Read a panel stored with :meth:`write_panel`.
+    def append_panel(self, name: str, panel: Panel) -> list[Path]:
+        """Add a panel's dates to a stored panel; stored dates that it also has are replaced.
+
+        Appending the same dates again changes nothing (no duplicate dates). The two panels
+        must have the same tenor names and commodity, and both or neither a spot series
+        ``S``. The merged panel's ``mask`` is ``None`` only when both masks are; its ``dt``
+        between two dates that were consecutive in the same panel is that panel's ``dt``,
+        elsewhere the ACT/365 day difference. The merged panel is written like
+        :meth:`write_panel` (atomically); with nothing stored under ``name``, this is
+        :meth:`write_panel`.
+
+        Returns:
+            The files written, by year.
 
         Raises:
-            ValueError: a bad name, or a file that is not an ssjax panel.
+            ValueError: as :meth:`write_panel`, or a panel that does not match the stored one.
+        """
+        target = self._panel_dir(name)
+        new = _panel_arrays(panel)
+        if not _year_files(target):
+            return self.write_panel(name, panel)
+        old = _panel_arrays(self.read_panel(name))
+        merged = _merge_panel_arrays(old, new, name)
+        files = [(Path(f"year={y}") / _FILE, t) for y, t in _panel_tables(merged)]
+        _atomic_replace_dir(target, files)
+        return [target / rel for rel, _ in files]
+
+    def read_panel(self, name: str, start: Any = None, end: Any = None) -> Panel:
+        """Read a panel stored with :meth:`write_panel`, or the dates from ``start`` to ``end``.
+
+        Only the year partitions that can hold dates in ``[start, end]`` are opened. A
+        range read is the stored panel's rows for those dates; its ``dt`` is the stored
+        ``dt`` between them.
+
+        Args:
+            name: the panel's name.
+            start, end: first and last date to return (inclusive; anything
+                :class:`pandas.Timestamp` takes; times are dropped); ``None`` = open-ended.
+
+        Raises:
+            ValueError: a bad name or date, ``start`` after ``end``, no stored date in the
+                range, or files that are not an ssjax panel.
             FileNotFoundError: no panel of that name.
         """
-        path = self._panel_path(name)
-        if not path.is_file():
+        lo = _as_date(start, "start")
+        hi = _as_date(end, "end")
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"start {lo.date()} is after end {hi.date()}")
+        parts = _year_files(self._panel_dir(name))
+        if not parts:
             raise FileNotFoundError(
                 f"no panel {name!r} in {self.root} (stored panels: {self.panels()})"
             )
-        return _table_to_panel(_read_table(path), path)
+        chosen = [
+            (y, p)
+            for y, p in parts
+            if not ((lo is not None and y < lo.year) or (hi is not None and y > hi.year))
+        ]
+        pieces = [_table_to_panel_rows(_read_table(p), p, y) for y, p in chosen]
+        panel = _join_panel_rows(pieces, name, lo, hi)
+        if panel is None:
+            years = f"{parts[0][0]}-{parts[-1][0]}"
+            span = " to ".join("..." if x is None else str(x.date()) for x in (lo, hi))
+            raise ValueError(f"panel {name!r} (years {years}) has no dates from {span}")
+        return panel
 
 
 # ---- settlement frames and tables ---------------------------------------------------------------
@@ -419,35 +484,38 @@ def _act365(dates: pd.DatetimeIndex) -> np.ndarray:
     return np.diff(dates.values).astype("timedelta64[D]").astype(float) / 365.0
 
 
-def _enc(x: float) -> float | str | None:
-    """A float for strict JSON: NaN -> null, ±inf -> "inf"/"-inf"."""
-    x = float(x)
-    if math.isnan(x):
-        return None
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
+def _float_array(x: Any, what: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.floating):
+        try:
+            arr = arr.astype(float)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"panel.{what} must hold numbers ({e})") from None
+    return arr
 
 
-def _dec(x: float | str | None) -> float:
-    return math.nan if x is None else float(x)
-
-
-def _panel_to_table(panel: Panel) -> pa.Table:
+def _panel_arrays(panel: Panel) -> dict[str, Any]:
+    """The panel's arrays, checked (shapes, types, increasing dates) and normalised."""
     dates = pd.DatetimeIndex(panel.dates)
-    F = np.asarray(panel.F_mkt)
+    F = _float_array(panel.F_mkt, "F_mkt")
     if F.ndim != 2:
         raise ValueError(f"panel.F_mkt must be [T, M], got shape {F.shape}")
     T, M = F.shape
     if M == 0:
         raise ValueError("panel has no tenors (M = 0)")
+    if T == 0:
+        raise ValueError("panel has no dates (T = 0)")
     if len(dates) != T:
         raise ValueError(f"panel.dates has {len(dates)} dates but F_mkt has {T} rows")
-    if not np.issubdtype(F.dtype, np.floating):
-        F = F.astype(float)
-    ttm = np.asarray(panel.ttm)
-    if not np.issubdtype(ttm.dtype, np.floating):
-        ttm = ttm.astype(float)
+    if dates.hasnans or dates.tz is not None:
+        raise ValueError("panel.dates must be timezone-naive dates without NaT")
+    if not (np.diff(dates.asi8) > 0).all():
+        pos = int(np.argmax(np.diff(dates.asi8) <= 0))
+        raise ValueError(
+            f"panel.dates must be strictly increasing; date {pos + 1} ({dates[pos + 1]}) "
+            f"is not after date {pos} ({dates[pos]})"
+        )
+    ttm = _float_array(panel.ttm, "ttm")
     contracts = np.asarray(panel.contracts, dtype=object)
     for what, arr in (("ttm", ttm), ("contracts", contracts)):
         if arr.shape != (T, M):
@@ -477,42 +545,76 @@ def _panel_to_table(panel: Panel) -> pa.Table:
         S = np.asarray(panel.S, dtype=float)
         if S.shape != (T,):
             raise ValueError(f"panel.S has shape {S.shape}, expected {(T,)}")
-    dt = None
-    if panel.dt is not None:
-        given = np.asarray(panel.dt, dtype=float)
-        if not (given.shape == (max(T - 1, 0),) and np.array_equal(given, _act365(dates))):
-            dt = [_enc(x) for x in given.ravel()]
-    meta = {
-        "version": _FORMAT_VERSION,
-        "T": T,
-        "M": M,
-        "tenor_names": [str(n) for n in names],
-        "commodity": panel.commodity,
-        "S": None if S is None else [_enc(x) for x in S],
+    if panel.dt is None:
+        dt = _act365(dates)
+    else:
+        dt = _float_array(panel.dt, "dt")
+        if dt.shape != (T - 1,):
+            raise ValueError(f"panel.dt has shape {dt.shape}, expected {(T - 1,)}")
+    return {
+        "dates": dates,
+        "F": F,
+        "ttm": ttm,
+        "mask": mask,
         "mask_is_none": panel.mask is None,
+        "contracts": contracts,
+        "names": names,
+        "S": S,
         "dt": dt,
-        "dates_name": dates.name if isinstance(dates.name, str) else None,
+        "commodity": panel.commodity,
     }
-    flat = contracts.ravel()
-    table = pa.table(
-        {
-            "date": pa.array(np.repeat(dates, M)),
-            "tenor": pa.array(np.tile(np.arange(M, dtype=np.int32), T)),
-            "price": pa.array(F.ravel()),
-            "ttm": pa.array(ttm.ravel()),
-            "mask": pa.array(mask.ravel()),
-            "contract": pa.array(list(flat), type=pa.string()),
+
+
+def _panel_tables(a: dict[str, Any]) -> list[tuple[int, pa.Table]]:
+    """One table per trade year of the panel's dates, in year order."""
+    dates: pd.DatetimeIndex = a["dates"]
+    M = a["F"].shape[1]
+    dt_before = np.concatenate([np.full(1, np.nan, a["dt"].dtype), a["dt"]])
+    out = []
+    years = dates.year.to_numpy()
+    for year in np.unique(years):
+        rows = np.flatnonzero(years == year)
+        sl = slice(int(rows[0]), int(rows[-1]) + 1)  # dates increase: one block per year
+        n = sl.stop - sl.start
+        cols = {
+            "date": pa.array(np.repeat(dates.values[sl], M)),
+            "tenor": pa.array(np.tile(np.arange(M, dtype=np.int32), n)),
+            "price": pa.array(a["F"][sl].ravel()),
+            "ttm": pa.array(a["ttm"][sl].ravel()),
+            "mask": pa.array(a["mask"][sl].ravel()),
+            "contract": pa.array(list(a["contracts"][sl].ravel()), type=pa.string()),
+            "dt": pa.array(np.repeat(dt_before[sl], M)),
         }
-    )
-    return table.replace_schema_metadata({_PANEL_KEY: json.dumps(meta, allow_nan=False)})
+        if a["S"] is not None:
+            cols["spot"] = pa.array(np.repeat(a["S"][sl], M))
+        meta = {
+            "version": _PANEL_FORMAT_VERSION,
+            "year": int(year),
+            "T": n,
+            "M": M,
+            "tenor_names": [str(x) for x in a["names"]],
+            "commodity": a["commodity"],
+            "has_S": a["S"] is not None,
+            "mask_is_none": a["mask_is_none"],
+            "dates_name": a["dates"].name if isinstance(a["dates"].name, str) else None,
+        }
+        table = pa.table(cols).replace_schema_metadata(
+            {_PANEL_KEY: json.dumps(meta, allow_nan=False)}
+        )
+        out.append((int(year), table))
+    return out
 
 
-def _table_to_panel(table: pa.Table, path: Path) -> Panel:
+_PANEL_SHARED = ("M", "tenor_names", "commodity", "has_S", "mask_is_none", "dates_name")
+
+
+def _table_to_panel_rows(table: pa.Table, path: Path, year: int) -> dict[str, Any]:
+    """One partition file's rows as arrays, with its metadata, checked."""
     raw = (table.schema.metadata or {}).get(_PANEL_KEY)
     if raw is None:
         raise ValueError(f"{path} is not an ssjax panel file (no {_PANEL_KEY.decode()} metadata)")
     meta = json.loads(raw)
-    if meta.get("version") != _FORMAT_VERSION:
+    if meta.get("version") != _PANEL_FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported panel format version {meta.get('version')!r}")
     T, M = int(meta["T"]), int(meta["M"])
     if table.num_rows != T * M:
@@ -520,25 +622,108 @@ def _table_to_panel(table: pa.Table, path: Path) -> Panel:
     tenor = table.column("tenor").to_numpy()
     if not np.array_equal(tenor, np.tile(np.arange(M), T)):
         raise ValueError(f"{path}: rows are not in date-major (date, tenor) order")
-    dates = pd.DatetimeIndex(table.column("date").to_pandas().iloc[::M]).rename(meta["dates_name"])
-    F = table.column("price").to_numpy().reshape(T, M)
-    ttm = table.column("ttm").to_numpy().reshape(T, M)
-    mask = table.column("mask").to_numpy(zero_copy_only=False).astype(bool).reshape(T, M)
+    dates = pd.DatetimeIndex(table.column("date").to_pandas().iloc[::M])
+    if int(meta["year"]) != year or not (dates.year == year).all():
+        raise ValueError(f"{path}: holds dates outside the partition's year {year}")
     contracts = np.empty(T * M, dtype=object)
     contracts[:] = table.column("contract").to_pylist()
-    S = None if meta["S"] is None else np.array([_dec(x) for x in meta["S"]], dtype=float)
-    dt = _act365(dates) if meta["dt"] is None else np.array([_dec(x) for x in meta["dt"]], float)
+    return {
+        "meta": meta,
+        "path": path,
+        "dates": dates,
+        "F": table.column("price").to_numpy().reshape(T, M),
+        "ttm": table.column("ttm").to_numpy().reshape(T, M),
+        "mask": table.column("mask").to_numpy(zero_copy_only=False).astype(bool).reshape(T, M),
+        "contracts": contracts.reshape(T, M),
+        "dt_before": table.column("dt").to_numpy()[::M],
+        "S": table.column("spot").to_numpy()[::M] if meta["has_S"] else None,
+    }
+
+
+def _join_panel_rows(
+    pieces: list[dict[str, Any]], name: str, lo: pd.Timestamp | None, hi: pd.Timestamp | None
+) -> Panel | None:
+    """The partitions' rows (in year order) from ``lo`` to ``hi`` as a Panel (None: no rows)."""
+    if not pieces:
+        return None
+    first = pieces[0]["meta"]
+    for p in pieces[1:]:
+        diff = [k for k in _PANEL_SHARED if p["meta"].get(k) != first.get(k)]
+        if diff:
+            raise ValueError(
+                f"panel {name!r}: {p['path']} disagrees with {pieces[0]['path']} on {diff}"
+            )
+    dates = pd.DatetimeIndex(np.concatenate([p["dates"].values for p in pieces]))
+    keep = np.ones(len(dates), bool)
+    if lo is not None:
+        keep &= dates >= lo
+    if hi is not None:
+        keep &= dates <= hi
+    if not keep.any():
+        return None
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([p[key] for p in pieces])[keep]
+
+    S = cat("S") if first["has_S"] else None
     return Panel(
-        dates=dates,
-        F_mkt=F,
-        ttm=ttm,
+        dates=dates[keep].rename(first["dates_name"]),
+        F_mkt=cat("F"),
+        ttm=cat("ttm"),
         S=S,
-        contracts=contracts.reshape(T, M),
-        tenor_names=list(meta["tenor_names"]),
-        dt=dt,
-        mask=None if meta["mask_is_none"] else mask,
-        commodity=meta["commodity"],
+        contracts=cat("contracts"),
+        tenor_names=list(first["tenor_names"]),
+        dt=cat("dt_before")[1:],
+        mask=None if first["mask_is_none"] else cat("mask"),
+        commodity=first["commodity"],
     )
+
+
+def _merge_panel_arrays(old: dict[str, Any], new: dict[str, Any], name: str) -> dict[str, Any]:
+    """``old`` with ``new``'s dates added (replacing the dates both have)."""
+    problems = []
+    if old["names"] != new["names"]:
+        problems.append(f"tenor_names {new['names']} differ from the stored {old['names']}")
+    if old["commodity"] != new["commodity"]:
+        problems.append(
+            f"commodity {new['commodity']!r} differs from the stored {old['commodity']!r}"
+        )
+    if (old["S"] is None) != (new["S"] is None):
+        which = ("stored", "new") if old["S"] is not None else ("new", "stored")
+        problems.append(f"S: the {which[0]} panel has a spot series, the {which[1]} one has none")
+    if problems:
+        raise ValueError(f"cannot append to panel {name!r}: " + "; ".join(problems))
+    kept = np.flatnonzero(~old["dates"].isin(new["dates"]))
+    src = np.concatenate([np.zeros(kept.size, int), np.ones(len(new["dates"]), int)])
+    idx = np.concatenate([kept, np.arange(len(new["dates"]))])
+    stamps = np.concatenate([old["dates"].values[kept], new["dates"].values])
+    order = np.argsort(stamps, kind="stable")
+    src, idx = src[order], idx[order]
+    dates = pd.DatetimeIndex(stamps[order]).rename(old["dates"].name)
+
+    def take(key: str) -> np.ndarray:
+        a, b = old[key], new[key]
+        dtype = np.result_type(a.dtype, b.dtype)
+        both = np.concatenate([a[kept].astype(dtype), b.astype(dtype)])
+        return both[order]
+
+    dt = _act365(dates)
+    same = (src[1:] == src[:-1]) & (idx[1:] == idx[:-1] + 1)
+    for s, d in ((0, old["dt"]), (1, new["dt"])):
+        run = same & (src[1:] == s)
+        dt[run] = d[idx[1:][run] - 1]
+    return {
+        "dates": dates,
+        "F": take("F"),
+        "ttm": take("ttm"),
+        "mask": take("mask"),
+        "mask_is_none": old["mask_is_none"] and new["mask_is_none"],
+        "contracts": take("contracts"),
+        "names": old["names"],
+        "S": None if old["S"] is None else take("S"),
+        "dt": dt,
+        "commodity": old["commodity"],
+    }
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -645,3 +830,64 @@ def _atomic_write(files: Sequence[tuple[Path, pa.Table]]) -> None:
         raise
     for bak in backups.values():
         _unlink(bak)
+
+
+def _year_files(d: Path) -> list[tuple[int, Path]]:
+    """(year, file) of every ``year=<Y>/data.parquet`` under ``d``, by year (no file opened)."""
+    if not d.is_dir():
+        return []
+    out = []
+    for ydir in d.iterdir():
+        name = ydir.name
+        if not name.startswith("year=") or not name[5:].lstrip("-").isdigit():
+            continue
+        f = ydir / _FILE
+        if f.is_file():
+            out.append((int(name[5:]), f))
+    return sorted(out)
+
+
+def _atomic_replace_dir(target: Path, files: Sequence[tuple[Path, pa.Table]]) -> None:
+    """Make ``target`` a directory holding exactly ``files`` (relative paths), or change nothing.
+
+    The files are written into ``<target>.tmp-<token>`` beside it; a failure there deletes
+    that directory (and the parents this call created) and re-raises. Then an existing
+    ``target`` is renamed to ``<target>.bak-<token>`` and the temporary directory renamed to
+    ``target`` (:func:`os.replace`); if that fails, the old directory is renamed back. The old
+    directory is deleted once the new one is in place.
+    """
+    token = uuid.uuid4().hex
+    created: list[Path] = []
+    tmp = target.with_name(f"{target.name}.tmp-{token}")
+    bak = target.with_name(f"{target.name}.bak-{token}")
+    try:
+        _makedirs(target.parent, created)
+        tmp.mkdir()
+        for rel, table in files:
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_file(table, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_dirs(created)
+        raise
+    moved = False
+    try:
+        if target.exists():
+            os.replace(target, bak)
+            moved = True
+        os.replace(tmp, target)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if moved:
+            try:
+                os.replace(bak, target)
+            except OSError as e:  # pragma: no cover - the disk failed under us
+                raise RuntimeError(
+                    f"write failed and {target} could not be restored; the old version is "
+                    f"kept at {bak}: {e}"
+                ) from err
+        _remove_dirs(created)
+        raise
+    if moved:
+        shutil.rmtree(bak, ignore_errors=True)

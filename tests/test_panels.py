@@ -95,6 +95,22 @@ def test_constant_maturity_interpolates_log_prices_and_masks_extrapolation(cme):
     assert p.mask[:, 1].all() and np.all(p.ttm[:, 1] == 0.25)
 
 
+def test_constant_maturity_with_weekly_resampling(cme):
+    daily = constant_maturity_panel(cme, [0.1, 0.5], commodity="CL")
+    weekly = constant_maturity_panel(cme, [0.1, 0.5], commodity="CL", resample="W-TUE")
+    want = select_dates(daily.dates, "W-TUE")
+    assert list(weekly.dates) == list(want) and len(weekly.dates) == 12
+    # 2024-09-03 follows the Labor Day Monday; every week of the sample has its Tuesday
+    assert (weekly.dates.day_of_week == 1).all()
+    rows = daily.dates.get_indexer(weekly.dates)
+    np.testing.assert_array_equal(weekly.F_mkt, daily.F_mkt[rows])
+    np.testing.assert_array_equal(weekly.mask, daily.mask[rows])
+    np.testing.assert_array_equal(weekly.ttm, daily.ttm[rows])
+    assert weekly.contracts.tolist() == daily.contracts[rows].tolist()
+    np.testing.assert_array_equal(weekly.dt, np.full(11, 7 / 365))
+    assert weekly.mask.all() and weekly.tenor_names == ["CL_0.1y", "CL_0.5y"]
+
+
 def test_weekly_resampling_picks_tuesdays_or_the_day_before():
     dates = pd.DatetimeIndex(pd.bdate_range("2024-08-26", "2024-09-20")).drop(
         pd.Timestamp("2024-09-10")
@@ -140,6 +156,16 @@ def test_bundled_copper_panel_ttm_matches_source():
     np.testing.assert_array_equal(np.isfinite(b.panel.F_mkt), np.isfinite(price))
     np.testing.assert_array_equal(b.panel.F_mkt[np.isfinite(price)], price[np.isfinite(price)])
     assert b.settlements["commodity"].unique().tolist() == ["HG"]
+    # the 13 source rows without a contract are all the missing prices; they are dropped
+    empty = raw["contract"].isna()
+    assert len(raw) == 29448 and empty.sum() == 13 and raw["price"].isna().equals(empty)
+    assert len(b.settlements) == 29448 - 13 and b.settlements["settlement_price"].notna().all()
+    t, k = np.nonzero(~b.panel.mask)
+    got = sorted(zip(b.panel.dates[t].strftime("%Y-%m-%d"), k + 1, strict=True))
+    gone = raw[empty]
+    want = sorted(zip(gone["date"].dt.strftime("%Y-%m-%d"), gone["nearby"], strict=True))
+    assert got == want  # exactly those 13 cells are masked, each still naming its contract
+    assert all(b.panel.contracts[~b.panel.mask]) and np.isfinite(b.panel.ttm).all()
 
 
 def test_panel_errors(cme):

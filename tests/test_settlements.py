@@ -209,3 +209,100 @@ def test_bad_contract_code_names_the_line():
     text = "date,contract,price\n2024-08-01,CLU24,76.3\n2024-08-01,CL?24,75.0\n"
     with pytest.raises(SettlementError, match="line 3: contract code 'CL\\?24'"):
         read_long_csv(io.StringIO(text))
+
+
+def _messy():
+    """Five problems at once, rows labelled like file lines."""
+    df = pd.DataFrame(
+        {
+            "trade_date": [
+                "2024-08-02",  # 2: ahead of lines 3 and 4 (unsorted)
+                "2024-08-01",
+                "2024-08-01",
+                "2024-08-32",  # 5: unparseable
+                "2024-08-02",  # 6: price -37.63
+                "2024-08-02",  # 7: duplicate of line 6
+                "2024-08-22",  # 8: CLU24 after its last trading day
+            ],
+            "commodity": ["CL"] * 7,
+            "contract": ["CLU24", "CLU24", "CLV24", "CLV24", "CLV24", "CLV24", "CLU24"],
+            "expiration_date": ["2024-08-20", "2024-08-20", "2024-09-20", "2024-09-20",
+                                "2024-09-20", "2024-09-20", "2024-08-20"],
+            "settlement_price": [78.42, 76.3, 75.79, 75.0, -37.63, 77.6, 80.0],
+        },
+        index=pd.RangeIndex(2, 9, name="line"),
+    )  # fmt: skip
+    return df
+
+
+UNPARSEABLE = "trade_date: unparseable dates at rows [5] ('2024-08-32')"
+BAD_PRICE = "settlement_price: non-positive or non-finite at rows [6] (values [-37.63])"
+DUPLICATE = "duplicate (trade_date, commodity, contract) at rows [6, 7]"
+EXPIRED = "contracts past expiry at rows [8] (CLU24 traded 2024-08-22 after expiry 2024-08-20)"
+UNSORTED = (
+    "unsorted input: expected order ['commodity', 'trade_date', 'expiration_date', 'contract']; "
+    "first out of place at row 2; 1 row(s) with unparseable or empty dates not checked "
+    "(pass sort=True or call sort_settlements)"
+)
+
+
+def test_validator_reports_all_problems_together():
+    with pytest.raises(SettlementError) as err:
+        validate_settlements(_messy(), on_bad_price="raise", source="messy.csv")
+    assert err.value.problems == [UNPARSEABLE, BAD_PRICE, DUPLICATE, EXPIRED, UNSORTED]
+    assert str(err.value).startswith("5 problem(s) with the settlement data in messy.csv:")
+    # masking the bad price (with a warning naming its row) leaves the other four
+    with pytest.warns(UserWarning, match=r"non-positive or non-finite at rows \[6\]"):
+        with pytest.raises(SettlementError) as err:
+            validate_settlements(_messy())
+    assert err.value.problems == [UNPARSEABLE, DUPLICATE, EXPIRED, UNSORTED]
+    # sort=True sorts instead of complaining, but the rest is still an error
+    with pytest.raises(SettlementError) as err:
+        validate_settlements(_messy(), on_bad_price="raise", sort=True)
+    assert err.value.problems == [UNPARSEABLE, BAD_PRICE, DUPLICATE, EXPIRED]
+
+
+def test_validator_checks_the_columns_that_are_there():
+    df = _messy().drop(columns=["expiration_date"])
+    with pytest.raises(SettlementError) as err:
+        validate_settlements(df, on_bad_price="raise")
+    missing, *rest = err.value.problems
+    assert missing.startswith("missing column(s) ['expiration_date']; expected columns [")
+    assert "'settlement_price']" in missing and "got ['trade_date'" in missing
+    assert rest == [
+        UNPARSEABLE,
+        BAD_PRICE,
+        DUPLICATE,
+        "unsorted input: expected order ['commodity', 'trade_date'] (of ['commodity', "
+        "'trade_date', 'expiration_date', 'contract']); first out of place at row 2; 1 row(s) "
+        "with unparseable or empty dates not checked (pass sort=True or call sort_settlements)",
+    ]  # past expiry needs the expiration column: not checked
+    # with no column of the order left, nothing about sorting is claimed
+    only_price = pd.DataFrame({"settlement_price": ["1.5", "x", "-2"]})
+    with pytest.raises(SettlementError) as err:
+        validate_settlements(only_price, on_bad_price="raise")
+    assert [p.split(" at rows")[0] for p in err.value.problems] == [
+        "missing column(s) ['trade_date', 'commodity', 'contract', 'expiration_date']; expected "
+        "columns ['trade_date', 'commodity', 'contract', 'expiration_date', 'settlement_price'] "
+        "(optional ['volume', 'open_interest']), got ['settlement_price']",
+        "settlement_price: not a number",
+        "settlement_price: non-positive or non-finite",
+    ]
+
+
+def test_continuous_reader_accepts_prev_day_open_interest_spelling():
+    """Older CHRIS datasets name the last column 'Prev. Day Open Interest'."""
+    merged = pd.read_csv(CHRIS)
+    cols = [c for c in merged.columns if c.startswith("CHRIS/CME_CL1 - ")]
+    single = merged[["Date", *cols]].rename(columns=lambda c: c.replace("CHRIS/CME_CL1 - ", ""))
+    assert "Previous Day Open Interest" in single.columns
+    ref = read_continuous(io.StringIO(single.to_csv(index=False)), root="CL", rank=1)
+    # the next row's previous-day figure: none for the last date and the 3 roll days
+    assert ref["open_interest"].notna().sum() == 60 - 1 - 3
+    old = single.rename(columns={"Previous Day Open Interest": "Prev. Day Open Interest"})
+    got = read_continuous(io.StringIO(old.to_csv(index=False)), root="CL", rank=1)
+    pd.testing.assert_frame_equal(got, ref)
+    # the same spelling in the merged layout
+    renamed = merged.rename(columns=lambda c: c.replace("Previous Day", "Prev. Day"))
+    got = read_continuous(io.StringIO(renamed.to_csv(index=False)))
+    pd.testing.assert_frame_equal(got, read_continuous(CHRIS))

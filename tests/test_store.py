@@ -289,10 +289,15 @@ def _bad(kind):
     if kind == "trade after expiry":
         df.loc[df["contract"] == "CLG24", "expiration_date"] = "2023-12-29"
         return df, "past expiry"
+    if kind == "unparseable date":
+        df.loc[5, "trade_date"] = "2024-01-32"
+        return df, r"trade_date: unparseable dates at rows \[5\] \('2024-01-32'\)"
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["missing column", "duplicate rows", "trade after expiry"])
+@pytest.mark.parametrize(
+    "kind", ["missing column", "duplicate rows", "trade after expiry", "unparseable date"]
+)
 def test_invalid_input_writes_nothing(tmp_path, kind):
     store = ParquetStore(tmp_path / "s")
     df, msg = _bad(kind)
@@ -400,6 +405,29 @@ def assert_panel_equal(got, want):
     assert got.commodity == want.commodity
 
 
+def panel_file(name, year):
+    return os.path.join("panels", name, f"year={year}", "data.parquet")
+
+
+def sliced(panel, start=None, end=None):
+    """What a range read of ``panel`` should give: its rows from start to end."""
+    keep = np.ones(len(panel.dates), bool)
+    if start is not None:
+        keep &= panel.dates >= pd.Timestamp(start)
+    if end is not None:
+        keep &= panel.dates <= pd.Timestamp(end)
+    rows = np.flatnonzero(keep)
+    return panel._replace(
+        dates=panel.dates[rows],
+        F_mkt=panel.F_mkt[rows],
+        ttm=panel.ttm[rows],
+        S=None if panel.S is None else panel.S[rows],
+        contracts=panel.contracts[rows],
+        dt=panel.dt[rows[0] : rows[-1]],
+        mask=None if panel.mask is None else panel.mask[rows],
+    )
+
+
 @pytest.mark.parametrize(
     "panel",
     [
@@ -411,15 +439,16 @@ def assert_panel_equal(got, want):
 )
 def test_panel_round_trip(tmp_path, panel):
     store = ParquetStore(tmp_path)
-    path = store.write_panel("cl_nearby", panel)
-    assert path == tmp_path / "panels" / "cl_nearby.parquet"
+    paths = store.write_panel("cl_nearby", panel)
+    assert paths == [tmp_path / panel_file("cl_nearby", 2024)]
     assert store.panels() == ["cl_nearby"]
     got = store.read_panel("cl_nearby")
     assert_panel_equal(got, panel)
     # long-cell form: one row per date × tenor
-    t = pq.read_table(path)
+    t = pq.read_table(paths[0], partitioning=None)
     assert t.num_rows == 12
-    assert t.column_names == ["date", "tenor", "price", "ttm", "mask", "contract"]
+    spot = ["spot"] if panel.S is not None else []
+    assert t.column_names == ["date", "tenor", "price", "ttm", "mask", "contract", "dt", *spot]
 
 
 def test_panel_round_trip_wti_and_custom_dt(tmp_path):
@@ -433,6 +462,144 @@ def test_panel_round_trip_wti_and_custom_dt(tmp_path):
     assert store.panels() == ["weekly", "wti"]
 
 
+def test_panel_partitioned_by_year_and_pruned(tmp_path, spy_reads):
+    store = ParquetStore(tmp_path)
+    wti = load_wti_ss2000()  # 1990-01-02 .. 1995-02-14
+    written = store.write_panel("wti", wti)
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [panel_file("wti", y) for y in range(1990, 1996)]
+    assert [str(p.relative_to(tmp_path)) for p in written] == files
+    t = pq.read_table(tmp_path / panel_file("wti", 1993), partitioning=None).to_pandas()
+    assert set(t["date"].dt.year) == {1993} and len(t) == 52 * 5
+
+    spy_reads.clear()
+    got = store.read_panel("wti", start="1993-03-01", end="1994-02-01")
+    assert [os.path.relpath(p, tmp_path) for p in spy_reads] == [
+        panel_file("wti", 1993),
+        panel_file("wti", 1994),
+    ]
+    assert_panel_equal(got, sliced(wti, "1993-03-01", "1994-02-01"))
+    assert got.dates[0] == pd.Timestamp("1993-03-02") and got.dt.shape == (len(got.dates) - 1,)
+
+    spy_reads.clear()
+    got = store.read_panel("wti", start="1995-01-01 12:00")  # times are dropped
+    assert [os.path.relpath(p, tmp_path) for p in spy_reads] == [panel_file("wti", 1995)]
+    assert_panel_equal(got, sliced(wti, "1995-01-01"))
+
+    spy_reads.clear()
+    got = store.read_panel("wti", end=pd.Timestamp("1990-01-09"))
+    assert [os.path.relpath(p, tmp_path) for p in spy_reads] == [panel_file("wti", 1990)]
+    assert list(got.dates.strftime("%Y-%m-%d")) == ["1990-01-02", "1990-01-09"]
+    assert_panel_equal(got, sliced(wti, end="1990-01-09"))
+
+    spy_reads.clear()
+    with pytest.raises(ValueError, match=r"panel 'wti' \(years 1990-1995\) has no dates from"):
+        store.read_panel("wti", start="1996-01-01")
+    assert spy_reads == []
+    with pytest.raises(ValueError, match="has no dates from 1993-03-03 to 1993-03-03"):
+        store.read_panel("wti", start="1993-03-03", end="1993-03-03")  # a Wednesday
+    assert [os.path.relpath(p, tmp_path) for p in spy_reads] == [panel_file("wti", 1993)]
+    with pytest.raises(ValueError, match="after end"):
+        store.read_panel("wti", start="1994-01-01", end="1993-01-01")
+    with pytest.raises(ValueError, match="end: cannot read"):
+        store.read_panel("wti", end="someday")
+
+
+def test_panel_rewrite_is_idempotent_and_replaces_every_partition(tmp_path):
+    store = ParquetStore(tmp_path)
+    wti = load_wti_ss2000()
+    store.write_panel("wti", wti)
+    before = snapshot(tmp_path)
+    store.write_panel("wti", wti)
+    assert snapshot(tmp_path) == before  # the same bytes
+    short = sliced(wti, start="1994-01-01")
+    store.write_panel("wti", short)  # fewer years: the old partitions go
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [panel_file("wti", 1994), panel_file("wti", 1995)]
+    assert_panel_equal(store.read_panel("wti"), short)
+
+
+def test_append_panel_adds_dates_idempotently(tmp_path):
+    store = ParquetStore(tmp_path)
+    wti = load_wti_ss2000()
+    head, tail = sliced(wti, end="1993-06-30"), sliced(wti, start="1993-01-01")  # overlap
+    written = store.append_panel("wti", head)  # nothing stored yet: a plain write
+    assert [p.parent.name for p in written] == [f"year={y}" for y in range(1990, 1994)]
+    moved = tail._replace(F_mkt=tail.F_mkt + 1.0)  # the overlapping dates are replaced
+    store.append_panel("wti", moved)
+    got = store.read_panel("wti")
+    n = len(head.dates) - len(sliced(wti, "1993-01-01", "1993-06-30").dates)
+    assert_panel_equal(
+        got, wti._replace(F_mkt=np.concatenate([wti.F_mkt[:n], wti.F_mkt[n:] + 1.0]))
+    )
+    before = snapshot(tmp_path)
+    store.append_panel("wti", moved)  # again: no duplicate dates, same bytes
+    assert snapshot(tmp_path) == before
+    with pytest.raises(ValueError, match=r"cannot append to panel 'wti': tenor_names"):
+        store.append_panel("wti", tail._replace(tenor_names=list("abcde")))
+    with pytest.raises(ValueError, match="S: the stored panel has a spot series"):
+        store.append_panel("wti", tail._replace(S=None))
+    assert snapshot(tmp_path) == before
+
+
+def test_append_panel_dt_and_mask(tmp_path):
+    """dt between dates from one panel is that panel's; across the seam, ACT/365."""
+    p = small_panel()._replace(dt=np.full(3, 1 / 52))
+    first = sliced(p, end="2024-01-03")._replace(dt=np.array([0.5]))  # rows 0, 1
+    rest = sliced(p, start="2024-01-03")._replace(mask=None)  # rows 1, 2, 3
+    store = ParquetStore(tmp_path)
+    store.write_panel("p", first)
+    store.append_panel("p", rest)
+    got = store.read_panel("p")
+    # row 1 comes from `rest` now: 0 -> 1 crosses the seam; 1 -> 2 -> 3 are rest's
+    np.testing.assert_array_equal(got.dt, [1 / 365, 1 / 52, 1 / 52])
+    # one mask given: the merged mask is explicit; rest's rows get its finite prices
+    np.testing.assert_array_equal(got.mask[0], p.mask[0])
+    np.testing.assert_array_equal(got.mask[1:], np.isfinite(p.F_mkt[1:]))
+    store.write_panel("q", first._replace(mask=None))
+    store.append_panel("q", rest)
+    assert store.read_panel("q").mask is None
+    assert store.panels() == ["p", "q"]
+
+
+@pytest.mark.parametrize(
+    "existing, fail",
+    [
+        (True, ("write_table", 2)),  # the second year's file
+        (True, ("replace", 1)),  # moving the old directory aside
+        (True, ("replace", 2)),  # moving the new one in: the old one goes back
+        (False, ("write_table", 2)),
+        (False, ("replace", 1)),  # nothing to move aside: the only rename
+    ],
+    ids=["replace-write", "replace-rename-old", "replace-rename-new", "new-write", "new-rename"],
+)
+def test_failed_panel_write_leaves_store_unchanged(tmp_path, monkeypatch, existing, fail):
+    store = ParquetStore(tmp_path / "s")
+    store.write_settlements(settle(days=DAYS[:1]))
+    if existing:
+        store.write_panel("p", small_panel())
+    before = snapshot(tmp_path)
+    module = pq if fail[0] == "write_table" else os
+    real, calls = getattr(module, fail[0]), []
+
+    def flaky(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == fail[1]:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, fail[0], flaky)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_panel("p", load_wti_ss2000())  # six year partitions
+    monkeypatch.undo()
+    assert snapshot(tmp_path) == before  # same bytes, no scratch directories left
+    if existing:
+        assert store.panels() == ["p"]
+        assert_panel_equal(store.read_panel("p"), small_panel())
+    else:
+        assert store.panels() == [] and not (tmp_path / "s" / "panels").exists()
+
+
 def test_panel_overwrite_is_atomic(tmp_path, monkeypatch):
     store = ParquetStore(tmp_path)
     store.write_panel("p", small_panel())
@@ -444,12 +611,17 @@ def test_panel_overwrite_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError, match="rename failed"):
         store.write_panel("p", small_panel(S=np.arange(4.0)))
+    with pytest.raises(OSError, match="rename failed"):
+        store.append_panel("p", small_panel())
     monkeypatch.undo()
     assert snapshot(tmp_path) == before
     assert_panel_equal(store.read_panel("p"), small_panel())
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "a\\b", "..", ".", "x\0y", 3])
+@pytest.mark.parametrize(
+    "name",
+    ["", "a/b", "a\\b", "..", ".", "x\0y", "a=b", "p.tmp-" + "0" * 32, "p.bak-" + "f" * 32, 3],
+)
 def test_bad_panel_name(tmp_path, name):
     store = ParquetStore(tmp_path)
     with pytest.raises(ValueError, match="invalid panel name"):
@@ -476,8 +648,31 @@ def test_panel_errors(tmp_path):
         store.write_panel("p", p._replace(mask=p.mask.astype(int)))
     with pytest.raises(ValueError, match="dates has 3 dates"):
         store.write_panel("p", p._replace(dates=p.dates[:3]))
-    assert store.panels() == []
-    (tmp_path / "panels").mkdir()
-    pq.write_table(pa.table({"x": [1.0, 2.0]}), tmp_path / "panels" / "plain.parquet")
+    with pytest.raises(ValueError, match=r"dt has shape \(4,\), expected \(3,\)"):
+        store.write_panel("p", p._replace(dt=np.ones(4)))
+    with pytest.raises(ValueError, match=r"strictly increasing; date 2 \(2024-01-03"):
+        store.write_panel("p", p._replace(dates=p.dates[[0, 1, 1, 3]]))
+    with pytest.raises(ValueError, match=r"no dates \(T = 0\)"):
+        empty = {f: getattr(p, f)[:0] for f in ("dates", "F_mkt", "ttm", "contracts", "mask")}
+        store.write_panel("p", p._replace(dt=p.dt[:0], **empty))
+    assert store.panels() == [] and not (tmp_path / "panels").exists()
+    # not a panel: a plain Parquet file where a partition should be
+    plain = tmp_path / panel_file("plain", 2024)
+    plain.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1.0, 2.0]}), plain)
     with pytest.raises(ValueError, match="not an ssjax panel file"):
         store.read_panel("plain")
+    # a partition holding another year's dates
+    store.write_panel("moved", p)
+    (tmp_path / "panels" / "moved" / "year=2024").rename(
+        tmp_path / "panels" / "moved" / "year=2023"
+    )
+    with pytest.raises(ValueError, match="outside the partition's year 2023"):
+        store.read_panel("moved")
+    # what a killed write leaves behind is not a panel
+    store.write_panel("kept", p)
+    scratch = tmp_path / "panels" / f"kept.bak-{'0' * 32}"
+    (tmp_path / "panels" / "kept").rename(scratch)
+    assert store.panels() == ["moved", "plain"]
+    with pytest.raises(FileNotFoundError, match="no panel 'kept'"):
+        store.read_panel("kept")

@@ -122,11 +122,14 @@ def load_copper_schwartz97(ranks: int = 8) -> Bundled:
     """Daily COMEX copper futures (US cents/lb), 3,681 dates from 1996-01-02 to 2010-09-07.
 
     From the CRAN package schwartz97 (object ``futures``; Bloomberg tickers): the 8 nearest
-    contracts each day with last trading days, open interest and volume. Seven rows of the
-    source carry neither a contract nor a price (1999-11-04, ranks 2-8) and are dropped with
-    a warning silenced here; 13 prices are missing. The panel holds nearby ranks 1..``ranks``
-    with each contract's actual ttm = (last trading day − date)/365, equal to the source's
-    ``ttm_days``/365.
+    contracts each day with last trading days, open interest and volume (29,448 rows). 13
+    rows of the source carry neither a contract nor a price (1999-11-04 ranks 2-8,
+    1999-11-09 rank 1, 2001-09-11 ranks 5, 6 and 8, 2003-11-25 rank 1, 2004-12-29 rank 1;
+    these are all of its missing prices) and are dropped with a warning silenced here, so
+    the settlement table has 29,435 rows and no missing price. The panel holds nearby ranks
+    1..``ranks`` with each contract's actual ttm = (last trading day − date)/365, equal to
+    the source's ``ttm_days``/365; with the default 8 ranks, exactly those 13 cells are
+    masked (ranks count every listed contract, so each names its contract and keeps a ttm).
     """
     import warnings
 
