@@ -9,8 +9,10 @@ r"""Walk-forward backtest of the mispricing strategy on actual contracts, with n
    all windows.
 2. **States**: between two calibrations Θ is fixed and the states are the *filtered* means
    (they use the data up to each date only; nothing is smoothed). The model forwards are
-   ``forward_curve(Θ, x_t|t, ttm_t)``; the filter's innovation variances at t give the
-   z-scores (``z_method="model"``; see ``z_variance``), the past residuals
+   ``forward_curve(Θ, x_t|t, ttm_t)``; the model's variances at t
+   (:func:`ssjax.trading.residual_variances`: the filtered residual's for
+   ``z_method="filtered"``, the default, and the one-step innovation's for
+   ``z_method="innovation"``) standardize the z-scores; the past residuals
    ln F_mkt − ln F_model (each computed with the model in force on its own date) feed
    ``z_method="residual"`` and ``sigma_method="residuals"``.
 3. **Decisions**: :func:`ssjax.trading.prepare_trading_inputs` and
@@ -44,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from .data import MarketData, make_market_data, pad_dates
 from .datasets import Panel
@@ -51,13 +54,14 @@ from .filter import kalman_filter
 from .mle import default_start, fit_mle, status_message
 from .model import forward_curve
 from .params import Params
-from .trading import Order, TradeEngine, TradingConfig, prepare_trading_inputs
+from .trading import Order, TradeEngine, TradingConfig, prepare_trading_inputs, residual_variances
 
 __all__ = [
     "BacktestResult",
     "ExecutionResult",
     "PriceBook",
     "compute_metrics",
+    "executable_target",
     "expiring_before_next",
     "simulate_execution",
     "step_pnl",
@@ -133,19 +137,52 @@ class PriceBook:
 
 
 # ---- the P&L and execution steps -------------------------------------------------------------
-def expiring_before_next(ttm: np.ndarray, dt: np.ndarray) -> np.ndarray:
+def expiring_before_next(ttm: np.ndarray, dt: np.ndarray, last_step: float = 0.0) -> np.ndarray:
     """[T, M] bool: the cell's contract cannot be held to the next date of the panel.
 
     True on its last trading day (ttm <= 0) and when its last trading day falls strictly
     before the next date (ttm < dt[t], e.g. a weekly panel whose front contract expires on
     the Monday before the next Tuesday: it would have no price to be marked at). The schedule
-    of dates is known in advance, so this uses no future prices. On the last date only
-    ttm <= 0 counts.
+    of dates is known in advance, so this uses no future prices. On the last date the step
+    to the next date is ``last_step`` (default 0: only ttm <= 0 counts there).
     """
     ttm = np.asarray(ttm, float)
-    nxt = np.concatenate([np.asarray(dt, float), [0.0]])[:, None]
+    nxt = np.concatenate([np.asarray(dt, float), [float(last_step)]])[:, None]
     with np.errstate(invalid="ignore"):
         return np.isfinite(ttm) & ((ttm <= 0) | (ttm < nxt - 1e-12))
+
+
+def executable_target(
+    target: ArrayLike,
+    w_prev: ArrayLike,
+    price_t: ArrayLike,
+    codes_t: ArrayLike,
+    expiring_t: ArrayLike,
+) -> np.ndarray:
+    """The weights that the execution layer actually holds after trading at t.
+
+    ``target`` [M] is kept where the tenor can be filled at t (a contract code and a price
+    > 0); where it cannot, the position ``w_prev`` is kept (no order); where the tenor's
+    contract is on its last trading day or expires before the next date (``expiring_t``,
+    from :func:`expiring_before_next`), it is closed whatever the target. The rule of
+    :func:`simulate_execution`, and of the main job's ``orders_t``.
+    """
+    target = np.asarray(target, float)
+    w_prev = np.asarray(w_prev, float)
+    px = np.asarray(price_t, float)
+    M = target.shape[0]
+    for name, a in (("w_prev", w_prev), ("price_t", px)):
+        if a.shape != (M,):
+            raise ValueError(f"{name} must have shape [{M}] like target, got {a.shape}")
+    codes = np.asarray(codes_t, dtype=object)
+    exp = np.asarray(expiring_t, bool)
+    if codes.shape != (M,) or exp.shape != (M,):
+        raise ValueError(f"codes_t and expiring_t must have shape [{M}]")
+    valid = np.array([_valid_code(c) for c in codes], bool)
+    with np.errstate(invalid="ignore"):
+        can = valid & np.isfinite(px) & (px > 0)
+    out = np.where(can, target, w_prev)
+    return np.where(can & exp, 0.0, out)
 
 
 def step_pnl(
@@ -190,6 +227,7 @@ class ExecutionResult:
     trades: pd.DataFrame  # one row per fill
     pnl: pd.DataFrame  # gross, cost, net, equity, exposure, turnover
     orders: list[list[Order]]  # orders executed in the tenors' current contracts, per date
+    pre_trade: pd.DataFrame | None = None  # weights going into t's decision (after rolls)
 
 
 _TRADE_COLUMNS = [
@@ -224,12 +262,13 @@ def simulate_execution(
        in its old contract at its price at t (at its last mark, flagged ``stale_price``,
        when the old contract has no price at t);
     3. ``decide(t, w_prev)`` returns ``(target [M], cost_per_contract [M])``, with ``w_prev``
-       the weights after the roll closes (0 in a rolled tenor);
+       the weights after the roll closes (0 in a rolled tenor; booked as ``pre_trade``);
     4. the target is filled at t's settlement ``panel.F_mkt[t, i]`` of the tenor's contract
        ``panel.contracts[t, i]``, except where the tenor has no price or contract at t (the
        position is kept) and where the contract is on its last trading day or expires
        before the next date of the panel (:func:`expiring_before_next`: the position is
-       closed whatever the target, since it could not be marked at the next date);
+       closed whatever the target, since it could not be marked at the next date;
+       :func:`executable_target`);
     5. every fill of |Δw| costs |Δw|·cost_per_contract_i/price.
 
     Returns:
@@ -251,7 +290,7 @@ def simulate_execution(
     w = np.zeros(M)
     held = np.full(M, None, dtype=object)
     marks = np.full(M, np.nan)
-    pos_rows, held_rows, pnl_rows, orders_all, trades = [], [], [], [], []
+    pos_rows, pre_rows, held_rows, pnl_rows, orders_all, trades = [], [], [], [], [], []
     for t in range(start, T):
         date = dates[t]
         exposure = float(np.sum(np.abs(w)))
@@ -270,6 +309,7 @@ def simulate_execution(
                 held[i] = None
                 marks[i] = np.nan
 
+        pre_rows.append(w.copy())
         target, cpc = decide(t, w.copy())
         target = np.array(target, float, copy=True)
         cpc = np.broadcast_to(np.asarray(cpc, float), (M,))
@@ -277,10 +317,7 @@ def simulate_execution(
             raise ValueError(f"decide must return target weights [{M}], got {target.shape}")
 
         px = np.where(mask[t] & np.isfinite(F[t]) & (F[t] > 0), F[t], np.nan)
-        valid = np.array([_valid_code(c) for c in codes[t]])
-        can = valid & np.isfinite(px)
-        target = np.where(can, target, w)
-        target = np.where(can & expiring[t], 0.0, target)
+        target = executable_target(target, w, px, codes[t], expiring[t])
         dw = target - w
         fill = np.abs(dw) > min_trade
 
@@ -334,6 +371,7 @@ def simulate_execution(
         trades=trades_df,
         pnl=pnl,
         orders=orders_all,
+        pre_trade=pd.DataFrame(np.array(pre_rows).reshape(-1, M), index=idx, columns=names),
     )
 
 
@@ -406,6 +444,7 @@ class BacktestResult:
     metrics: pd.Series
     status: pd.Series  # the engine's status per date ("ok" or the QP solver's)
     info: dict[str, Any] = field(default_factory=dict)
+    pre_trade: pd.DataFrame | None = None  # weights going into t's decision (after rolls)
 
     def report(self, folder: str | Path) -> list[Path]:
         """Write CSVs (positions, trades, pnl, params), ``metrics.json`` and three PNGs.
@@ -531,7 +570,6 @@ def walk_forward(
     risk_premium: bool = False,
     shared_noise: bool = False,
     progress: bool = False,
-    z_variance: str = "filtered",
 ) -> BacktestResult:
     """Walk-forward backtest: recalibrate, filter, decide, execute, with no look-ahead.
 
@@ -548,19 +586,15 @@ def walk_forward(
         start: first trading date index (default ``min_window``).
         risk_premium, shared_noise: model variants (as in :class:`ssjax.KalmanEngine`).
         progress: print one line per calibration to stderr.
-        z_variance: the variance handed to the trading block as ``innovation_var_t`` (used
-            by ``z_method="model"``): ``"filtered"`` (default) is the variance of the
-            filtered residual ln F_mkt − ln F_model itself, R − H P_{t|t} Hᵀ, which is what
-            alpha (computed from the filtered state) has; ``"innovation"`` is the filter's
-            one-step innovation variance of ln F at t, H P_{t|t-1} Hᵀ + R.
-            The innovation variance includes a week of state uncertainty, several times the
-            filtered residual's s.d., so its z-scores rarely reach a z_in of 2.
+
+    The z-score basis is ``trading.z_method``: both model variances at t (filtered residual
+    and one-step innovation, :func:`ssjax.trading.residual_variances`) come from the filter
+    run of the calibration in force at t, and the rolling residuals from the model forwards
+    of their own dates (see :func:`ssjax.trading.prepare_trading_inputs` for which to use).
 
     Returns:
         :class:`BacktestResult`.
     """
-    if z_variance not in ("innovation", "filtered"):
-        raise ValueError(f"z_variance must be 'innovation' or 'filtered', got {z_variance!r}")
     cfg = TradingConfig() if trading is None else trading
     eng = TradeEngine() if engine is None else engine
     F_raw = np.asarray(panel.F_mkt, float)
@@ -595,10 +629,11 @@ def walk_forward(
     cache0 = fit_mle._cache_size()
     F_model = np.full((T, M), np.nan)
     innov = np.full((T, M), np.nan)
+    filt_var = np.full((T, M), np.nan)
     resid = np.full((T, M), np.nan)
     ttm0 = np.nan_to_num(ttm)
     W = cfg.sigma_window
-    sig_rows, z_rows, status_rows = {}, {}, {}
+    sig_rows, z_rows, status_rows, z_basis_rows = {}, {}, {}, {}
     param_rows = []
     theta: Params | None = None
     thetas: list[Params] = []
@@ -632,16 +667,11 @@ def walk_forward(
         lo = 0 if k == 0 else tc
         filt = _filter_jit(theta, window(end))
         fm = np.asarray(_forwards_jit(theta, filt.filtered_means, ttm0))
-        if z_variance == "innovation":
-            iv = np.asarray(filt.innovation_vars)
-        else:  # R − H P_t|t Hᵀ, the variance of the residual at the filtered state
-            P = np.asarray(filt.filtered_covs)
-            b = np.exp(-float(theta.kappa) * ttm0)
-            hph = b * b * P[:, None, 0, 0] + 2 * b * P[:, None, 0, 1] + P[:, None, 1, 1]
-            iv = np.broadcast_to(np.asarray(theta.meas_sd, float) ** 2, (T, M)) - hph
+        iv, fv = residual_variances(theta, filt, ttm0, mask)
         blk = slice(lo, end + 1)
         F_model[blk] = np.where(mask[blk] & np.isfinite(ttm[blk]), fm[blk], np.nan)
         innov[blk] = np.where(mask[blk], iv[blk], np.nan)
+        filt_var[blk] = np.where(mask[blk], fv[blk], np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             resid[blk] = np.log(F[blk]) - np.log(F_model[blk])
 
@@ -683,10 +713,11 @@ def walk_forward(
             F_mkt_hist=F[lo : t + 1],
             contracts_hist=codes[lo : t + 1],
             resid_hist=resid[lo:t],
+            filtered_resid_var_t=filt_var[t],
             innovation_var_t=innov[t],
             dt=dt[lo:t],
-            model_var=z_variance,
         )
+        z_basis_rows[t] = inp.z_basis
         dec = eng.decide(inp, w_prev)
         sig_rows[t], z_rows[t], status_rows[t] = dec.signals, dec.z, dec.status
         return dec.target_w, inp.frictions.per_contract
@@ -711,7 +742,8 @@ def walk_forward(
         "fit_mle_compiles": cache1 - cache0,
         "periods_per_year": ppy,
         "start": start,
-        "z_variance": z_variance,
+        "z_method": cfg.z_method,
+        "z_basis": z_basis_rows[T - 1],
         "seconds": time.perf_counter() - t_begin,
         "trading": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "engine": {k: getattr(eng, k) for k in eng.__dataclass_fields__ if not k.startswith("_")},
@@ -732,4 +764,5 @@ def walk_forward(
         metrics=metrics,
         status=pd.Series([status_rows[t] for t in rows], index=idx, name="status"),
         info=info,
+        pre_trade=ex.pre_trade,
     )

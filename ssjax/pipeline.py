@@ -19,9 +19,10 @@ Settings (all optional; a TOML file overrides these defaults, flags override the
     [trading]                 # ssjax.trading.TradingConfig
     sigma_method = "returns"  # or "residuals"
     sigma_window = 60
-    z_method = "model"        # or "residual"
-    z_variance = "filtered"   # z = alpha / s.d. of the filtered residual (R − H P_t|t Hᵀ);
-                              # "innovation": the one-step innovation s.d. (H P_t|t-1 Hᵀ + R)
+    z_method = "filtered"     # z = alpha / the model's filtered-residual s.d.,
+                              # diag(R − H P_t|t Hᵀ): the variance of alpha itself;
+                              # "innovation": the one-step innovation s.d.,
+                              # diag(H P_t|t-1 Hᵀ + R); "residual": rolling residual s.d.
     z_in = 2.0
     z_out = 0.5
     max_weight = 1.0
@@ -46,6 +47,14 @@ Settings (all optional; a TOML file overrides these defaults, flags override the
 
     [output]
     folder = "ssjax_output"
+
+``orders_t`` at t* start from the book the walk-forward backtest holds going into t* (its
+positions after trading at t*−1, less the tenors whose contract rolled at t*: those roll
+closes are listed separately as ``roll_closes``); with the backtest disabled
+(``--no-backtest``) they start from a flat book. The backtest's execution rules apply at t*
+too (:func:`orders_at_t_star`): a contract on its last trading day or expiring before the
+next date (the panel's next date; one median step after the last date) is neither opened
+nor kept, and a tenor without a price at t* keeps its position.
 """
 
 from __future__ import annotations
@@ -60,17 +69,24 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
-__all__ = ["DEFAULTS", "load_config", "merge_config", "run_pipeline", "PipelineResult"]
+__all__ = [
+    "DEFAULTS",
+    "load_config",
+    "merge_config",
+    "orders_at_t_star",
+    "run_pipeline",
+    "PipelineResult",
+]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"source": "wti", "commodity": "", "ranks": [1, 5, 9, 13, 17], "resample": "",
              "t_star": ""},
     "model": {"method": "MLE", "risk_premium": False, "shared_noise": False},
-    "trading": {"sigma_method": "returns", "sigma_window": 60, "z_method": "model",
+    "trading": {"sigma_method": "returns", "sigma_window": 60, "z_method": "filtered",
                 "z_in": 2.0, "z_out": 0.5, "max_weight": 1.0, "gross_leverage": 2.0,
-                "fee": 0.0025, "half_spread": 0.005, "slippage": 0.0025,
-                "z_variance": "filtered"},
+                "fee": 0.0025, "half_spread": 0.005, "slippage": 0.0025},
     "engine": {"sizing": "vol_target", "vol_target": 0.10, "gamma": 5.0, "lambda1": 0.0,
                "lambda2": 0.0, "top_k": 0},
     "backtest": {"enabled": True, "min_window": 104, "recalibrate_every": 13,
@@ -117,10 +133,12 @@ def load_config(path: str | Path | None) -> dict:
 class PipelineResult(NamedTuple):
     fit: Any  # KalmanFit
     inputs: Any  # TradingInputs at t*
-    decision: Any  # TradeDecision at t*
+    decision: Any  # TradeDecision at t* (orders_t)
     table: pd.DataFrame  # the mispricing table at t*
     backtest: Any | None
     files: list[Path]
+    w_prev: np.ndarray | None = None  # the book orders_t start from
+    start_book: str = "flat"  # "backtest" or "flat"
 
 
 def _load(cfg: dict):
@@ -161,15 +179,37 @@ def _t_star_index(t_star: Any, dates: pd.DatetimeIndex) -> int:
     return pos
 
 
-def _residual_var(fit: Any, t: int, ttm_t: np.ndarray, kind: str) -> np.ndarray:
-    """Variance of ln F_mkt − ln F_model at t: filtered (R − H P_t|t Hᵀ) or innovation."""
-    if kind == "innovation":
-        return np.asarray(fit.filter_result.innovation_vars[t])
-    P = np.asarray(fit.filter_result.filtered_covs[t])
-    b = np.exp(-float(fit.params.kappa) * np.nan_to_num(ttm_t))
-    hph = b * b * P[0, 0] + 2 * b * P[0, 1] + P[1, 1]
-    sd = np.broadcast_to(np.asarray(fit.params.meas_sd, float), ttm_t.shape)
-    return sd * sd - hph
+def orders_at_t_star(
+    engine: Any,
+    inputs: Any,
+    w_prev: ArrayLike,
+    price_t: ArrayLike,
+    codes_t: ArrayLike,
+    expiring_t: ArrayLike,
+) -> Any:
+    """``orders_t``: the engine's decision at t* from the book ``w_prev``, executed by the
+    backtest's rules (:func:`ssjax.backtest.executable_target`).
+
+    ``inputs`` should come from :func:`~ssjax.trading.prepare_trading_inputs` with the ttm
+    of expiring contracts set to 0 (as :func:`run_pipeline` does: the engine sees them as
+    not tradable and opens nothing there). Expiring held positions are closed, a tenor
+    without a price or contract keeps its position (no order); ``signals`` are the signs of
+    the weights actually targeted where the rules overrode the engine, and the orders are
+    recomputed from Δw = target_w − w_prev.
+    """
+    from .backtest import executable_target
+    from .trading import Order
+
+    w_prev = np.asarray(w_prev, float)
+    dec = engine.decide(inputs, w_prev)
+    target = executable_target(dec.target_w, w_prev, price_t, codes_t, expiring_t)
+    signals = np.where(target != dec.target_w, np.sign(target), dec.signals).astype(float)
+    dw = target - w_prev
+    orders = [
+        Order(int(i), "BUY" if dw[i] > 0 else "SELL", float(abs(dw[i])))
+        for i in np.flatnonzero(np.abs(dw) > engine.min_trade)
+    ]
+    return dec._replace(signals=signals, target_w=target, orders=orders)
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -178,30 +218,36 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
-    """Run the whole chain at t* and (optionally) the backtest; write the output folder."""
-    from .engine import KalmanEngine
-    from .trading import TradeEngine, TradingConfig, prepare_trading_inputs
+    """Run the whole chain at t* and (optionally) the backtest; write the output folder.
 
-    tcfg = dict(cfg["trading"])
-    z_variance = tcfg.pop("z_variance")
-    if z_variance not in ("filtered", "innovation"):
-        raise ValueError(
-            f"[trading] z_variance must be 'filtered' or 'innovation', got {z_variance!r}"
-        )
-    trading_cfg = TradingConfig(**tcfg)
+    Order of the steps: calibrate on the data up to t*; run the walk-forward backtest up to
+    t* (when enabled); then ``orders_t`` at t* from the full calibration's trading inputs,
+    starting from the backtest's book going into t* (flat without the backtest) and under
+    the backtest's execution rules (:func:`orders_at_t_star`).
+    """
+    from .backtest import expiring_before_next
+    from .engine import KalmanEngine
+    from .trading import TradeEngine, TradingConfig, prepare_trading_inputs, residual_variances
+
+    trading_cfg = TradingConfig(**cfg["trading"])
     e = dict(cfg["engine"])
     e["top_k"] = int(e["top_k"]) or None
     engine_fields = {f.name for f in fields(TradeEngine) if f.init}
     trade_engine = TradeEngine(**{k: v for k, v in e.items() if k in engine_fields})
     out_dir = Path(cfg["output"]["folder"])
+    run_bt = bool(cfg["backtest"]["enabled"])
+    n_steps = 4 if run_bt else 3
 
     t0 = time.perf_counter()
     panel, settle, desc = _load(cfg)
     t_idx = _t_star_index(cfg["data"]["t_star"], panel.dates)
     print(f"data: {desc}: {len(panel.dates)} dates x {len(panel.tenor_names)} tenors "
           f"{panel.tenor_names}; t* = {panel.dates[t_idx].date()}")  # fmt: skip
-    F = np.where(panel.mask, panel.F_mkt, np.nan)
-    _log("[1/4] calibrating the model (the first call compiles, ~10-20 s)...", quiet)
+    mask = np.asarray(panel.mask, bool) if panel.mask is not None else np.isfinite(panel.F_mkt)
+    F = np.where(mask, panel.F_mkt, np.nan)
+    ttm = np.asarray(panel.ttm, float)
+    dt = np.asarray(panel.dt, float)
+    _log(f"[1/{n_steps}] calibrating the model (the first call compiles, ~10-20 s)...", quiet)
     m = cfg["model"]
     fit = KalmanEngine(
         m["method"], risk_premium=m["risk_premium"], shared_noise=m["shared_noise"]
@@ -209,79 +255,12 @@ def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
     _log(f"      done in {time.perf_counter() - t0:.1f} s", quiet)
     print(fit.summary())
 
-    _log("[2/4] trading inputs and orders at t*...", quiet)
-    W = trading_cfg.sigma_window
-    lo = max(0, t_idx - W)
-    F_model_path = fit.F_model_path
-    with np.errstate(invalid="ignore", divide="ignore"):
-        resid = np.log(F[lo:t_idx]) - np.log(F_model_path[lo:t_idx])
-    inputs = prepare_trading_inputs(
-        F[t_idx],
-        fit.F_model_t,
-        panel.ttm[t_idx],
-        cfg=trading_cfg,
-        F_mkt_hist=F[lo : t_idx + 1],
-        contracts_hist=panel.contracts[lo : t_idx + 1],
-        resid_hist=resid,
-        innovation_var_t=_residual_var(fit, t_idx, panel.ttm[t_idx], z_variance),
-        dt=panel.dt[:t_idx],
-        model_var=z_variance,
-    )
-    decision = trade_engine.decide(inputs)
-    table = pd.DataFrame(
-        {
-            "contract": panel.contracts[t_idx],
-            "ttm": panel.ttm[t_idx],
-            "F_mkt": F[t_idx],
-            "F_model": fit.F_model_t,
-            "mispricing": inputs.mispricing,
-            "z": inputs.z,
-            "signal": decision.signals.astype(int),
-            "target_w": decision.target_w,
-        },
-        index=pd.Index(panel.tenor_names, name="tenor"),
-    )
-    with pd.option_context("display.width", 120, "display.float_format", "{:.4f}".format):
-        print(f"\nmispricing at t* = {panel.dates[t_idx].date()} (z: {inputs.z_basis})")
-        print(table.to_string())
-    print(f"\norders_t ({trade_engine.sizing}; {decision.status}):")
-    if decision.orders:
-        for o in decision.orders:
-            name, code = panel.tenor_names[o.tenor_id], panel.contracts[t_idx, o.tenor_id]
-            print(f"  ({o.tenor_id}, {o.side}, {o.size:.4f})  {name} {code}")
-    else:
-        print("  none")
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = []
-    theta = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in fit.theta.items()}
-    (out_dir / "theta.json").write_text(json.dumps(theta, indent=2))
-    table.to_csv(out_dir / "mispricing_t.csv")
-    orders = [
-        {"tenor_id": o.tenor_id, "tenor": panel.tenor_names[o.tenor_id],
-         "contract": str(panel.contracts[t_idx, o.tenor_id]), "side": o.side, "size": o.size}
-        for o in decision.orders
-    ]  # fmt: skip
-    (out_dir / "orders_t.json").write_text(
-        json.dumps(
-            {"date": str(panel.dates[t_idx].date()), "status": decision.status, "orders": orders},
-            indent=2,
-        )  # fmt: skip
-    )
-    pd.DataFrame(orders, columns=["tenor_id", "tenor", "contract", "side", "size"]).to_csv(
-        out_dir / "orders_t.csv", index=False
-    )
-    files += [out_dir / n for n in ("theta.json", "mispricing_t.csv", "orders_t.json",
-                                     "orders_t.csv")]  # fmt: skip
-    (out_dir / "config_used.json").write_text(json.dumps(cfg, indent=2, default=str))
-    files.append(out_dir / "config_used.json")
-
     bt = None
-    if cfg["backtest"]["enabled"]:
+    if run_bt:
         from .backtest import walk_forward
 
         b = cfg["backtest"]
-        _log("[3/4] walk-forward backtest (recalibrating every "
+        _log(f"[2/{n_steps}] walk-forward backtest up to t* (recalibrating every "
              f"{b['recalibrate_every']} dates)...", quiet)  # fmt: skip
         end = t_idx + 1
         sub = panel._replace(
@@ -301,11 +280,112 @@ def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
             risk_premium=m["risk_premium"],
             shared_noise=m["shared_noise"],
             progress=not quiet,
-            z_variance=z_variance,
         )
-        _log("[4/4] writing the report...", quiet)
+
+    _log(f"[{n_steps - 1}/{n_steps}] trading inputs and orders at t*...", quiet)
+    M = F.shape[1]
+    if bt is not None:  # the book going into t*: after t*-1's trades and t*'s roll closes
+        w_prev = bt.pre_trade.iloc[-1].to_numpy(float)
+        start_book = "backtest"
+        rolls = bt.trades[(bt.trades["date"] == panel.dates[t_idx])
+                          & (bt.trades["kind"] == "roll_close")]  # fmt: skip
+    else:
+        w_prev, start_book, rolls = np.zeros(M), "flat", None
+    # the backtest's expiry rule; past the panel's last date the next one is a median step on
+    last_step = float(dt[t_idx]) if t_idx < len(dt) else float(np.median(dt[:t_idx]))
+    expiring_t = expiring_before_next(ttm[: t_idx + 1], dt[:t_idx], last_step=last_step)[-1]
+    W = trading_cfg.sigma_window
+    lo = max(0, t_idx - W)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resid = np.log(F[lo:t_idx]) - np.log(fit.F_model_path[lo:t_idx])
+    innov, filt_var = residual_variances(
+        fit.params, fit.filter_result, ttm[: t_idx + 1], mask[: t_idx + 1]
+    )
+    inputs = prepare_trading_inputs(
+        F[t_idx],
+        fit.F_model_t,
+        np.where(expiring_t, 0.0, ttm[t_idx]),  # not tradable: cannot be held to the next date
+        cfg=trading_cfg,
+        F_mkt_hist=F[lo : t_idx + 1],
+        contracts_hist=panel.contracts[lo : t_idx + 1],
+        resid_hist=resid,
+        filtered_resid_var_t=filt_var[-1],
+        innovation_var_t=innov[-1],
+        dt=dt[:t_idx],
+    )
+    decision = orders_at_t_star(
+        trade_engine, inputs, w_prev, F[t_idx], panel.contracts[t_idx], expiring_t
+    )
+    table = pd.DataFrame(
+        {
+            "contract": panel.contracts[t_idx],
+            "ttm": ttm[t_idx],
+            "expiring": expiring_t,
+            "F_mkt": F[t_idx],
+            "F_model": fit.F_model_t,
+            "mispricing": inputs.mispricing,
+            "z": inputs.z,
+            "signal": decision.signals.astype(int),
+            "w_prev": w_prev,
+            "target_w": decision.target_w,
+        },
+        index=pd.Index(panel.tenor_names, name="tenor"),
+    )
+    with pd.option_context("display.width", 120, "display.float_format", "{:.4f}".format):
+        print(f"\nmispricing at t* = {panel.dates[t_idx].date()} (z: {inputs.z_basis})")
+        print(table.to_string())
+    book = "the backtest's book going into t*" if bt is not None else "a flat book (no backtest)"
+    print(f"\norders_t ({trade_engine.sizing}; {decision.status}; from {book}):")
+    if decision.orders:
+        for o in decision.orders:
+            name, code = panel.tenor_names[o.tenor_id], panel.contracts[t_idx, o.tenor_id]
+            print(f"  ({o.tenor_id}, {o.side}, {o.size:.4f})  {name} {code}")
+    else:
+        print("  none")
+    roll_closes = [] if rolls is None else [
+        {"tenor_id": int(r.tenor_id), "tenor": str(r.tenor), "contract": str(r.contract),
+         "side": str(r.side), "size": float(r.size)}
+        for r in rolls.itertuples()
+    ]  # fmt: skip
+    for r in roll_closes:
+        print(f"  roll close: ({r['tenor_id']}, {r['side']}, {r['size']:.4f})  {r['tenor']} "
+              f"{r['contract']} (the contract the backtest held)")  # fmt: skip
+
+    _log(f"[{n_steps}/{n_steps}] writing the outputs...", quiet)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    theta = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in fit.theta.items()}
+    (out_dir / "theta.json").write_text(json.dumps(theta, indent=2))
+    table.to_csv(out_dir / "mispricing_t.csv")
+    orders = [
+        {"tenor_id": o.tenor_id, "tenor": panel.tenor_names[o.tenor_id],
+         "contract": str(panel.contracts[t_idx, o.tenor_id]), "side": o.side, "size": o.size}
+        for o in decision.orders
+    ]  # fmt: skip
+    (out_dir / "orders_t.json").write_text(
+        json.dumps(
+            {
+                "date": str(panel.dates[t_idx].date()),
+                "status": decision.status,
+                "z_basis": inputs.z_basis,
+                "start_book": start_book,
+                "w_prev": [float(x) for x in w_prev],
+                "orders": orders,
+                "roll_closes": roll_closes,
+            },
+            indent=2,
+        )  # fmt: skip
+    )
+    pd.DataFrame(orders, columns=["tenor_id", "tenor", "contract", "side", "size"]).to_csv(
+        out_dir / "orders_t.csv", index=False
+    )
+    files += [out_dir / n for n in ("theta.json", "mispricing_t.csv", "orders_t.json",
+                                     "orders_t.csv")]  # fmt: skip
+    (out_dir / "config_used.json").write_text(json.dumps(cfg, indent=2, default=str))
+    files.append(out_dir / "config_used.json")
+    if bt is not None:
         files += list(bt.report(out_dir / "backtest"))
         print("\nbacktest metrics:")
         print(bt.metrics.to_string())
     print(f"\nwrote {len(files)} files to {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
-    return PipelineResult(fit, inputs, decision, table, bt, files)
+    return PipelineResult(fit, inputs, decision, table, bt, files, w_prev, start_book)

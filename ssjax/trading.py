@@ -7,8 +7,11 @@ The theory document's last two blocks. Conventions (one date t, M tenors):
 * weights ``w`` are signed notional exposures per unit of capital (``w_i = 0.5``: long half the
   capital's worth of tenor i's contract); a portfolio's return variance is wᵀΣw, with Σ the
   covariance of log returns per tenor, annualized;
-* z-scores standardize α by the model's own uncertainty (the filter's innovation s.d. of
-  ln F for that tenor) or by the rolling s.d. of past residuals ln F_mkt − ln F_model;
+* z-scores standardize α by one of three s.d.s of ln F, chosen by ``TradingConfig.z_method``
+  and named in ``TradingInputs.z_basis``: the model's filtered-residual s.d.
+  (``"filtered"``, the default), the filter's one-step innovation s.d. (``"innovation"``), or
+  the rolling s.d. of past residuals ln F_mkt − ln F_model (``"residual"``);
+  :func:`residual_variances` gives the first two from a filter run;
 * frictions (fee, half-spread, slippage) are in price units per contract; per unit of
   weight traded they cost (fee + half_spread + slippage)/F_mkt.
 
@@ -16,7 +19,8 @@ The theory document's last two blocks. Conventions (one date t, M tenors):
 exit below z_out), keeps the ``top_k`` largest |z|, sizes by volatility target or by a
 mean–variance QP (cvxpy, built once with parameters and re-solved), applies per-tenor caps and
 a gross-leverage limit, drops position-increasing orders whose expected gain does not cover
-their frictions, and returns ``signals``, ``target_w`` and ``orders`` (tenor_id, side, size).
+the round trip's frictions (entry now, exit later), and returns ``signals``, ``target_w`` and
+``orders`` (tenor_id, side, size).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "Z_METHODS",
     "TradingConfig",
     "Frictions",
     "Limits",
@@ -36,8 +41,12 @@ __all__ = [
     "Order",
     "TradeDecision",
     "prepare_trading_inputs",
+    "residual_variances",
     "TradeEngine",
 ]
+
+#: the bases of the z-scores (``TradingConfig.z_method``)
+Z_METHODS = ("filtered", "innovation", "residual")
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,10 @@ class TradingConfig:
             same contract on both dates) or ``"residuals"`` (covariance of the model
             residuals ln F_mkt − ln F_model).
         sigma_window: dates in the rolling window (default 60).
-        z_method: ``"model"`` (the filter's innovation s.d.) or ``"residual"`` (rolling s.d.
-            of past residuals).
+        z_method: what z = α / s.d. standardizes α by (see :func:`prepare_trading_inputs`):
+            ``"filtered"`` (default: the model's s.d. of the filtered residual,
+            diag(R − H P_{t|t} Hᵀ)), ``"innovation"`` (the filter's one-step innovation s.d.,
+            diag(H P_{t|t−1} Hᵀ + R)) or ``"residual"`` (the rolling s.d. of past residuals).
         z_in, z_out: hysteresis thresholds (z_out < z_in).
         max_weight: per-tenor cap on |w| (a scalar or one per tenor).
         gross_leverage: cap on Σ|w|.
@@ -61,7 +72,7 @@ class TradingConfig:
 
     sigma_method: str = "returns"
     sigma_window: int = 60
-    z_method: str = "model"
+    z_method: str = "filtered"
     z_in: float = 2.0
     z_out: float = 0.5
     max_weight: Any = 1.0
@@ -77,8 +88,9 @@ class TradingConfig:
             raise ValueError(
                 f"sigma_method must be 'returns' or 'residuals', got {self.sigma_method!r}"
             )
-        if self.z_method not in ("model", "residual"):
-            raise ValueError(f"z_method must be 'model' or 'residual', got {self.z_method!r}")
+        if self.z_method not in Z_METHODS:
+            known = ", ".join(map(repr, Z_METHODS))
+            raise ValueError(f"z_method must be one of {known}, got {self.z_method!r}")
         if not 0 <= self.z_out < self.z_in:
             raise ValueError(f"need 0 <= z_out < z_in, got z_out={self.z_out}, z_in={self.z_in}")
         if self.sigma_window < 2:
@@ -117,7 +129,7 @@ class TradingInputs(NamedTuple):
     mispricing: np.ndarray  # [M] F_model − F_mkt
     alpha: np.ndarray  # [M] ln(F_model / F_mkt): expected convergence return of a long
     z: np.ndarray  # [M] alpha / its s.d.
-    z_basis: str  # what standardized z ("model innovation s.d." or "rolling residual s.d.")
+    z_basis: str  # what standardized z (model filtered-residual / innovation s.d., or rolling)
     Sigma: np.ndarray  # [M, M] annualized covariance of log returns (or of residuals)
     sigma_basis: str
     limits: Limits
@@ -138,7 +150,7 @@ class TradeDecision(NamedTuple):
     target_w: np.ndarray  # [M]
     orders: list[Order]
     z: np.ndarray  # [M]
-    status: str  # "ok", or the QP solver's status
+    status: str  # "ok", or the QP solvers' statuses ("A: error ...; B: optimal")
     blocked: np.ndarray  # [M] bool: entry orders dropped because gain < frictions
 
 
@@ -178,11 +190,29 @@ def prepare_trading_inputs(
     F_mkt_hist: ArrayLike | None = None,
     contracts_hist: ArrayLike | None = None,
     resid_hist: ArrayLike | None = None,
+    filtered_resid_var_t: ArrayLike | None = None,
     innovation_var_t: ArrayLike | None = None,
     dt: float | ArrayLike | None = None,
-    model_var: str = "innovation",
 ) -> TradingInputs:
-    """The document's ``PrepareTradingInputs`` for one date t.
+    r"""The document's ``PrepareTradingInputs`` for one date t.
+
+    **The z-score basis** (``cfg.z_method``; ``z_basis`` in the output names the one used).
+    α = ln F_model − ln F_mkt is computed from the *filtered* state x_{t|t}, which has
+    already seen t's prices. Three s.d.s are offered:
+
+    * ``"filtered"`` (default): ``filtered_resid_var_t`` = diag(R − H P_{t|t} Hᵀ), the
+      model's variance of the filtered residual e_t = ln F_mkt − H x_{t|t} − d, i.e. of −α
+      itself (it equals diag(R F_t⁻¹ R)). z is then a standard-normal score, under the
+      model, of exactly the quantity traded on: a |z| of 2 is a 2-s.d. mispricing. This is
+      the default because it is the only model variance that matches α.
+    * ``"innovation"``: ``innovation_var_t`` = diag(F_t), F_t = H P_{t|t−1} Hᵀ + R, the
+      filter's one-step innovation variance (the s.d. of ln F_mkt around the *predicted*
+      state, before t's prices). It belongs to another quantity, the innovation, and
+      exceeds the filtered residual's variance (by a week of state uncertainty on a weekly
+      panel, several times its s.d. on WTI), so z's from it are smaller and rarely reach
+      a z_in of 2; it is offered because it is the model's uncertainty most often quoted.
+    * ``"residual"``: the rolling sample s.d. of the past residuals ``resid_hist`` per
+      tenor (no model variance needed; the model's own error history).
 
     Args:
         F_mkt_t, F_model_t, ttm_t: market and model forwards and times to maturity [M].
@@ -193,13 +223,11 @@ def prepare_trading_inputs(
             contract is the same on both dates (no spliced returns across rolls).
         resid_hist: past residuals ln F_mkt − ln F_model [W, M] (dates before t) for
             ``sigma_method="residuals"`` and ``z_method="residual"``.
-        innovation_var_t: the model's variance of the residual ln F_mkt − ln F_model at t [M]
-            (z_method ``"model"``): the filter's innovation variance H P_{t|t−1} Hᵀ + R, or
-            the filtered residual variance R − H P_{t|t} Hᵀ, which matches F_model from the
-            filtered state (the pipeline and the backtest use the latter by default).
+        filtered_resid_var_t: diag(R − H P_{t|t} Hᵀ) at t [M] (``z_method="filtered"``).
+        innovation_var_t: diag(H P_{t|t−1} Hᵀ + R) at t [M] (``z_method="innovation"``).
+            :func:`residual_variances` computes both from a filter run. A non-positive or
+            non-finite variance gives z = 0 (the tenor does not trade on z).
         dt: step length(s) in years, to annualize Σ (default ``cfg.periods_per_year``).
-        model_var: which variance ``innovation_var_t`` is (``"innovation"`` or
-            ``"filtered"``), for the ``z_basis`` label.
     """
     cfg = cfg or TradingConfig()
     F_mkt_t = np.asarray(F_mkt_t, float)
@@ -258,17 +286,22 @@ def prepare_trading_inputs(
         Sigma = _cov(R, cfg.shrinkage) * ppy
         sigma_basis = f"covariance of model residuals ln F_mkt - ln F_model, {R.shape[0]} dates"
 
-    if cfg.z_method == "model":
-        if innovation_var_t is None:
-            raise ValueError("z_method='model' needs innovation_var_t [M] from the filter")
-        v = np.asarray(innovation_var_t, float)
+    if cfg.z_method in ("filtered", "innovation"):
+        name = "filtered_resid_var_t" if cfg.z_method == "filtered" else "innovation_var_t"
+        v = filtered_resid_var_t if cfg.z_method == "filtered" else innovation_var_t
+        if v is None:
+            raise ValueError(
+                f"z_method={cfg.z_method!r} needs {name} [M] from the filter "
+                "(see ssjax.trading.residual_variances)"
+            )
+        v = np.asarray(v, float)
         if v.shape != (M,):
-            raise ValueError(f"innovation_var_t must have shape [{M}], got {v.shape}")
+            raise ValueError(f"{name} must have shape [{M}], got {v.shape}")
         sd = np.sqrt(np.where(np.isfinite(v) & (v > 0), v, np.nan))
         z_basis = (
-            "model: filtered residual s.d. of ln F (R - H P_t|t H')"
-            if model_var == "filtered"
-            else "model: filter innovation s.d. of ln F (H P_t|t-1 H' + R)"
+            "model filtered-residual s.d. of ln F, diag(R - H P_t|t H')"
+            if cfg.z_method == "filtered"
+            else "model one-step innovation s.d. of ln F, diag(H P_t|t-1 H' + R)"
         )
     else:
         if resid_hist is None:
@@ -302,8 +335,59 @@ def prepare_trading_inputs(
     )
 
 
+def residual_variances(
+    params: Any, filter_result: Any, ttm: ArrayLike, mask: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""The model's variances of ln F per date and tenor from a filter run: the two z bases.
+
+    With H_i = [e^{−κ τ_i}, 1] the loading of tenor i's ln F on the state and R = diag(s_i²)
+    the measurement variance:
+
+    * ``innovation`` [T, M] = diag(H P_{t|t−1} Hᵀ + R): the one-step innovation variance
+      (equal to the filter's ``innovation_vars`` where the tenor is observed);
+    * ``filtered`` [T, M] = diag(R − H P_{t|t} Hᵀ): the variance of the filtered residual
+      ln F_mkt − H x_{t|t} − d where the tenor is observed at t (its observation entered
+      P_{t|t}); diag(R + H P_{t|t} Hᵀ) where it is not (``mask`` False).
+
+    Args:
+        params: :class:`ssjax.params.Params` of the run (``kappa``, ``meas_sd``).
+        filter_result: :class:`ssjax.filter.FilterResult` (``predicted_covs``,
+            ``filtered_covs`` [T, 2, 2]).
+        ttm: times to maturity [T, M] of the filtered dates (NaN treated as 0).
+        mask: observed cells [T, M] (default: all observed).
+
+    Returns:
+        ``(innovation, filtered)``, NumPy float arrays [T, M].
+    """
+    Pp = np.asarray(filter_result.predicted_covs, float)
+    Pf = np.asarray(filter_result.filtered_covs, float)
+    tau = np.nan_to_num(np.asarray(ttm, float))
+    if tau.ndim != 2 or Pp.shape != (tau.shape[0], 2, 2) or Pf.shape != Pp.shape:
+        raise ValueError(
+            f"ttm must be [T, M] for T = {Pp.shape[0]} filtered dates, got {tau.shape}"
+        )
+    b = np.exp(-float(np.asarray(params.kappa)) * tau)
+
+    def hph(P: np.ndarray) -> np.ndarray:
+        return b * b * P[:, None, 0, 0] + 2.0 * b * P[:, None, 0, 1] + P[:, None, 1, 1]
+
+    r = np.broadcast_to(np.asarray(params.meas_sd, float) ** 2, tau.shape)
+    obs = np.ones(tau.shape, bool) if mask is None else np.asarray(mask, bool)
+    if obs.shape != tau.shape:
+        raise ValueError(f"mask must have the shape of ttm {tau.shape}, got {obs.shape}")
+    innovation = hph(Pp) + r
+    filtered = np.where(obs, r - hph(Pf), r + hph(Pf))
+    return innovation, filtered
+
+
 class _QP:
-    """The mean–variance problem, built once per M with cvxpy Parameters (DPP)."""
+    """The mean–variance problem, built once per M with cvxpy Parameters (DPP).
+
+    One :class:`cvxpy.Problem` per solver over the same variable, parameters, objective and
+    constraints (``problem_for``): cvxpy caches the compiled parameter program per problem
+    and per solver, so a fallback to the second solver does not throw away the first
+    solver's compilation. Every re-solve only refreshes the parameter values.
+    """
 
     def __init__(self, M: int) -> None:
         import cvxpy as cp
@@ -331,9 +415,22 @@ class _QP:
             cp.multiply(self.sign, w) >= 0,
             cp.norm1(w) <= self.gross,
         ]
+        self.objective, self.constraints = objective, cons
         self.problem = cp.Problem(objective, cons)
+        self.problems: dict[str, Any] = {}
         if not self.problem.is_dcp(dpp=True):  # pragma: no cover - a programming error
             raise RuntimeError("the trading QP is not DPP: it would be rebuilt on every solve")
+
+    def problem_for(self, solver: str) -> Any:
+        """The problem solved with ``solver`` (the first one asked for is ``self.problem``)."""
+        import cvxpy as cp
+
+        key = str(solver).upper()
+        if key not in self.problems:
+            self.problems[key] = (
+                self.problem if not self.problems else cp.Problem(self.objective, self.constraints)
+            )
+        return self.problems[key]
 
 
 @dataclass
@@ -345,10 +442,16 @@ class TradeEngine:
         vol_target: annualized ex-ante volatility of the portfolio (``vol_target`` sizing).
         gamma, lambda1, lambda2: QP risk aversion, L1 penalty, trading-cost penalty.
         top_k: trade at most this many tenors (largest |z|); None: no limit.
-        solvers: QP solvers, tried in order (fallback on failure).
+        solvers: QP solvers, tried in order: when one raises or ends in any status but
+            optimal, the next is tried; ``status`` lists every attempt (``"CLARABEL:
+            optimal"``, or ``"X: error ...; OSQP: optimal"`` after a fallback). When all
+            fail, no order is sent: ``target_w = w_prev`` and ``signals = sign(w_prev)``.
         min_trade: |Δw| below this sends no order.
-        check_frictions: drop position-increasing orders whose expected gain α·Δw does not
-            cover their cost (exits and reductions are always sent).
+        check_frictions: drop position-increasing orders whose expected gain does not cover
+            the round trip: the new exposure's convergence gain α·|Δw| must exceed twice its
+            one-way cost (paid now to enter, and again to exit, priced at today's cost per
+            unit weight since the exit price is unknown). Exits and reductions are always
+            sent; in a reversal only the new side's opening is checked (the close is sent).
     """
 
     sizing: str = "vol_target"
@@ -374,6 +477,9 @@ class TradeEngine:
             raise ValueError("sizing='qp' needs gamma > 0 or lambda2 > 0 (a bounded problem)")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if isinstance(self.solvers, str) or not self.solvers:
+            raise ValueError(f"solvers must be a non-empty tuple of names, got {self.solvers!r}")
+        self.solvers = tuple(str(x) for x in self.solvers)
 
     # ---- signals ----------------------------------------------------------------------
     def signals(
@@ -428,20 +534,21 @@ class TradeEngine:
         qp.sign.value = s
         qp.gross.value = inp.limits.gross
         qp.lam1.value = self.lambda1
-        status = "not solved"
+        attempts: list[str] = []
         for solver in self.solvers:
+            problem = qp.problem_for(solver)
             try:
-                qp.problem.solve(solver=solver)
+                problem.solve(solver=solver)
             except (cp.error.SolverError, ValueError) as e:  # noqa: PERF203
-                status = f"{solver}: error {e}"
+                attempts.append(f"{solver}: error {e}")
                 continue
-            status = f"{solver}: {qp.problem.status}"
-            if qp.problem.status == cp.OPTIMAL and qp.w.value is not None:
+            attempts.append(f"{solver}: {problem.status}")
+            if problem.status == cp.OPTIMAL and qp.w.value is not None:
                 w = np.asarray(qp.w.value, float)
                 # clean solver noise against the bounds
                 w = np.clip(w, -inp.limits.per_tenor, inp.limits.per_tenor) * (s != 0)
-                return w, status
-        return None, status
+                return w, "; ".join(attempts)
+        return None, "; ".join(attempts) or "not solved"
 
     # ---- the block ----------------------------------------------------------------------
     def decide(self, inp: TradingInputs, w_prev: ArrayLike | None = None) -> TradeDecision:
@@ -457,17 +564,18 @@ class TradeEngine:
         else:
             target, status = self._solve_qp(s, inp, w_prev)
             if target is None:  # never trade on a failed solve: keep what we hold
-                return TradeDecision(s, w_prev.copy(), [], inp.z, status, np.zeros(M, bool))
-        # frictions: new exposure must pay for itself. The opening part of a trade is the
-        # growth of a same-side position, or all of the new side in a reversal; the
-        # closing part (exits, reductions) is always sent.
+                kept = np.sign(w_prev).astype(float)
+                return TradeDecision(kept, w_prev.copy(), [], inp.z, status, np.zeros(M, bool))
+        # frictions: new exposure must pay for its round trip (entry now, exit later). The
+        # opening part of a trade is the growth of a same-side position, or all of the new
+        # side in a reversal; the closing part (exits, reductions) is always sent.
         same_side = np.sign(target) * np.sign(w_prev) > 0
         opening = np.where(same_side, np.abs(target) - np.abs(w_prev), np.abs(target))
         opens = opening > self.min_trade
         edge = np.sign(target) * inp.alpha  # expected return per unit of the new exposure
         blocked = np.zeros(M, bool)
         if self.check_frictions:
-            blocked = opens & (edge <= inp.cost_per_weight)
+            blocked = opens & (edge <= 2.0 * inp.cost_per_weight)
             target = np.where(blocked, np.where(same_side, w_prev, 0.0), target)
         s = np.where(blocked, np.sign(target), s)
         dw = target - w_prev

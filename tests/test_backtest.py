@@ -10,6 +10,8 @@ import pytest
 import ssjax
 from ssjax.backtest import (
     BacktestResult,
+    compute_metrics,
+    executable_target,
     expiring_before_next,
     simulate_execution,
     step_pnl,
@@ -183,10 +185,27 @@ def test_step_pnl_and_expiry_rule():
     ttm = np.array([[0.0, 0.5], [3 / 365, 7 / 365], [0.2, 0.0]])
     exp = expiring_before_next(ttm, np.array([7 / 365, 7 / 365]))
     assert exp.tolist() == [[True, False], [True, False], [False, True]]
+    # the step after the last date: 0 by default, or given
+    last = np.array([[0.2, 3 / 365, 0.0]])
+    assert expiring_before_next(last, np.array([])).tolist() == [[False, False, True]]
+    assert expiring_before_next(last, [], last_step=7 / 365).tolist() == [[False, True, True]]
+
+
+def test_executable_target():
+    w_prev = np.array([0.3, -0.2, 0.1, 0.0, 0.4])
+    target = np.array([0.5, 0.0, 0.6, -0.7, 0.4])
+    price = np.array([50.0, np.nan, 52.0, 53.0, 54.0])
+    codes = np.array(["A", "B", "C", "", "E"], dtype=object)
+    expiring = np.array([False, True, True, False, False])
+    got = executable_target(target, w_prev, price, codes, expiring)
+    # filled / no price: kept / expiring: closed / no contract: kept / unchanged
+    np.testing.assert_array_equal(got, [0.5, -0.2, 0.0, 0.0, 0.4])
+    with pytest.raises(ValueError, match="w_prev must have shape"):
+        executable_target(target, w_prev[:2], price, codes, expiring)
 
 
 # ---- the bundled WTI data ----------------------------------------------------------------------
-N, START, EVERY, T0 = 150, 100, 20, 125  # calibrations at 100, 120, 140; T0 inside a block
+N, START, EVERY, T0 = 150, 100, 20, 130  # calibrations at 100, 120, 140; T0 inside a block
 CFG = TradingConfig(
     z_method="residual", sigma_method="residuals", fee=0.01, half_spread=0.005, slippage=0.005
 )
@@ -280,6 +299,7 @@ def test_no_look_ahead(wti_short):
             getattr(base, name).loc[upto], getattr(pert, name).loc[upto], check_exact=True
         )
     k0 = T0 - START + 1
+    assert sum(map(len, base.orders[:k0])) >= 3  # there are orders to compare
     assert base.orders[:k0] == pert.orders[:k0]
     tb = base.trades[base.trades["date"] <= d0].reset_index(drop=True)
     tp = pert.trades[pert.trades["date"] <= d0].reset_index(drop=True)
@@ -289,6 +309,73 @@ def test_no_look_ahead(wti_short):
     # ... and the perturbation does reach everything after t0
     assert not np.allclose(base.F_model.iloc[k0:], pert.F_model.iloc[k0:])
     assert base.params["kappa"].iloc[-1] != pert.params["kappa"].iloc[-1]
+
+
+def _perturb_after(panel: Panel, settle: pd.DataFrame, t0: int) -> tuple[Panel, pd.DataFrame]:
+    """Every input after date t0 changed: prices, maturities, contracts, mask, settlements."""
+    T = len(panel.dates)
+    later = slice(t0 + 1, None)
+    F = panel.F_mkt.copy()
+    F[later] *= 1.1
+    F[t0 + 8 :, 2] *= 0.95  # a curve-shape change
+    ttm = panel.ttm.copy()
+    ttm[later] += 0.004
+    ttm[t0 + 1, 0] = 0.0  # the front contract "expires" the day after t0
+    codes = panel.contracts.copy()
+    codes[later, 1] = np.array(["X" + str(c) for c in codes[later, 1]], dtype=object)  # rolls
+    mask = panel.mask.copy()
+    mask[t0 + 2 : t0 + 5, 2] = False  # a tenor goes missing
+    F[~mask] = np.nan
+    assert t0 + 5 < T
+    pert = panel._replace(F_mkt=F, ttm=ttm, contracts=codes, mask=mask)
+    s2 = settle.copy()
+    after = s2["trade_date"] > panel.dates[t0]
+    s2.loc[after, "settlement_price"] *= 1.07
+    s2 = s2.drop(s2.index[after & (s2["contract"] == codes[t0, 3])])  # a contract's later prices
+    extra = pd.DataFrame(
+        {
+            "trade_date": [panel.dates[t] for t in range(t0 + 1, T)],
+            "contract": codes[t0 + 1 :, 1],
+            "settlement_price": F[t0 + 1 :, 1],
+        }
+    )
+    return pert, pd.concat([s2, extra], ignore_index=True)
+
+
+def test_no_look_ahead_default_z_and_sigma_everything_perturbed(wti_short):
+    """Default z (filtered-residual s.d.) and Sigma (rolling returns) settings; every input
+    after t0 changed: nothing up to t0 moves, orders and positions included."""
+    panel, settle, _, _ = wti_short
+    cfg = TradingConfig(z_in=1.0, z_out=0.25, fee=0.002, half_spread=0.001, slippage=0.001)
+    assert (cfg.z_method, cfg.sigma_method) == (TradingConfig().z_method, "returns")
+    base = _run(panel, settle, trading=cfg)
+    pert_panel, pert_settle = _perturb_after(panel, settle, T0)
+    pert = _run(pert_panel, pert_settle, trading=cfg)
+    assert base.info["z_basis"].startswith("model filtered-residual")
+
+    d0 = panel.dates[T0]
+    k0 = T0 - START + 1
+    # something to compare: orders before t0 and a position held into t0
+    assert sum(map(len, base.orders[:k0])) >= 5
+    assert np.abs(base.positions.loc[d0].to_numpy()).sum() > 0
+    upto = slice(None, d0)
+    for name in ("positions", "pre_trade", "held", "signals", "z", "F_model", "F_mkt", "pnl"):
+        pd.testing.assert_frame_equal(
+            getattr(base, name).loc[upto], getattr(pert, name).loc[upto], check_exact=True
+        )
+    pd.testing.assert_series_equal(base.status.loc[upto], pert.status.loc[upto])
+    assert base.orders[:k0] == pert.orders[:k0]
+    tb = base.trades[base.trades["date"] <= d0].reset_index(drop=True)
+    tp = pert.trades[pert.trades["date"] <= d0].reset_index(drop=True)
+    assert len(tb) >= 5
+    pd.testing.assert_frame_equal(tb, tp, check_exact=True)
+    pb, pp = base.params.loc[upto], pert.params.loc[upto]
+    pd.testing.assert_frame_equal(pb.drop(columns="seconds"), pp.drop(columns="seconds"))
+    # ... and the perturbation reaches what comes after t0
+    assert not np.allclose(base.F_model.iloc[k0:], pert.F_model.iloc[k0:], equal_nan=True)
+    assert not base.pnl.iloc[k0:].equals(pert.pnl.iloc[k0:])
+    assert base.params["kappa"].iloc[-1] != pert.params["kappa"].iloc[-1]
+    assert pert.held.iloc[k0:, 1].str.startswith("X").any()
 
 
 def test_one_compile_for_all_windows(wti_short):
@@ -343,7 +430,6 @@ def test_report_metrics_and_qp(wti_short, tmp_path, capsys):
         panel,
         settle,
         engine=TradeEngine(sizing="qp", gamma=5.0),
-        z_variance="filtered",
         trading=TradingConfig(z_in=1.5, fee=0.002),
         progress=True,
     )
@@ -361,7 +447,53 @@ def test_walk_forward_rejects_bad_arguments(wti_short):
         walk_forward(panel, min_window=100, start=90)
     with pytest.raises(ValueError, match="recalibrate_every"):
         walk_forward(panel, min_window=100, recalibrate_every=0)
-    with pytest.raises(ValueError, match="z_variance"):
-        walk_forward(panel, min_window=100, z_variance="smoothed")
+    with pytest.raises(ValueError, match="z_method"):
+        walk_forward(panel, min_window=100, trading=TradingConfig(z_method="smoothed"))
     with pytest.raises(ValueError, match="no trading date"):
         walk_forward(panel, min_window=100, start=N)
+
+
+# ---- metrics against hand computations --------------------------------------------------------
+def test_metrics_by_hand():
+    """Six periods, 12 per year (half a year): every metric worked out by hand."""
+    idx = pd.date_range("2020-01-31", periods=6, freq="ME", name="date")
+    net = [-0.001, 0.03, -0.015, 0.0, -0.02, 0.02]
+    cost = [0.001, 0.0, 0.001, 0.002, 0.0, 0.002]
+    pnl = pd.DataFrame(
+        {
+            "gross": [0.0, 0.03, -0.014, 0.002, -0.02, 0.022],  # net + cost
+            "cost": cost,
+            "net": net,
+            "exposure": [0.0, 0.5, 0.5, 0.0, 1.0, 1.0],
+            "turnover": [0.5, 0.0, 0.5, 1.0, 0.0, 1.0],
+        },
+        index=idx,
+    )
+    m = compute_metrics(pnl, n_trades=7, periods_per_year=12)
+    # mean 0.014/6 per month -> 0.028 per year
+    assert m["annual_return"] == pytest.approx(0.028, rel=1e-12)
+    # sample variance: (sum x^2 - n mean^2) / (n - 1) = (0.001926 - 0.014^2/6) / 5
+    vol = math.sqrt((0.001926 - 0.014**2 / 6) / 5 * 12)
+    assert m["annual_volatility"] == pytest.approx(vol, rel=1e-12)
+    assert m["annual_volatility"] == pytest.approx(0.0674092, rel=1e-6)
+    assert m["sharpe"] == pytest.approx(0.028 / vol, rel=1e-12)
+    # equity 0, -0.001, 0.029, 0.014, 0.014, -0.006, 0.014: peak 0.029 to trough -0.006
+    assert m["max_drawdown"] == pytest.approx(0.035, rel=1e-12)
+    # sum |dw| = 3 over half a year
+    assert m["turnover"] == pytest.approx(6.0, rel=1e-12)
+    # invested periods 2, 3, 5, 6 with nets 0.03, -0.015, -0.02, 0.02: 2 of 4 positive
+    assert m["hit_rate"] == 0.5
+    # costs 0.006 over gross 0.02
+    assert m["cost_share"] == pytest.approx(0.3, rel=1e-12)
+    assert m["total_gross"] == pytest.approx(0.02) and m["total_cost"] == pytest.approx(0.006)
+    assert m["total_net"] == pytest.approx(0.014) and m["n_trades"] == 7
+    assert m["n_periods"] == 6 and m["periods_per_year"] == 12
+
+    # degenerate cases: no variation, never invested, no gross P&L
+    flat = pnl.assign(gross=0.0, cost=0.0, net=0.0, exposure=0.0, turnover=0.0)
+    f = compute_metrics(flat, n_trades=0, periods_per_year=52)
+    assert f["annual_return"] == 0 and f["annual_volatility"] == 0 and f["max_drawdown"] == 0
+    assert math.isnan(f["sharpe"]) and math.isnan(f["hit_rate"]) and math.isnan(f["cost_share"])
+    # a path that starts with a loss: the drawdown counts from the initial 0
+    down = pnl.assign(net=[-0.01, -0.02, 0.005, 0.0, 0.0, 0.0])
+    assert compute_metrics(down, 0, 12)["max_drawdown"] == pytest.approx(0.03, rel=1e-12)
