@@ -27,8 +27,18 @@ observed dates of tenor i of the expected squared residual (pooled over tenors f
 s.d.; the spot has its own). (2) The structural parameters (κ, σ_X, σ_Y, ρ, μ, and λ_X, μ*
 when present) by a few optax L-BFGS steps on −Q from Θ_k, in coordinates whitened by the
 Cholesky factor of −∇²Q at Θ_k (so the first step is a Newton step). Each conditional step
-cannot decrease Q; if the second ever returned a lower Q (it should not), it is undone and
-counted in ``q_decreases``. So ℓ(Θ_{k+1}) ≥ ℓ(Θ_k): EM's monotonicity, checked in the tests.
+cannot decrease Q; if the second ever returned a lower Q (a line search can fail), it is undone
+and counted in ``rollbacks``. So ℓ(Θ_{k+1}) ≥ ℓ(Θ_k): EM's monotonicity, checked in the tests.
+
+**ECME** (``ecme=True``, the default; Liu & Rubin 1994). When a measurement s.d. heads to
+zero (the bundled WTI panel: one tenor's s.d. is ~1e-6 at the MLE) the smoothed states pin
+that tenor's loading and intercept, so Q's structural maximizer hardly moves from Θ_k: the
+fraction of missing information along the (κ, state) ridge tends to one and ECM crawls
+(500 iterations leave it >100 nats short there). The noise variances' own EM update is
+sublinear near zero too. ECME keeps the closed-form noise step (1), then takes CM-step 2
+(structural) and a CM-step 3 (noise s.d.s) on the observed ℓ instead of Q: a few L-BFGS
+steps each, BHHH-scaled, undone if ℓ would fall. ℓ still never decreases; on the bundled
+panel it reaches the MLE in ~50 accelerated iterations.
 
 The whole fit is one jittable function (``lax.while_loop`` over iterations), so it vmaps over
 panels like :func:`ssjax.mle.fit_mle`.
@@ -46,7 +56,8 @@ import optax
 from jax import Array, lax
 
 from .data import MarketData
-from .filter import Prior, _observation_rows, default_prior
+from .filter import Prior, _observation_rows, default_prior, log_likelihood_data
+from .mle import _bhhh_scale
 from .model import transition
 from .params import Params, flatten_params, from_unconstrained, to_unconstrained, unflatten_params
 from .smoother import rts_smoother
@@ -57,6 +68,7 @@ __all__ = [
     "e_step",
     "expected_complete_loglik",
     "m_step",
+    "MStep",
     "fit_em",
     "EM_STATUS_MESSAGES",
 ]
@@ -91,7 +103,7 @@ class EMResult(NamedTuple):
     num_em_steps: Array  # EM maps (E-step + M-step) evaluated: 3 per accelerated iteration
     status: Array
     converged: Array
-    q_decreases: Array  # M-steps whose structural part was undone because Q fell
+    rollbacks: Array  # M-steps whose structural CM-step was undone (it lowered Q, or ℓ)
     ll_decreases: Array  # iterations where ℓ fell by more than 1e-9 relative (should be 0)
 
 
@@ -187,53 +199,17 @@ def _keep_fixed(p: Params, ref: Params, free: Params) -> Params:
     return jax.tree.map(lambda a, b, f: jnp.where(f > 0, a, b), p, ref, free)
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps",))
-def m_step(
-    p: Params,
-    data: MarketData,
-    stats: EStats,
-    free: Params | None = None,
-    *,
-    num_steps: int = 5,
-    weights: Array | None = None,
-) -> tuple[Params, Array, Array]:
-    """One ECM M-step from ``p``. Returns (new params, Q before, Q after).
+class MStep(NamedTuple):
+    """Outcome of one M-step (see :func:`m_step`)."""
 
-    ``free`` has the structure of ``p`` with 1.0 on estimated and 0.0 on fixed entries.
-    """
-    w_t = _transition_weights(data) if weights is None else weights
-    free = jax.tree.map(jnp.ones_like, p) if free is None else free
-    q_before = expected_complete_loglik(p, data, stats, w_t)
-    p1 = _noise_update(p, data, stats, free)  # CM-step 1 (exact maximizer)
+    params: Params
+    q_before: Array  # Q at the E-step parameters
+    q_after: Array  # Q at ``params``
+    rolled_back: Array  # bool: the structural CM-step was undone (it lowered Q, or ℓ for ECME)
 
-    template = to_unconstrained(p1)
-    v0 = flatten_params(template)
-    s_mask = _structural_mask(p1, free)
-    scale = jnp.maximum(data.nobs.astype(v0.dtype), 1.0)
 
-    def negq(v):
-        return (
-            -expected_complete_loglik(
-                from_unconstrained(unflatten_params(v, template)), data, stats, w_t
-            )
-            / scale
-        )
-
-    # whiten by the Cholesky factor of the (masked) Hessian of −Q/n at the start
-    n = v0.shape[0]
-    H = jax.hessian(negq)(v0)
-    fm = (s_mask[:, None] * s_mask[None, :]) > 0
-    H = jnp.where(fm, 0.5 * (H + H.T), jnp.eye(n, dtype=H.dtype))
-    L = jnp.linalg.cholesky(H)
-    diag = jnp.sqrt(jnp.maximum(jnp.abs(jnp.diagonal(H)), 1e-12))
-    L = jnp.where(jnp.all(jnp.isfinite(L)), L, jnp.diag(diag))  # not PD: diagonal scaling
-
-    def to_v(w):
-        return v0 + s_mask * jax.scipy.linalg.solve_triangular(L.T, w, lower=False)
-
-    def fun(w):
-        return negq(to_v(w))
-
+def _lbfgs_steps(fun, n: int, num_steps: int, dtype) -> Array:
+    """``num_steps`` optax L-BFGS steps (zoom line search) on ``fun`` from 0 ∈ R^n."""
     solver = optax.lbfgs(
         memory_size=num_steps,
         linesearch=optax.scale_by_zoom_linesearch(
@@ -248,15 +224,101 @@ def m_step(
         updates, state = solver.update(grad, state, w, value=value, grad=grad, value_fn=fun)
         return optax.apply_updates(w, updates), state
 
-    w0 = jnp.zeros_like(v0)
-    w, _ = lax.fori_loop(0, num_steps, body, (w0, solver.init(w0)))
-    p2 = from_unconstrained(unflatten_params(to_v(w), template))
-    p2 = _keep_fixed(p2, p1, free)  # fixed entries exactly (no log/exp round trip)
-    q1 = expected_complete_loglik(p1, data, stats, w_t)
-    q2 = expected_complete_loglik(p2, data, stats, w_t)
-    ok = jnp.isfinite(q2) & (q2 >= q1)
-    p_new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), p2, p1)
-    return p_new, q_before, jnp.where(ok, q2, q1)
+    w0 = jnp.zeros((n,), dtype)
+    return lax.fori_loop(0, num_steps, body, (w0, solver.init(w0)))[0]
+
+
+def _noise_mask(p: Params, free: Params) -> Array:
+    """Flat mask: 1 on free measurement (and spot) s.d.s, 0 elsewhere."""
+    return flatten_params(free) * (1.0 - _structural_mask(p, jax.tree.map(jnp.ones_like, free)))
+
+
+def _cm_step(objective, p: Params, block: Array, free: Params, scale_fn, num_steps: int):
+    """Move the coordinates of ``block`` by L-BFGS on ``objective`` (undone if it rises).
+
+    ``scale_fn(v0, to_p)`` returns the [n, n] upper-triangular whitening factor Lᵀ; the
+    search runs in w with v = v0 + block ⊙ L⁻ᵀw. Returns (params, rolled_back).
+    """
+    template = to_unconstrained(p)
+    v0 = flatten_params(template)
+
+    def to_p(v):
+        return from_unconstrained(unflatten_params(v, template))
+
+    Lt = scale_fn(v0, to_p)
+
+    def to_v(w):
+        return v0 + block * jax.scipy.linalg.solve_triangular(Lt, w, lower=False)
+
+    w = _lbfgs_steps(lambda w: objective(to_p(to_v(w))), v0.shape[0], num_steps, v0.dtype)
+    p2 = _keep_fixed(to_p(to_v(w)), p, free)  # fixed entries exactly (no log/exp round trip)
+    f1, f2 = objective(p), objective(p2)
+    ok = jnp.isfinite(f2) & (f2 <= f1)
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), p2, p), ~ok
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "ecme"))
+def m_step(
+    p: Params,
+    data: MarketData,
+    stats: EStats,
+    free: Params | None = None,
+    *,
+    num_steps: int = 5,
+    weights: Array | None = None,
+    ecme: bool = False,
+    prior: Prior | None = None,
+) -> MStep:
+    """One M-step from ``p``: ECM, or ECME with ``ecme=True``.
+
+    CM-step 1 sets the measurement variances in closed form (the exact maximizer of Q over
+    them). CM-step 2 moves the structural parameters by ``num_steps`` L-BFGS steps on −Q,
+    whitened by the Cholesky factor of −∇²Q (ECM). With ``ecme=True`` (ECME, Liu & Rubin
+    1994: a CM-step may maximize the observed log-likelihood ℓ instead of Q) CM-step 2 runs
+    on −ℓ, scaled by the BHHH diagonal, and a CM-step 3 then moves the noise s.d.s on −ℓ
+    the same way. A CM-step 2 or 3 that would worsen its objective is undone and reported
+    in ``rolled_back``; every step keeps ℓ from decreasing.
+
+    ``free`` has the structure of ``p`` with 1.0 on estimated and 0.0 on fixed entries;
+    ``prior`` is used by ``ecme`` (default :func:`ssjax.filter.default_prior`).
+    """
+    w_t = _transition_weights(data) if weights is None else weights
+    free = jax.tree.map(jnp.ones_like, p) if free is None else free
+    q_before = expected_complete_loglik(p, data, stats, w_t)
+    p1 = _noise_update(p, data, stats, free)  # CM-step 1 (exact maximizer)
+    s_mask = _structural_mask(p1, free)
+    scale = jnp.maximum(data.nobs.astype(q_before.dtype), 1.0)
+
+    if ecme:
+        prior = default_prior(data) if prior is None else prior
+
+        def neg_ll(q):
+            return -log_likelihood_data(q, data, prior, unroll=1) / scale
+
+        def bhhh(v0, to_p):
+            template = to_unconstrained(to_p(v0))
+            return jnp.diag(_bhhh_scale(v0, template, data, prior, scale))
+
+        p2, rb2 = _cm_step(neg_ll, p1, s_mask, free, bhhh, num_steps)
+        p3, rb3 = _cm_step(neg_ll, p2, _noise_mask(p2, free), free, bhhh, num_steps)
+        rolled_back = rb2 | rb3
+    else:
+
+        def neg_q(q):
+            return -expected_complete_loglik(q, data, stats, w_t) / scale
+
+        def chol_hessian(v0, to_p):
+            n = v0.shape[0]
+            H = jax.hessian(lambda v: neg_q(to_p(v)))(v0)
+            fm = (s_mask[:, None] * s_mask[None, :]) > 0
+            H = jnp.where(fm, 0.5 * (H + H.T), jnp.eye(n, dtype=H.dtype))
+            L = jnp.linalg.cholesky(H)
+            diag = jnp.sqrt(jnp.maximum(jnp.abs(jnp.diagonal(H)), 1e-12))
+            return jnp.where(jnp.all(jnp.isfinite(L)), L.T, jnp.diag(diag))  # not PD: diagonal
+
+        p3, rolled_back = _cm_step(neg_q, p1, s_mask, free, chol_hessian, num_steps)
+    q_after = expected_complete_loglik(p3, data, stats, w_t)
+    return MStep(p3, q_before, q_after, rolled_back)
 
 
 class _Carry(NamedTuple):
@@ -271,12 +333,12 @@ class _Carry(NamedTuple):
     it: Array  # accepted iterations
     n_em: Array  # EM maps evaluated
     status: Array
-    q_dec: Array
+    n_rb: Array
     ll_dec: Array
     alpha_max: Array  # SQUAREM step bound
 
 
-@functools.partial(jax.jit, static_argnames=("max_iters", "m_steps", "accelerate"))
+@functools.partial(jax.jit, static_argnames=("max_iters", "m_steps", "accelerate", "ecme"))
 def fit_em(
     data: MarketData,
     init: Params,
@@ -287,6 +349,7 @@ def fit_em(
     tol: float = 1e-10,
     m_steps: int = 5,
     accelerate: bool = True,
+    ecme: bool = True,
 ) -> EMResult:
     """Fit Θ by structured EM from ``init``.
 
@@ -304,6 +367,12 @@ def fit_em(
             v = θ₂ − 2θ₁ + θ₀, α = −‖r‖/‖v‖ within [−α_max, −1]), take one EM step from θ'
             and keep the result only if its log-likelihood is at least ℓ(θ₀); otherwise
             continue from θ₂. So ℓ never decreases, as in plain EM (``False``).
+        ecme: after the closed-form noise step, take the structural and then the noise
+            CM-step on the observed log-likelihood instead of Q (ECME, the default; see
+            :func:`m_step`); ``False`` is ECM, every CM-step on Q. ECME is needed where a
+            measurement s.d. heads to zero: there the smoothed states pin the loadings
+            e^{−κΔ} and intercepts A(Δ), so Q's structural maximizer barely moves from Θ_k
+            and ECM crawls.
 
     Returns:
         :class:`EMResult`; ``loglik_path[k]`` is ℓ after iteration k (k = 0: the start).
@@ -335,7 +404,7 @@ def fit_em(
         it=jnp.asarray(-1, jnp.int32),  # the start is "accepted" as iteration 0
         n_em=zero,
         status=jnp.asarray(RUNNING, jnp.int32),
-        q_dec=zero,
+        n_rb=zero,
         ll_dec=zero,
         alpha_max=jnp.asarray(4.0, dtype),
     )
@@ -344,9 +413,11 @@ def fit_em(
         p = to_p(c.x)
         stats = e_step(p, data, prior)
         ll = stats.loglik
-        p_next, q_b, q_a = m_step(p, data, stats, free_tree, num_steps=m_steps, weights=w_t)
-        x_next = flatten_params(to_unconstrained(p_next))
-        q_dec = c.q_dec + (q_a < q_b - 1e-12 * jnp.abs(q_b)).astype(jnp.int32)
+        ms = m_step(
+            p, data, stats, free_tree, num_steps=m_steps, weights=w_t, ecme=ecme, prior=prior
+        )
+        x_next = flatten_params(to_unconstrained(ms.params))
+        n_rb = c.n_rb + ms.rolled_back.astype(jnp.int32)
         n_em = c.n_em + 1
         finite = jnp.isfinite(ll)
 
@@ -401,7 +472,7 @@ def fit_em(
         status = jnp.where(n_em >= 4 * max_iters + 4, MAX_ITERS, status)
         return _Carry(
             new_x, new_phase, trusted, th0, ll0, th1, th2, path, it, n_em,
-            status.astype(jnp.int32), q_dec, ll_dec, alpha_max,
+            status.astype(jnp.int32), n_rb, ll_dec, alpha_max,
         )  # fmt: skip
 
     c = lax.while_loop(lambda c: c.status == RUNNING, body, carry0)
@@ -414,6 +485,6 @@ def fit_em(
         num_em_steps=c.n_em,
         status=c.status,
         converged=c.status == CONVERGED,
-        q_decreases=c.q_dec,
+        rollbacks=c.n_rb,
         ll_decreases=c.ll_dec,
     )

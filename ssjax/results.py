@@ -150,6 +150,7 @@ class KalmanFit:
         if "em_iterations" in self.extra:
             x = self.extra
             head.append(("EM iterations:", f"{x['em_iterations']} ({x['em_steps']} E+M)"))
+            head.append(("EM variant:", f"{x['em_variant']}, {x['em_rollbacks']} undone CM"))
             if "mle_steps" in x:
                 head.append(("MLE steps after EM:", str(x["mle_steps"])))
         lines = ["=" * width, "Schwartz-Smith two-factor model results".center(width), "=" * width]
