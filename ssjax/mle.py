@@ -144,7 +144,8 @@ def fit_mle(
     def fun(w):
         # the optimizer sees w = d * (v - v0): unit curvature in every coordinate at the
         # start; fixed coordinates are pinned at their initial value (zero gradient)
-        return negative_loglik(v0 + free * w / d, template, data, prior, scale)
+        # (optax's line search may hand over a float64 trial point in a float32 fit)
+        return negative_loglik((v0 + free * w / d).astype(v0.dtype), template, data, prior, scale)
 
     solver = optax.lbfgs(
         memory_size=memory_size,

@@ -231,7 +231,7 @@ class StackedPanels(NamedTuple):
     commodities: list[str]
     dates: pd.DatetimeIndex  # [T]
     F_mkt: np.ndarray  # [C, T, M]
-    ttm: np.ndarray  # [C, T, M] (0 where masked)
+    ttm: np.ndarray  # [C, T, M] (0 where no contract is known)
     mask: np.ndarray  # [C, T, M]
     contracts: np.ndarray  # [C, T, M]
     tenor_names: list[list[str]]
@@ -260,7 +260,7 @@ def stack_panels(panels: Mapping[str, Panel]) -> StackedPanels:
         m = p.F_mkt.shape[1]
         pm = np.isfinite(p.F_mkt) if p.mask is None else np.asarray(p.mask, bool)
         F[c, rows, :m] = np.where(pm, p.F_mkt, np.nan)
-        ttm[c, rows, :m] = np.where(pm, np.nan_to_num(p.ttm), 0.0)
+        ttm[c, rows, :m] = np.nan_to_num(p.ttm)  # kept under the mask (forwards need it)
         mask[c, rows, :m] = pm
         codes[c, rows, :m] = p.contracts
     dt = np.diff(dates.values).astype("timedelta64[D]").astype(float) / 365.0

@@ -1,0 +1,853 @@
+"""Rolling recalibration: batched fits over commodities × windows.
+
+``recalibrate(panels, window=W, step=s)`` fits Θ on every window of W dates ending at
+W−1, W−1+s, … for every commodity, and returns Θ, standard errors, log-likelihood, convergence,
+the filtered state and model forwards at each window end, and innovation diagnostics.
+
+How the batch runs (jitted; one compiled program per window shape and chunk size):
+
+* windows are cut with ``lax.dynamic_slice`` from ``[C, T, M]`` arrays; a commodity's dates
+  without data are masked (ragged histories share one date index);
+* **cold** mode (``warm_start=False``) fits every window in parallel from its own data-derived
+  start: ``vmap`` of the jittable fit (L-BFGS MLE or structured EM) over a chunk of
+  ``chunk_size`` windows. A vmapped ``while_loop`` runs every lane until the slowest converges,
+  so each chunk first gets a small step budget (``budget``); the lanes that have not
+  converged within it are gathered, padded to a power of two (a handful of compiled sizes) and
+  refitted in a second vmapped pass with the full budget;
+* **warm** mode walks each commodity's windows in order (``lax.scan``), starting window w from
+  window w−1's optimum (few steps each), with ``vmap`` across commodities; the windows are cut
+  into chunks of ``chunk_size`` window ends, the last optimum carried from chunk to chunk;
+* **devices**: every chunk is split over a 1-D device mesh with ``jax.shard_map`` (lanes in
+  cold mode, commodities in warm mode), so the same call uses every GPU of a machine and,
+  after ``jax.distributed.initialize()``, every device of several machines. On each device
+  the lanes run in vmapped groups of exactly ``vector_width`` (``lax.map`` over the groups),
+  so a lane's floating-point path is the same whatever the device count and chunk size: the
+  results equal a one-device run exactly;
+* **resumable**: with ``out_dir`` each finished chunk is written to a Parquet file there
+  (atomically: temporary file, then rename) beside a manifest naming the run; running the same
+  call again skips the chunks already on disk, so a run killed mid-way and restarted ends with
+  the same results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax import Array, lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from .data import MarketData, pad_dates
+from .datasets import Panel
+from .em import EM_STATUS_MESSAGES, fit_em
+from .filter import default_prior, kalman_filter
+from .inference import parameter_uncertainty
+from .mle import STATUS_MESSAGES, fit_mle
+from .mle import default_start as _default_start
+from .model import forward_curve
+from .panels import StackedPanels, stack_panels
+from .params import Params, flatten_params, param_names, unflatten_params
+
+__all__ = ["RollingResult", "recalibrate", "window_data", "TRACE_COUNTS"]
+
+_AXIS = "batch"
+#: how many times each batched program was traced (a retrace is a recompilation)
+TRACE_COUNTS: Counter = Counter()
+_MANIFEST = "manifest.json"
+_FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------
+# The one-window case (pure, jittable) and its batched forms
+# --------------------------------------------------------------------------------------
+def window_data(stack: MarketData, c: Array, end: Array, window: int) -> MarketData:
+    """The window of ``window`` dates ending at index ``end`` of commodity ``c`` (jittable)."""
+    start = jnp.asarray(end) - (window - 1)
+    zero = jnp.zeros_like(start)
+
+    def cut(a, length):
+        a = a[c]
+        sizes = (length,) + a.shape[1:]
+        return lax.dynamic_slice(a, (start,) + (zero,) * (a.ndim - 1), sizes)
+
+    return MarketData(
+        log_f=cut(stack.log_f, window),
+        ttm=cut(stack.ttm, window),
+        mask=cut(stack.mask, window),
+        dt=lax.dynamic_slice(stack.dt[c], (start,), (window - 1,)),
+    )
+
+
+def _padded_window(stack: MarketData, c: Array, end: Array, window: int) -> MarketData:
+    """The window padded with masked dates like :class:`ssjax.KalmanEngine` pads a fit.
+
+    Padding does not change the likelihood, but it changes the floating-point path of the
+    optimizer; on a flat or multi-modal likelihood the same padding keeps a batched fit on
+    exactly the path of a standalone engine fit of that window.
+    """
+    from .engine import PAD_MULTIPLE
+
+    n = -(-window // PAD_MULTIPLE) * PAD_MULTIPLE
+    return pad_dates(window_data(stack, c, end, window), n)
+
+
+class WindowFit(NamedTuple):
+    """One window's fit, whatever the method (a pytree: it vmaps)."""
+
+    params: Params
+    loglik: Array
+    converged: Array
+    num_steps: Array  # optimizer steps (MLE) or EM iterations
+    status: Array  # the method's status code
+
+
+def _fit_window(stack, c, end, init, use_init, *, window, method, max_steps) -> WindowFit:
+    """Fit one window from ``init`` (``use_init``) or from its data-derived start."""
+    raw = window_data(stack, c, end, window)
+    data = _padded_window(stack, c, end, window)
+    start = jax.tree.map(lambda a, b: jnp.where(use_init, a, b), init, _default_start(raw))
+    prior = default_prior(raw)
+    # the prior and the free mask as KalmanEngine passes them
+    free = jnp.ones_like(flatten_params(start))
+    if method == "MLE":
+        r = fit_mle(data, start, prior, free, max_steps=max_steps)
+        return WindowFit(r.params, r.loglik, r.converged, r.num_steps, r.status)
+    r = fit_em(data, start, prior, free, max_iters=max_steps)
+    return WindowFit(r.params, r.loglik, r.converged, r.num_iters, r.status)
+
+
+def _lanes(fn, xs, width: int):
+    """``fn`` over the leading axis of ``xs`` in vmapped groups of exactly ``width`` lanes.
+
+    A fixed group width makes every lane's floating-point path independent of how many
+    lanes a device holds (so of the chunk size and the device count); it also bounds the
+    vmapped ``while_loop``'s wait for its slowest lane to the group.
+    """
+    return lax.map(lambda a: fn(*a), xs, batch_size=width)
+
+
+def _cold_body(stack, cs, ends, inits, use_init, *, window, method, max_steps, width):
+    TRACE_COUNTS["cold"] += 1
+    fn = functools.partial(_fit_window, window=window, method=method, max_steps=max_steps)
+    return _lanes(lambda *a: fn(stack, *a), (cs, ends, inits, use_init), width)
+
+
+def _warm_body(stack, cs, ends, carry, have, *, window, method, max_steps, width):
+    """``lax.scan`` over the window ends of each commodity, vmapped over commodities."""
+    TRACE_COUNTS["warm"] += 1
+    fn = functools.partial(_fit_window, window=window, method=method, max_steps=max_steps)
+
+    def per_commodity(c, p0, h0):
+        def body(state, e):
+            p, h = state
+            r = fn(stack, c, e, p, h)
+            ok = r.converged & jnp.isfinite(r.loglik)
+            nxt = jax.tree.map(lambda a, b: jnp.where(ok, a, b), r.params, p)
+            return (nxt, h | ok), r
+
+        (p_last, h_last), res = lax.scan(body, (p0, h0), ends)
+        return res, p_last, h_last
+
+    return _lanes(per_commodity, (cs, carry, have), width)
+
+
+def _post_body(stack, cs, ends, params, *, window, width):
+    """Per window: standard errors, filtered state and forwards at the end, diagnostics."""
+    TRACE_COUNTS["post"] += 1
+
+    def one(c, e, p):
+        data = window_data(stack, c, e, window)
+        prior = default_prior(data)
+        unc = parameter_uncertainty(p, data, prior)
+        filt = kalman_filter(p, data, prior)
+        state = filt.filtered_means[-1]
+        f_t = forward_curve(p, state, data.ttm[-1])
+        v = jnp.where(data.mask, filt.innovation_vars, 1.0)
+        u = jnp.where(data.mask, filt.innovations / jnp.sqrt(v), 0.0)  # standardized
+        n_i = jnp.sum(data.mask, axis=0)
+        n = jnp.maximum(jnp.sum(n_i), 1)
+        mean_u = jnp.sum(u, axis=0) / jnp.maximum(n_i, 1)
+        var_u = jnp.sum(u * u, axis=0) / jnp.maximum(n_i, 1) - mean_u**2
+        nan = jnp.asarray(jnp.nan, u.dtype)
+        return {
+            "std_err": jnp.sqrt(jnp.diagonal(unc.cov)),
+            "state_t": state,
+            "F_model_t": f_t,
+            # mean squared standardized innovation (1 if the model is well specified)
+            "mean_nis": jnp.sum(u * u) / n,
+            "innov_mean": jnp.where(n_i > 0, mean_u, nan),
+            "innov_sd": jnp.where(n_i > 1, jnp.sqrt(jnp.maximum(var_u, 0.0)), nan),
+            "nobs": n_i,
+        }
+
+    return _lanes(one, (cs, ends, params), width)
+
+
+_BODIES = {"cold": _cold_body, "warm": _warm_body, "post": _post_body}
+_PROGRAMS: dict[tuple, Callable] = {}
+
+
+def _program(kind: str, mesh: Mesh, **static) -> Callable:
+    """The jitted, mesh-sharded program for ``kind`` (built once per mesh and settings).
+
+    The stacked panel is replicated on every device; the batch arguments (lanes in cold
+    mode and for the post-fit, commodities in warm mode) are split along the mesh axis.
+    """
+    key = (kind, mesh, tuple(sorted(static.items())))
+    if key not in _PROGRAMS:
+        body = functools.partial(_BODIES[kind], **static)
+        if kind == "warm":  # (stack, cs, ends, carry, have): ends replicated
+            in_specs = (P(), P(_AXIS), P(), P(_AXIS), P(_AXIS))
+        elif kind == "cold":  # (stack, cs, ends, inits, use_init)
+            in_specs = (P(), P(_AXIS), P(_AXIS), P(_AXIS), P(_AXIS))
+        else:  # post: (stack, cs, ends, params)
+            in_specs = (P(), P(_AXIS), P(_AXIS), P(_AXIS))
+        sharded = jax.shard_map(
+            body, mesh=mesh, in_specs=in_specs, out_specs=P(_AXIS), check_vma=False
+        )
+        _PROGRAMS[key] = jax.jit(sharded)
+    return _PROGRAMS[key]
+
+
+# --------------------------------------------------------------------------------------
+# Devices and host transfers
+# --------------------------------------------------------------------------------------
+def _mesh(devices: Sequence[Any] | int | None) -> Mesh:
+    if devices is None:
+        devs = jax.devices()
+    elif isinstance(devices, int):
+        if not 1 <= devices <= len(jax.devices()):
+            raise ValueError(
+                f"devices must be between 1 and the {len(jax.devices())} visible, got {devices}"
+            )
+        devs = jax.devices()[:devices]
+    else:
+        devs = list(devices)
+        if not devs:
+            raise ValueError("devices must not be empty")
+    return Mesh(np.asarray(devs), (_AXIS,))
+
+
+def _put(x: Any, mesh: Mesh, spec: P) -> Any:
+    """A global array of the host value ``x`` laid out by ``spec`` (every process holds x)."""
+    sharding = NamedSharding(mesh, spec)
+
+    def one(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+    return jax.tree.map(one, x)
+
+
+def _host(x: Any) -> Any:
+    """Global arrays back to NumPy on this host (gathered across processes if several)."""
+    if jax.process_count() > 1:  # pragma: no cover - needs several processes
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return jax.tree.map(np.asarray, x)
+
+
+def _bucket(n: int, cap: int, multiple: int) -> int:
+    """``n`` rounded up to a power of two (at most ``cap``) and to a multiple of ``multiple``."""
+    b = min(1 << max(n - 1, 0).bit_length(), cap)
+    return -(-max(b, n) // multiple) * multiple
+
+
+def _take(tree: Any, idx: np.ndarray) -> Any:
+    return jax.tree.map(lambda a: np.asarray(a)[idx], tree)
+
+
+# --------------------------------------------------------------------------------------
+# The result and its on-disk chunks
+# --------------------------------------------------------------------------------------
+@dataclass
+class RollingResult:
+    """Per commodity and window end: Θ, s.e., loglik, convergence, states, forwards."""
+
+    commodities: list[str]
+    window: int
+    step: int
+    method: str
+    dates: pd.DatetimeIndex  # common date index of the stacked panel
+    end_index: np.ndarray  # [W] window-end indices into ``dates``
+    params: Params  # leaves [C, W] (meas_sd [C, W, M])
+    std_err: np.ndarray  # [C, W, n_params] (flat physical order, NaN where not available)
+    loglik: np.ndarray  # [C, W]
+    converged: np.ndarray  # [C, W]
+    num_steps: np.ndarray  # [C, W] optimizer steps (MLE) or EM iterations
+    status: np.ndarray  # [C, W] the method's status code (see ``status_text``)
+    state_t: np.ndarray  # [C, W, 2] filtered (X, Y) at the window end
+    F_model_t: np.ndarray  # [C, W, M]
+    F_mkt_t: np.ndarray  # [C, W, M]
+    mean_nis: np.ndarray  # [C, W] mean squared standardized innovation (≈1 when well fit)
+    innov_mean: np.ndarray  # [C, W, M] mean standardized innovation per tenor (≈0)
+    innov_sd: np.ndarray  # [C, W, M] s.d. of the standardized innovations per tenor (≈1)
+    nobs: np.ndarray  # [C, W, M] observations per tenor in the window
+    valid: np.ndarray  # [C, W] window has data
+    mode: str
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def end_dates(self) -> pd.DatetimeIndex:
+        return self.dates[self.end_index]
+
+    @property
+    def param_names(self) -> list[str]:
+        return param_names(jax.tree.map(lambda a: a[0, 0], self.params))
+
+    def status_text(self, c: int, w: int) -> str:
+        """The stopping reason of window ``w`` of commodity ``c``."""
+        if not self.valid[c, w]:
+            return "no data in the window"
+        table = STATUS_MESSAGES if self.method == "MLE" else EM_STATUS_MESSAGES
+        return table.get(int(self.status[c, w]), f"status {int(self.status[c, w])}")
+
+    def to_frame(self) -> pd.DataFrame:
+        """A tidy table: one row per (commodity, window end) with Θ, s.e. and diagnostics."""
+        names = self.param_names
+        C, W = self.loglik.shape
+        flat = np.concatenate(
+            [np.asarray(v, float).reshape(C, W, -1) for v in self.params if v is not None],
+            axis=-1,
+        )
+        rows = []
+        for c in range(C):
+            for w in range(W):
+                if not self.valid[c, w]:
+                    continue
+                r = {"commodity": self.commodities[c], "window_end": self.end_dates[w]}
+                r.update(dict(zip(names, flat[c, w], strict=True)))
+                r.update({f"se_{n}": s for n, s in zip(names, self.std_err[c, w], strict=True)})
+                r.update(
+                    loglik=self.loglik[c, w],
+                    converged=bool(self.converged[c, w]),
+                    num_steps=int(self.num_steps[c, w]),
+                    status=self.status_text(c, w),
+                    X_t=self.state_t[c, w, 0],
+                    Y_t=self.state_t[c, w, 1],
+                    mean_nis=self.mean_nis[c, w],
+                )
+                for m in range(self.F_model_t.shape[-1]):
+                    r[f"F_model_t[{m}]"] = self.F_model_t[c, w, m]
+                    r[f"F_mkt_t[{m}]"] = self.F_mkt_t[c, w, m]
+                    r[f"innov_sd[{m}]"] = self.innov_sd[c, w, m]
+                rows.append(r)
+        return pd.DataFrame(rows)
+
+    def to_parquet(self, path: str | os.PathLike) -> None:
+        """Write the tidy table to Parquet (pyarrow)."""
+        self.to_frame().to_parquet(path, index=False)
+
+    def to_xarray(self) -> Any:
+        """An ``xarray.Dataset`` (commodity × window_end [× tenor]); needs xarray installed."""
+        try:
+            import xarray as xr
+        except ImportError as e:  # pragma: no cover - optional dependency
+            raise ImportError("to_xarray needs xarray: pip install xarray") from e
+        cw = ("commodity", "window_end")
+        cwm = cw + ("tenor",)
+        coords = {"commodity": self.commodities, "window_end": self.end_dates}
+        data: dict[str, Any] = {}
+        for k, v in self.params._asdict().items():
+            if v is None:
+                continue
+            data[k] = (cw if np.ndim(v) == 2 else cwm, np.asarray(v))
+        data.update(
+            loglik=(cw, self.loglik),
+            converged=(cw, self.converged),
+            num_steps=(cw, self.num_steps),
+            mean_nis=(cw, self.mean_nis),
+            X_t=(cw, self.state_t[..., 0]),
+            Y_t=(cw, self.state_t[..., 1]),
+            F_model_t=(cwm, self.F_model_t),
+            F_mkt_t=(cwm, self.F_mkt_t),
+            innov_sd=(cwm, self.innov_sd),
+        )
+        return xr.Dataset(data, coords=coords, attrs={"method": self.method, "mode": self.mode})
+
+
+def _digest(stack: MarketData, config: dict) -> str:
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for a in (stack.log_f, stack.ttm, stack.mask, stack.dt):
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class _ChunkStore:
+    """A folder of per-chunk Parquet files and a manifest naming the run they belong to."""
+
+    def __init__(self, path: str | os.PathLike, key: str, config: dict, n_chunks: int):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = self.path / _MANIFEST
+        want = {"format": _FORMAT_VERSION, "key": key, "n_chunks": n_chunks, "config": config}
+        if manifest.exists():
+            have = json.loads(manifest.read_text())
+            if have.get("key") != key or have.get("format") != _FORMAT_VERSION:
+                raise ValueError(
+                    f"out_dir {str(self.path)!r} holds chunks of a different run (other data "
+                    "or settings); use another folder or delete it"
+                )
+        else:
+            _atomic_write(manifest, lambda p: Path(p).write_text(json.dumps(want, indent=2)))
+
+    def file(self, kind: str, k: int) -> Path:
+        return self.path / f"{kind}-{k:05d}.parquet"
+
+    def has(self, kind: str, k: int) -> bool:
+        return self.file(kind, k).exists()
+
+    def write(self, kind: str, k: int, arrays: dict[str, np.ndarray]) -> None:
+        df = _arrays_to_frame(arrays)
+        _atomic_write(self.file(kind, k), lambda p: df.to_parquet(p, index=False))
+
+    def read(self, kind: str, k: int, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
+        return _frame_to_arrays(pd.read_parquet(self.file(kind, k)), shapes)
+
+
+def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _arrays_to_frame(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Rows = leading axis; one column per trailing element, named ``name[i]``."""
+    cols: dict[str, np.ndarray] = {}
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        flat = a.reshape(a.shape[0], -1)
+        if a.ndim == 1:
+            cols[name] = a
+        else:
+            for i in range(flat.shape[1]):
+                cols[f"{name}[{i}]"] = flat[:, i]
+    return pd.DataFrame(cols)
+
+
+def _frame_to_arrays(df: pd.DataFrame, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, (trail, dtype) in shapes.items():
+        if not trail:
+            out[name] = df[name].to_numpy().astype(dtype)
+        else:
+            n = int(np.prod(trail))
+            flat = np.stack([df[f"{name}[{i}]"].to_numpy() for i in range(n)], axis=1)
+            out[name] = flat.reshape((len(df),) + tuple(trail)).astype(dtype)
+    return out
+
+
+def _shapes(arrays: dict[str, np.ndarray]) -> dict[str, tuple]:
+    return {k: (np.asarray(v).shape[1:], np.asarray(v).dtype) for k, v in arrays.items()}
+
+
+class _Progress:
+    """One status line on stderr: chunks done, fits done and fits per second."""
+
+    def __init__(self, n_chunks: int, n_fits: int, enabled: bool, label: str):
+        self.n_chunks, self.n_fits, self.enabled, self.label = n_chunks, n_fits, enabled, label
+        self.t0 = time.perf_counter()
+        self.chunks = self.fits = self.fitted = 0
+
+    def update(self, fits: int, computed: bool) -> None:
+        self.chunks += 1
+        self.fits += fits
+        self.fitted += fits if computed else 0
+        if not self.enabled:
+            return
+        el = time.perf_counter() - self.t0
+        rate = self.fitted / el if el > 0 else 0.0
+        frac = self.chunks / max(self.n_chunks, 1)
+        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
+        end = "\n" if self.chunks == self.n_chunks else ""
+        sys.stderr.write(
+            f"\r[{self.label}] [{bar}] chunk {self.chunks}/{self.n_chunks} | "
+            f"{self.fits}/{self.n_fits} fits | {rate:,.1f} fits/s | {el:,.1f} s{end}"
+        )
+        sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------
+# The shell
+# --------------------------------------------------------------------------------------
+def _stack(panels: Panel | StackedPanels | dict[str, Panel]) -> StackedPanels:
+    if isinstance(panels, StackedPanels):
+        return panels
+    if isinstance(panels, Panel):
+        return stack_panels({panels.commodity or "C0": panels})
+    if isinstance(panels, dict):
+        return stack_panels(panels)
+    raise ValueError("panels must be a Panel, a dict of Panels or a StackedPanels")
+
+
+def _market_stack(sp: StackedPanels, dtype) -> MarketData:
+    C = len(sp.commodities)
+    F = np.where(sp.mask, sp.F_mkt, 1.0)
+    bad = sp.mask & ~(np.isfinite(sp.F_mkt) & (np.where(sp.mask, sp.F_mkt, 1.0) > 0))
+    if bad.any():
+        c, t, m = np.argwhere(bad)[0]
+        raise ValueError(
+            f"F_mkt: {int(bad.sum())} observed prices are non-positive or non-finite, e.g. "
+            f"commodity {sp.commodities[c]!r}, date {sp.dates[t].date()}, tenor {m}"
+        )
+    dt = np.broadcast_to(sp.dt, (C, sp.dt.shape[0]))
+    return MarketData(
+        log_f=jnp.asarray(np.where(sp.mask, np.log(F), 0.0), dtype),
+        ttm=jnp.asarray(np.nan_to_num(sp.ttm), dtype),  # unmasked too: forwards at the end
+        mask=jnp.asarray(sp.mask),
+        dt=jnp.asarray(dt, dtype),
+    )
+
+
+def _params_template(stack: MarketData, window: int) -> Params:
+    """A start of the right structure (the leaves' shapes are what matters)."""
+    return _default_start(window_data(stack, jnp.asarray(0), jnp.asarray(window - 1), window))
+
+
+def recalibrate(
+    panels: Panel | StackedPanels | dict[str, Panel],
+    *,
+    window: int = 104,
+    step: int = 1,
+    method: str = "MLE",
+    warm_start: bool = False,
+    chunk_size: int = 128,
+    budget: int = 100,
+    max_steps: int | None = None,
+    vector_width: int = 16,
+    dtype: Any = jnp.float64,
+    devices: Sequence[Any] | int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
+) -> RollingResult:
+    """Fit Θ on rolling windows of every commodity.
+
+    Args:
+        panels: one :class:`Panel`, a dict of panels (stacked on the union of their dates)
+            or a :class:`StackedPanels`.
+        window: dates per window; step: dates between window ends.
+        method: ``"MLE"`` (L-BFGS on the exact log-likelihood) or ``"EM"`` (structured
+            EM, ECME; see :func:`ssjax.em.fit_em`).
+        warm_start: walk each commodity's windows in order from the previous optimum
+            (``lax.scan``); otherwise all windows in parallel from data-derived starts.
+        chunk_size: windows per vmapped chunk (cold mode) or window ends per chunk (warm
+            mode); also the unit of the files in ``out_dir``. Rounded up to a multiple of
+            the number of devices in cold mode.
+        budget: first-pass step budget of cold mode; windows not converged within it are
+            refitted from their start with ``max_steps`` (so every window follows the same
+            path as a standalone :class:`ssjax.KalmanEngine` fit).
+        max_steps: the full step budget (default 1000 L-BFGS steps, 500 EM iterations).
+        vector_width: lanes vmapped together on a device (cold mode: windows; warm mode:
+            commodities, at most C). Each group of lanes runs until its slowest lane stops,
+            and every lane's floating-point path depends only on this width, so results do
+            not change with ``chunk_size`` or the number of devices. Larger widths use a
+            GPU better; on a CPU 8-32 is about as fast as any.
+        dtype: ``jnp.float64`` (default) or ``jnp.float32`` for throughput.
+        devices: the devices to split each chunk over: a list, a number (the first n of
+            ``jax.devices()``) or ``None`` (all visible, across processes after
+            ``jax.distributed.initialize()``).
+        out_dir: a folder for per-chunk Parquet files; a rerun of the same call (same data
+            and settings) reads the finished chunks instead of fitting them again.
+        progress: print a progress line on stderr (default: when stderr is a terminal).
+
+    A window whose tenors are all unobserved is marked ``valid=False`` (its numbers are NaN).
+    """
+    method = method.upper()
+    if method not in ("MLE", "EM"):
+        raise ValueError(f"method must be 'MLE' or 'EM', got {method!r}")
+    sp = _stack(panels)
+    T = len(sp.dates)
+    if window < 3 or window > T:
+        raise ValueError(f"window must be between 3 and the number of dates {T}, got {window}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    if chunk_size < 1 or budget < 1 or vector_width < 1:
+        raise ValueError(
+            "chunk_size, budget and vector_width must be >= 1, got "
+            f"{chunk_size}, {budget}, {vector_width}"
+        )
+    max_steps = (1000 if method == "MLE" else 500) if max_steps is None else int(max_steps)
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.dtype(jnp.float64), jnp.dtype(jnp.float32)):
+        raise ValueError(f"dtype must be float64 or float32, got {dtype}")
+    progress = sys.stderr.isatty() if progress is None else progress
+    mesh = _mesh(devices)
+    n_dev = mesh.devices.size
+
+    C = len(sp.commodities)
+    stack = _market_stack(sp, dtype)
+    ends = np.arange(window - 1, T, step)
+    W = ends.size
+    # a window is valid when it has at least one observation on two different dates
+    obs_dates = sp.mask.any(axis=-1)  # [C, T]
+    cum = np.concatenate([np.zeros((C, 1), int), np.cumsum(obs_dates, axis=1)], axis=1)
+    valid = (cum[:, ends + 1] - cum[:, ends + 1 - window]) >= 2
+
+    mode = "warm" if warm_start else "cold"
+    config = dict(
+        window=window, step=step, method=method, mode=mode, chunk_size=chunk_size,
+        budget=budget if mode == "cold" else None, max_steps=max_steps, dtype=str(dtype),
+        vector_width=vector_width,
+        commodities=list(sp.commodities),
+    )  # fmt: skip
+    stack_dev = _put(stack, mesh, P())
+    template = _params_template(stack, window)
+
+    t0 = time.perf_counter()
+    if warm_start:
+        flat, post, info = _run_warm(
+            stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_dir, progress
+        )
+    else:
+        flat, post, info = _run_cold(
+            stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_dir, progress
+        )
+    seconds = time.perf_counter() - t0
+
+    def grid(a):
+        a = np.asarray(a)
+        return a.reshape((C, W) + a.shape[1:])
+
+    nan = np.nan
+
+    def blank(a):
+        a = grid(a).astype(float)
+        return np.where(valid.reshape((C, W) + (1,) * (a.ndim - 2)), a, nan)
+
+    params = jax.tree.map(blank, flat["params"])
+    F_mkt_t = np.where(sp.mask[:, ends], sp.F_mkt[:, ends], nan)
+    # a contract is known behind the tenor at the window end (observed, or a positive ttm)
+    known = (sp.ttm[:, ends] > 0) | sp.mask[:, ends]
+    return RollingResult(
+        commodities=list(sp.commodities),
+        window=window,
+        step=step,
+        method=method,
+        dates=sp.dates,
+        end_index=ends,
+        params=params,
+        std_err=blank(post["std_err"]),
+        loglik=blank(flat["loglik"]),
+        converged=grid(flat["converged"]).astype(bool) & valid,
+        num_steps=grid(flat["num_steps"]).astype(int),
+        status=grid(flat["status"]).astype(int),
+        state_t=blank(post["state_t"]),
+        F_model_t=np.where(known, blank(post["F_model_t"]), nan),
+        F_mkt_t=F_mkt_t,
+        mean_nis=blank(post["mean_nis"]),
+        innov_mean=blank(post["innov_mean"]),
+        innov_sd=blank(post["innov_sd"]),
+        nobs=grid(post["nobs"]).astype(int),
+        valid=valid,
+        mode=mode,
+        seconds=seconds,
+        info={**info, "devices": n_dev, "budget": budget, "chunk_size": chunk_size},
+    )
+
+
+def _fit_arrays(r: WindowFit) -> dict[str, Any]:
+    """A WindowFit as flat host arrays (params flattened to [B, n])."""
+    r = _host(r)
+    out = {
+        "params": jax.vmap(flatten_params)(r.params),
+        "loglik": r.loglik,
+        "converged": r.converged,
+        "num_steps": r.num_steps,
+        "status": r.status,
+    }
+    return {k: np.array(v) for k, v in out.items()}  # writable copies
+
+
+def _unflat_params(flat: np.ndarray, template: Params) -> Params:
+    return jax.vmap(lambda v: unflatten_params(v, template))(jnp.asarray(flat))
+
+
+def _run_post(stack_dev, cs, es, params_flat, template, mesh, window, dtype, width) -> dict:
+    prog = _program("post", mesh, window=window, width=width)
+    params = _unflat_params(params_flat.astype(dtype), template)
+    out = prog(stack_dev, *_put((cs, es, params), mesh, P(_AXIS)))
+    return _host(out)
+
+
+def _run_cold(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_dir, progress):
+    C, W = valid.shape
+    window, method = config["window"], config["method"]
+    width = config["vector_width"]
+    unit = width * n_dev  # lanes per call are a multiple of this: whole groups on each device
+    B = -(-config["chunk_size"] // unit) * unit
+    cs_all = np.repeat(np.arange(C), W).astype(np.int32)
+    es_all = np.tile(ends, C).astype(np.int32)
+    valid_all = valid.reshape(-1)
+    N = C * W
+    n_chunks = -(-N // B)
+    store = None
+    if out_dir is not None:
+        store = _ChunkStore(out_dir, _digest(stack, config), config, n_chunks)
+    kw = dict(window=window, method=method, width=width)
+    first = _program("cold", mesh, max_steps=config["budget"], **kw)
+    full = _program("cold", mesh, max_steps=config["max_steps"], **kw)
+    dummy = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (B,) + a.shape), template)
+    bar = _Progress(n_chunks, int(valid_all.sum()), progress, f"recalibrate {method} cold")
+    parts_fit, parts_post = [], []
+    computed = second_total = 0
+    for k in range(n_chunks):
+        lanes = np.arange(k * B, min((k + 1) * B, N))
+        n = lanes.size
+        if store is not None and store.has("chunk", k):
+            part = store.read("chunk", k, _cold_shapes(template, stack))
+            bar.update(int(valid_all[lanes].sum()), computed=False)
+        else:
+            idx = np.concatenate([lanes, np.full(B - n, lanes[-1])])  # pad the last chunk
+            cs, es = cs_all[idx], es_all[idx]
+            use = np.zeros(B, bool)
+            r = _fit_arrays(first(stack_dev, *_put((cs, es, dummy, use), mesh, P(_AXIS))))
+            todo = np.flatnonzero(~r["converged"][:n] & valid_all[lanes])
+            second_total += todo.size
+            if todo.size:
+                # the stragglers start over from their data-derived start with the full
+                # budget: the same path as a standalone fit (continuing from the first pass's
+                # end point would restart L-BFGS's memory and preconditioner and can stop
+                # elsewhere on a flat likelihood)
+                nb = _bucket(todo.size, B, unit)
+                sub = np.concatenate([todo, np.full(nb - todo.size, todo[0])])
+                d2 = jax.tree.map(lambda a: a[:nb], dummy)
+                r2 = _fit_arrays(
+                    full(stack_dev, *_put((cs[sub], es[sub], d2, np.zeros(nb, bool)),
+                                          mesh, P(_AXIS)))
+                )  # fmt: skip
+                for name in r:
+                    r[name][todo] = r2[name][: todo.size]
+            dtype = stack.log_f.dtype
+            post = _run_post(stack_dev, cs, es, r["params"], template, mesh, window, dtype, width)
+            part = {f"fit/{k2}": v[:n] for k2, v in r.items()}
+            part.update({f"post/{k2}": np.asarray(v)[:n] for k2, v in post.items()})
+            if store is not None:
+                store.write("chunk", k, part)
+            computed += 1
+            bar.update(int(valid_all[lanes].sum()), computed=True)
+        parts_fit.append({k2[4:]: v for k2, v in part.items() if k2.startswith("fit/")})
+        parts_post.append({k2[5:]: v for k2, v in part.items() if k2.startswith("post/")})
+    flat = {k2: np.concatenate([p[k2] for p in parts_fit]) for k2 in parts_fit[0]}
+    flat["params"] = _unflat_params(flat["params"], template)
+    post = {k2: np.concatenate([p[k2] for p in parts_post]) for k2 in parts_post[0]}
+    info = {"chunks": n_chunks, "chunks_computed": computed, "second_pass_windows": second_total}
+    return flat, post, info
+
+
+def _cold_shapes(template: Params, stack: MarketData) -> dict[str, tuple]:
+    n = flatten_params(template).shape[0]
+    M = stack.log_f.shape[-1]
+    f8, i4, b1 = np.float64, np.int32, np.bool_
+    return {
+        "fit/params": ((n,), f8), "fit/loglik": ((), f8), "fit/converged": ((), b1),
+        "fit/num_steps": ((), i4), "fit/status": ((), i4),
+        "post/std_err": ((n,), f8), "post/state_t": ((2,), f8), "post/F_model_t": ((M,), f8),
+        "post/mean_nis": ((), f8), "post/innov_mean": ((M,), f8), "post/innov_sd": ((M,), f8),
+        "post/nobs": ((M,), i4),
+    }  # fmt: skip
+
+
+def _run_warm(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_dir, progress):
+    C, W = valid.shape
+    window, method = config["window"], config["method"]
+    Bw = config["chunk_size"]
+    width = config["vector_width"]
+    width_c = min(width, C)  # commodities per vmapped group
+    Cp = -(-C // (width_c * n_dev)) * (width_c * n_dev)  # whole groups on every device
+    cs = np.concatenate([np.arange(C), np.zeros(Cp - C, int)]).astype(np.int32)
+    n_chunks = -(-W // Bw)
+    store = None
+    if out_dir is not None:
+        store = _ChunkStore(out_dir, _digest(stack, config), config, n_chunks)
+    prog = _program(
+        "warm", mesh, window=window, method=method, max_steps=config["max_steps"], width=width_c
+    )
+    n = flatten_params(template).shape[0]
+    carry = np.broadcast_to(np.asarray(flatten_params(template)), (Cp, n)).copy()
+    have = np.zeros(Cp, bool)
+    bar = _Progress(n_chunks, int(valid.sum()), progress, f"recalibrate {method} warm")
+    fit_parts, post_parts = [], []
+    computed = 0
+    shapes = _cold_shapes(template, stack)
+    B_post = -(-(C * Bw) // (width * n_dev)) * (width * n_dev)
+    for k in range(n_chunks):
+        w_idx = np.arange(k * Bw, min((k + 1) * Bw, W))
+        nw = w_idx.size
+        if store is not None and store.has("chunk", k) and store.has("carry", k):
+            part = store.read("chunk", k, shapes)
+            cr = store.read("carry", k, {"params": ((n,), np.float64), "have": ((), np.bool_)})
+            carry, have = cr["params"], cr["have"]
+            bar.update(int(valid[:, w_idx].sum()), computed=False)
+        else:
+            e_chunk = ends[np.concatenate([w_idx, np.full(Bw - nw, w_idx[-1])])]
+            p0 = _unflat_params(carry.astype(stack.log_f.dtype), template)
+            res, p_last, h_last = prog(
+                stack_dev,
+                _put(cs, mesh, P(_AXIS)),
+                _put(e_chunk.astype(np.int32), mesh, P()),
+                *_put((p0, have), mesh, P(_AXIS)),
+            )
+            # the padded ends repeat the chunk's last window: their fits equal it, so the
+            # carry after them is the carry after the last real window
+            res = jax.tree.map(lambda a: a[:C, :nw].reshape((C * nw,) + a.shape[2:]), res)
+            r = _fit_arrays(res)
+            carry = np.asarray(jax.vmap(flatten_params)(_host(p_last)), np.float64)
+            have = np.asarray(_host(h_last))
+            # lanes in commodity-major order within the chunk
+            lane_c = np.repeat(np.arange(C), nw).astype(np.int32)
+            lane_e = np.tile(ends[w_idx], C).astype(np.int32)
+            pad = B_post - lane_c.size  # one shape for every chunk: one compiled post-fit
+            pc = np.concatenate([lane_c, np.zeros(pad, np.int32)])
+            pe = np.concatenate([lane_e, np.full(pad, lane_e[-1], np.int32)])
+            pp = np.concatenate([r["params"], np.repeat(r["params"][-1:], pad, axis=0)])
+            post = _run_post(
+                stack_dev, pc, pe, pp, template, mesh, window, stack.log_f.dtype, width
+            )
+            part = {f"fit/{k2}": v for k2, v in r.items()}
+            part.update({f"post/{k2}": np.asarray(v)[: lane_c.size] for k2, v in post.items()})
+            if store is not None:
+                store.write("chunk", k, part)
+                store.write("carry", k, {"params": carry, "have": have})
+            computed += 1
+            bar.update(int(valid[:, w_idx].sum()), computed=True)
+        fit_parts.append((w_idx, {k2[4:]: v for k2, v in part.items() if k2.startswith("fit/")}))
+        post_parts.append({k2[5:]: v for k2, v in part.items() if k2.startswith("post/")})
+
+    # chunk parts are commodity-major within their window range: reassemble [C, W, ...]
+    def assemble(parts_list):
+        keys = parts_list[0][1].keys()
+        out = {}
+        for key in keys:
+            blocks = [p[key].reshape((C, len(w)) + p[key].shape[1:]) for w, p in parts_list]
+            out[key] = np.concatenate(blocks, axis=1).reshape((C * W,) + blocks[0].shape[2:])
+        return out
+
+    flat = assemble(fit_parts)
+    post = assemble([(w, p) for (w, _), p in zip(fit_parts, post_parts, strict=True)])
+    flat["params"] = _unflat_params(flat["params"], template)
+    return flat, post, {"chunks": n_chunks, "chunks_computed": computed, "second_pass_windows": 0}

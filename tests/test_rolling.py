@@ -1,0 +1,276 @@
+"""Rolling recalibration: batched window fits against standalone KalmanEngine fits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import ssjax
+from ssjax.datasets import Panel
+from ssjax.rolling import TRACE_COUNTS, recalibrate
+
+WINDOW = 80
+
+
+def _sim_panel(seed: int, T: int = 200, start_missing: int = 0, name: str = "A") -> Panel:
+    p = ssjax.make_params(
+        kappa=1.2, sigma_x=0.3, sigma_y=0.18, rho=0.3, mu=0.02, meas_sd=np.full(4, 0.008)
+    )
+    ttm = np.tile(np.array([0.1, 0.4, 0.8, 1.2]), (T, 1))
+    sim = ssjax.simulate(p, jax.random.PRNGKey(seed), ttm, 1 / 52)
+    F = np.exp(np.asarray(sim.log_f))
+    F[np.random.default_rng(seed).random(F.shape) < 0.1] = np.nan
+    F[:start_missing] = np.nan
+    dates = pd.date_range("2000-01-04", periods=T, freq="7D")
+    dt = np.full(T - 1, 7 / 365)
+    return Panel(dates, F, ttm, None, np.full(F.shape, "", object), ["a", "b", "c", "d"], dt,
+                 np.isfinite(F), name)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def panels():
+    return {"A": _sim_panel(1), "B": _sim_panel(2, start_missing=90, name="B")}
+
+
+@pytest.fixture(scope="module")
+def cold(panels):
+    return recalibrate(panels, window=WINDOW, step=30, budget=40)
+
+
+# windows whose likelihood has one clear optimum: there the batched fit follows the same
+# path as a standalone KalmanEngine fit. Two windows of these panels (A, window 4 and B,
+# window 1, which starts with 30 empty dates) are multi-modal: floating-point differences
+# between the vmapped and the single program send L-BFGS to different local optima (0.4 and
+# 3 nats apart); there both are checked to be converged stationary points instead.
+SAME_PATH = {("A", 0), ("A", 1), ("A", 2), ("A", 3), ("B", 2), ("B", 3), ("B", 4)}
+
+
+def _same_path_mask(res) -> np.ndarray:
+    m = np.zeros(res.loglik.shape, bool)
+    for name, w in SAME_PATH:
+        m[res.commodities.index(name), w] = True
+    return m
+
+
+def test_batched_fits_equal_standalone_engine_fits(panels, cold):
+    eng = ssjax.KalmanEngine()
+    for c, name in enumerate(cold.commodities):
+        p = panels[name]
+        for w in range(cold.loglik.shape[1]):
+            if not cold.valid[c, w]:
+                continue
+            e = cold.end_index[w]
+            sl = slice(e - WINDOW + 1, e + 1)
+            if (name, w) not in SAME_PATH:
+                assert cold.converged[c, w]
+                continue
+            fit = eng.fit(p.F_mkt[sl], p.ttm[sl], dt=p.dt[e - WINDOW + 1 : e])
+            assert cold.loglik[c, w] == pytest.approx(fit.loglik, rel=1e-6)
+            got = np.concatenate(
+                [np.ravel(np.asarray(v)[c, w]) for v in cold.params if v is not None]
+            )
+            # to 1e-5 relative, or to 1e-3 of a standard error for values near zero (mu)
+            se = fit.std_err.to_numpy()
+            np.testing.assert_array_less(
+                np.abs(got - fit.param_values.to_numpy()),
+                np.maximum(1e-5 * np.abs(got), 1e-3 * se),
+            )
+            np.testing.assert_allclose(cold.F_model_t[c, w], fit.F_model_t, rtol=1e-6)
+            np.testing.assert_allclose(cold.std_err[c, w], fit.std_err.to_numpy(), rtol=1e-3)
+
+
+def test_ragged_histories_are_masked(cold):
+    b = cold.commodities.index("B")
+    # B has no data before date 90: its first window (ending at 79) is empty
+    assert not cold.valid[b, 0] and np.isnan(cold.loglik[b, 0])
+    assert cold.valid[b, -1] and cold.converged[b, -1]
+    assert cold.valid[0].all() and cold.converged[0].all()
+
+
+def test_warm_and_cold_reach_the_same_optimum(panels, cold):
+    warm = recalibrate(panels, window=WINDOW, step=30, warm_start=True)
+    same = _same_path_mask(cold)
+    np.testing.assert_allclose(warm.loglik[same], cold.loglik[same], rtol=0, atol=1e-3)
+    # in the multi-modal windows the warm start (from the neighbouring optimum) does better
+    assert (warm.loglik[cold.valid & ~same] >= cold.loglik[cold.valid & ~same] - 1e-3).all()
+    assert warm.mode == "warm" and cold.mode == "cold"
+    # warm windows after the first take fewer steps
+    assert np.median(warm.num_steps[0, 1:]) < np.median(cold.num_steps[0, 1:])
+
+
+def test_no_recompile_when_values_change(panels, cold):
+    n = dict(TRACE_COUNTS)
+    shifted = {k: v._replace(F_mkt=v.F_mkt * 1.05) for k, v in panels.items()}
+    again = recalibrate(shifted, window=WINDOW, step=30, budget=40)
+    assert dict(TRACE_COUNTS) == n
+    # prices scaled by 1.05: Y shifts by ln 1.05, the fit is otherwise the same
+    same = _same_path_mask(cold)
+    np.testing.assert_allclose(again.loglik[same], cold.loglik[same], rtol=1e-6)
+
+
+def test_tidy_frame_and_parquet(cold, tmp_path):
+    df = cold.to_frame()
+    assert len(df) == int(cold.valid.sum())
+    assert {"commodity", "window_end", "kappa", "se_kappa", "loglik", "converged", "X_t"} <= set(
+        df.columns
+    )
+    path = tmp_path / "roll.parquet"
+    cold.to_parquet(str(path))
+    back = pd.read_parquet(path)
+    pd.testing.assert_frame_equal(back, df, check_dtype=False)
+    assert (cold.mean_nis[cold.valid] > 0.2).all() and (cold.mean_nis[cold.valid] < 5).all()
+
+
+def test_argument_errors(panels):
+    with pytest.raises(ValueError, match="window"):
+        recalibrate(panels, window=10_000)
+    with pytest.raises(ValueError, match="step"):
+        recalibrate(panels, window=WINDOW, step=0)
+    with pytest.raises(ValueError, match="panels must be"):
+        recalibrate([1, 2], window=WINDOW)
+
+
+# ---- chunks, resumable runs, precision ------------------------------------------------------
+SMALL = dict(window=40, step=12, chunk_size=4, budget=30, vector_width=2)
+
+
+@pytest.fixture(scope="module")
+def small_panels():
+    return {"A": _sim_panel(3, T=100), "B": _sim_panel(4, T=100, start_missing=30, name="B")}
+
+
+@pytest.fixture(scope="module")
+def small_cold(small_panels):
+    return recalibrate(small_panels, **SMALL)
+
+
+def _same_result(a, b):
+    np.testing.assert_array_equal(a.valid, b.valid)
+    for name in ("loglik", "std_err", "state_t", "F_model_t", "mean_nis", "innov_sd"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.converged, b.converged)
+    np.testing.assert_array_equal(a.num_steps, b.num_steps)
+
+
+def test_chunks_share_one_compiled_program(small_panels, small_cold):
+    assert small_cold.info["chunks"] >= 3
+    n = dict(TRACE_COUNTS)
+    again = recalibrate(
+        {k: v._replace(F_mkt=v.F_mkt * 0.97) for k, v in small_panels.items()}, **SMALL
+    )
+    assert again.info["chunks_computed"] == again.info["chunks"]
+    assert dict(TRACE_COUNTS) == n  # no chunk, first or second pass, traced again
+    assert small_cold.converged[small_cold.valid].all()
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_killed_run_resumes_to_the_same_result(small_panels, small_cold, tmp_path, monkeypatch,
+                                               warm):  # fmt: skip
+    ref = small_cold if not warm else recalibrate(small_panels, warm_start=True, **SMALL)
+    out = tmp_path / "run"
+    real = ssjax.rolling._Progress.update
+    calls = {"n": 0}
+
+    def dies_after_two(self, fits, computed):
+        real(self, fits, computed)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed after the second chunk was written
+
+    monkeypatch.setattr(ssjax.rolling._Progress, "update", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        recalibrate(small_panels, warm_start=warm, out_dir=out, **SMALL)
+    monkeypatch.setattr(ssjax.rolling._Progress, "update", real)
+    assert len(list(out.glob("chunk-*.parquet"))) == 2
+    (out / "chunk-00002.parquet.tmp-deadbeef").write_bytes(b"half a file")  # a torn write
+    resumed = recalibrate(small_panels, warm_start=warm, out_dir=out, **SMALL)
+    assert resumed.info["chunks_computed"] == resumed.info["chunks"] - 2
+    _same_result(resumed, ref)
+    # a third run computes nothing and still gives the same result
+    again = recalibrate(small_panels, warm_start=warm, out_dir=out, **SMALL)
+    assert again.info["chunks_computed"] == 0
+    _same_result(again, ref)
+    # another run's chunks are never mixed in
+    with pytest.raises(ValueError, match="different run"):
+        recalibrate(small_panels, warm_start=warm, out_dir=out, **{**SMALL, "step": 13})
+
+
+def test_float32_logliks_match_float64_on_bundled_data(wti):
+    kw = dict(window=104, step=54, warm_start=True)
+    f64 = recalibrate(wti, **kw)
+    f32 = recalibrate(wti, dtype=jnp.float32, **kw)
+    assert f32.params.kappa.dtype == np.float64  # results come back as float64 arrays
+    assert f64.converged.all()
+    np.testing.assert_allclose(f32.loglik, f64.loglik, rtol=1e-4)
+
+
+MULTI_DEVICE = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import jax
+assert len(jax.devices()) == 4, jax.devices()
+from test_rolling import SAME_PATH, WINDOW, _same_path_mask, _sim_panel
+from ssjax.rolling import recalibrate
+panels = {{"A": _sim_panel(1), "B": _sim_panel(2, start_missing=90, name="B")}}
+out = {{}}
+for warm in (False, True):
+    kw = dict(window=WINDOW, step=30, budget=40, chunk_size=8, vector_width=2, warm_start=warm)
+    one = recalibrate(panels, devices=1, **kw)
+    four = recalibrate(panels, devices=4, **kw)
+    assert four.info["devices"] == 4 and one.info["devices"] == 1
+    assert np.array_equal(one.valid, four.valid) and np.array_equal(one.converged, four.converged)
+    same = _same_path_mask(one) if not warm else one.valid
+    for name, rtol in (("loglik", 1e-8), ("state_t", 1e-5), ("F_model_t", 1e-5)):
+        a, b = getattr(one, name)[same], getattr(four, name)[same]
+        assert np.allclose(a, b, rtol=rtol, atol=0), (warm, name, np.nanmax(np.abs(a - b)))
+    flat = lambda r: np.concatenate(  # noqa: E731
+        [np.asarray(v).reshape(v.shape[:2] + (-1,)) for v in r.params if v is not None], -1)
+    d = np.abs(flat(one) - flat(four))[same]
+    # to 1e-5 relative, or to 1e-3 of a standard error (values near zero, like mu)
+    tol = np.maximum(1e-5 * np.abs(flat(one)[same]), 1e-3 * np.nan_to_num(one.std_err[same]))
+    assert (d <= tol).all(), (warm, d.max())
+    out[str(warm)] = int(one.valid.sum())
+print(json.dumps(out))
+"""
+
+
+def test_four_devices_equal_one_device(tmp_path):
+    """The same call on 4 (fake CPU) devices and on 1: the same windows, fits and optima.
+
+    Each lane's computation is the same program whatever the device count (fixed vector
+    width), but XLA:CPU splits some reductions over threads differently with 4 devices, so
+    the last bits can differ; on windows with one clear optimum that leaves the results equal
+    to 1e-8 (loglik) and 1e-5 (parameters, states, forwards). (Windows whose likelihood is
+    multi-modal can end in different optima from any rounding difference; see SAME_PATH.)
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "multi_device.py"
+    script.write_text(MULTI_DEVICE.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                       timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = json.loads(r.stdout.strip().splitlines()[-1])
+    assert counts["False"] == counts["True"] > 0
+
+
+def test_more_argument_errors(panels):
+    with pytest.raises(ValueError, match="method"):
+        recalibrate(panels, window=WINDOW, method="Newton")
+    with pytest.raises(ValueError, match="dtype"):
+        recalibrate(panels, window=WINDOW, dtype=np.int32)
+    with pytest.raises(ValueError, match="devices"):
+        recalibrate(panels, window=WINDOW, devices=99)
+    bad = {k: v._replace(F_mkt=np.where(np.arange(v.F_mkt.shape[0])[:, None] == 150, -1.0,
+                                        v.F_mkt)) for k, v in panels.items()}  # fmt: skip
+    with pytest.raises(ValueError, match="non-positive"):
+        recalibrate(bad, window=WINDOW)
