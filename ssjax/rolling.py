@@ -538,6 +538,7 @@ def recalibrate(
     budget: int = 100,
     max_steps: int | None = None,
     vector_width: int = 16,
+    ends: Sequence[int] | None = None,
     dtype: Any = jnp.float64,
     devices: Sequence[Any] | int | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -565,6 +566,8 @@ def recalibrate(
             and every lane's floating-point path depends only on this width, so results do
             not change with ``chunk_size`` or the number of devices. Larger widths use a
             GPU better; on a CPU 8-32 is about as fast as any.
+        ends: explicit window-end indices into the stacked date index (increasing, each at
+            least ``window − 1``) instead of ``window − 1, window − 1 + step, …``.
         dtype: ``jnp.float64`` (default) or ``jnp.float32`` for throughput.
         devices: the devices to split each chunk over: a list, a number (the first n of
             ``jax.devices()``) or ``None`` (all visible, across processes after
@@ -601,7 +604,20 @@ def recalibrate(
 
     C = len(sp.commodities)
     stack = _market_stack(sp, dtype)
-    ends = np.arange(window - 1, T, step)
+    if ends is None:
+        ends = np.arange(window - 1, T, step)
+    else:
+        ends = np.asarray(ends, dtype=np.int64).reshape(-1)
+        if (
+            ends.size == 0
+            or ends.min() < window - 1
+            or ends.max() >= T
+            or np.any(np.diff(ends) <= 0)
+        ):
+            raise ValueError(
+                f"ends must be increasing indices between window - 1 = {window - 1} and "
+                f"T - 1 = {T - 1}, got {ends[:5].tolist()}..."
+            )
     W = ends.size
     # a window is valid when it has at least one observation on two different dates
     obs_dates = sp.mask.any(axis=-1)  # [C, T]
@@ -610,7 +626,7 @@ def recalibrate(
 
     mode = "warm" if warm_start else "cold"
     config = dict(
-        window=window, step=step, method=method, mode=mode, chunk_size=chunk_size,
+        window=window, ends=ends.tolist(), method=method, mode=mode, chunk_size=chunk_size,
         budget=budget if mode == "cold" else None, max_steps=max_steps, dtype=str(dtype),
         vector_width=vector_width,
         commodities=list(sp.commodities),

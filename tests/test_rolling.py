@@ -274,3 +274,18 @@ def test_more_argument_errors(panels):
                                         v.F_mkt)) for k, v in panels.items()}  # fmt: skip
     with pytest.raises(ValueError, match="non-positive"):
         recalibrate(bad, window=WINDOW)
+
+
+def test_em_windows_reach_the_mle_and_explicit_ends(panels, cold):
+    """method="EM" (structured ECME per window) on two of the cold run's windows, chosen
+    with ``ends=``: the same optimum as the MLE there."""
+    ends = cold.end_index[[1, 3]]
+    em = recalibrate(panels, window=WINDOW, ends=ends, method="EM", chunk_size=4,
+                     vector_width=2)  # fmt: skip
+    assert em.method == "EM" and list(em.end_index) == list(ends)
+    assert em.converged.all(), [em.status_text(c, w) for c in range(2) for w in range(2)]
+    same = _same_path_mask(cold)[:, [1, 3]]
+    np.testing.assert_allclose(em.loglik[same], cold.loglik[:, [1, 3]][same], rtol=0, atol=1e-3)
+    assert em.to_frame()["status"].str.startswith("converged: relative log-likelihood").all()
+    with pytest.raises(ValueError, match="ends"):
+        recalibrate(panels, window=WINDOW, ends=[5])
