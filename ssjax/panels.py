@@ -48,9 +48,10 @@ def _one_commodity(settle: pd.DataFrame, commodity: str | None) -> tuple[pd.Data
 
 
 def select_dates(dates: pd.DatetimeIndex, rule: str | None) -> pd.DatetimeIndex:
-    """Resample trade dates: ``None`` keeps all; ``"W-TUE"`` (any ``W-XXX``) keeps one date per
-    week, the given weekday or, when it is not a trade date, the last trade date before it in
-    that week; a week whose weekday lies after the last date is dropped."""
+    """Resample trade dates: ``None`` keeps all; ``"W-TUE"`` (or another weekly anchor such as
+    ``"W-FRI"``) keeps one date per week, the given weekday or, when it is not a trade date,
+    the last trade date before it in that week; a week whose weekday lies after the last date
+    is dropped."""
     dates = pd.DatetimeIndex(dates).sort_values().unique()
     if rule is None:
         return dates
