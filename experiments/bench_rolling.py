@@ -194,6 +194,23 @@ def sm_fit_window(p: Panel, end: int) -> SmFit:
     )
 
 
+def degenerate(r: RollingResult) -> tuple[np.ndarray, np.ndarray]:
+    """[C, W] masks: fits with σ_X ≈ 0 or |ρ| ≈ 1; fits with a measurement s.d. ≈ 0."""
+    p = r.params
+    msd = np.asarray(p.meas_sd).reshape(r.loglik.shape + (-1,))
+    bad = (np.asarray(p.sigma_x) < 1e-6) | (np.abs(np.asarray(p.rho)) > 1 - 1e-4)
+    return r.valid & bad, r.valid & (msd.min(axis=-1) < 1e-5)
+
+
+def describe_fit(r: RollingResult, c: int, w: int) -> str:
+    p = r.params
+    return (
+        f"{r.loglik[c, w]:.4f} ({r.num_steps[c, w]} steps, {r.status_text(c, w)}; "
+        f"σ_X {float(p.sigma_x[c, w]):.3g}, ρ {float(p.rho[c, w]):.4f}, "
+        f"min meas_sd {float(np.min(p.meas_sd[c, w])):.3g})"
+    )
+
+
 def sample_lanes(n: int, k: int) -> np.ndarray:
     """``k`` lane indices spread evenly over ``0..n-1`` (all of them when n <= k)."""
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
@@ -261,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows_acc: list[list[str]] = []
     by_n: dict[int, dict[str, Any]] = {}
     disagree: dict[tuple[int, int], str] = {}
+    notes: list[str] = []
     for n_req in batches:
         lay = layout(n_req, T, WINDOW)
         panels = {f"WTI{k}": panels_all[f"WTI{k}"] for k in range(lay.K)}
@@ -316,6 +334,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         n_warm_hi = int((d_cw < -LL_TOL).sum())
         n_cold_hi = int((d_cw > LL_TOL).sum())
+        gap = np.where(rc.valid & rw.valid, rc.loglik - rw.loglik, 0.0)
+        c, w = np.unravel_index(int(np.argmax(np.abs(gap))), gap.shape)
+        deg_c, deg_w = degenerate(rc), degenerate(rw)
+        notes.append(
+            f"N = {lay.n:,}: cold − warm log-likelihood above {LL_TOL:g} in {n_cold_hi:,} "
+            f"windows, below −{LL_TOL:g} in {n_warm_hi:,} (quantiles 1% / 50% / 99%: "
+            + " / ".join(f"{q:+.2g}" for q in np.quantile(d_cw, [0.01, 0.5, 0.99]))
+            + f"); fits with σ_X < 1e-6 or |ρ| > 0.9999: cold {int(deg_c[0].sum())}, warm "
+            f"{int(deg_w[0].sum())}; with a meas_sd < 1e-5 (one tenor fitted exactly): cold "
+            f"{int(deg_c[1].sum())}, warm {int(deg_w[1].sum())}. Largest gap: WTI{c}, window "
+            f"ending at index {lay.ends[w]}: cold {describe_fit(rc, c, w)}, warm "
+            f"{describe_fit(rw, c, w)}."
+        )
+        print("  " + notes[-1], flush=True)
         sm_warn = sorted({x for _, _, f in sm for x in f.warnings})
         cold_rate, warm_rate = lay.n / cold.best_s, lay.n / warm.best_s
         by_n[lay.n] = dict(cold=cold_rate / sm_rate, warm=warm_rate / sm_rate, n_req=n_req)
@@ -509,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t_acc,
         "",
     ]
+    lines += ["Cold vs warm, per batch:", "", *[f"- {x}" for x in notes], ""]
     if disagree:
         lines += [
             f"Sampled windows where an optimum differs from statsmodels' by more than "
