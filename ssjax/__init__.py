@@ -13,7 +13,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from . import datasets  # noqa: E402
+from . import datasets, diagnostics, drift, options, sensitivity  # noqa: E402
 from .data import MarketData, dt_from_dates, make_market_data  # noqa: E402
 from .engine import (  # noqa: E402
     KalmanEngine,
@@ -76,5 +76,9 @@ __all__ = [
     "Simulation",
     "simulate",
     "datasets",
+    "diagnostics",
+    "drift",
+    "options",
+    "sensitivity",
     "__version__",
 ]

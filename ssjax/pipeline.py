@@ -217,6 +217,21 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def _write_diagnostics(fit: Any, out_dir: Path, tenor_names: list[str], quiet: bool) -> list:
+    """The fit's model diagnostics: a text report, the fit-error table and the PNG plots."""
+    from .diagnostics import diagnostics_report, plot_diagnostics
+
+    rep = diagnostics_report(fit, tenor_names=list(tenor_names))
+    (out_dir / "diagnostics.txt").write_text(rep.to_text() + "\n")
+    rep.fit_errors.to_csv(out_dir / "fit_errors.csv")
+    files = [out_dir / "diagnostics.txt", out_dir / "fit_errors.csv"]
+    files += [Path(f) for f in plot_diagnostics(rep, out_dir / "diagnostics")]
+    if not quiet:
+        print("\nmodel diagnostics (fit errors of ln F, model minus market):")
+        print(rep.fit_errors.to_string())
+    return files
+
+
 def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
     """Run the whole chain at t* and (optionally) the backtest; write the output folder.
 
@@ -383,6 +398,7 @@ def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
                                      "orders_t.csv")]  # fmt: skip
     (out_dir / "config_used.json").write_text(json.dumps(cfg, indent=2, default=str))
     files.append(out_dir / "config_used.json")
+    files += _write_diagnostics(fit, out_dir, panel.tenor_names, quiet)
     if bt is not None:
         files += list(bt.report(out_dir / "backtest"))
         print("\nbacktest metrics:")

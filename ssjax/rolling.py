@@ -319,6 +319,13 @@ class RollingResult:
         table = STATUS_MESSAGES if self.method == "MLE" else EM_STATUS_MESSAGES
         return table.get(int(self.status[c, w]), f"status {int(self.status[c, w])}")
 
+    def drift_alerts(self, panels: Any = None, **kw: Any) -> pd.DataFrame:
+        """Window ends where Θ jumps or the innovations drift (:func:`ssjax.drift.drift_alerts`;
+        pass the ``panels`` given to :func:`recalibrate` to also run the CUSUM)."""
+        from .drift import drift_alerts
+
+        return drift_alerts(self, panels, **kw)
+
     def to_frame(self) -> pd.DataFrame:
         """A tidy table: one row per (commodity, window end) with Θ, s.e. and diagnostics."""
         names = self.param_names
