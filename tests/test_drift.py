@@ -191,6 +191,7 @@ def rolling_break():
     return panels, res, time.perf_counter() - t0
 
 
+@pytest.mark.slow
 def test_drift_alert_fires_near_a_kappa_break_and_not_without_one(rolling_break):
     panels, res, _ = rolling_break
     assert res.converged.all()
@@ -212,6 +213,7 @@ def test_drift_alert_fires_near_a_kappa_break_and_not_without_one(rolling_break)
     assert "kappa moved +" in kap.reason.iloc[0]
 
 
+@pytest.mark.slow
 def test_innovation_scores_are_standard_normal_without_a_break(rolling_break):
     panels, res, _ = rolling_break
     sc = drift.innovation_scores(res, panels)
@@ -228,6 +230,7 @@ def test_innovation_scores_are_standard_normal_without_a_break(rolling_break):
         drift.drift_alerts(res, panels, cusum_on=("nope",))
 
 
+@pytest.mark.slow
 def test_recalibrate_run_time(rolling_break):
     # the rolling fit's compilation dominates (its post-fit program alone takes ~45 s to
     # compile on a busy 2-core CPU); the run itself takes about 2 s

@@ -3,10 +3,12 @@ test runner can put it on another worker than tests/test_rolling.py)."""
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ssjax.rolling import recalibrate
 
 
+@pytest.mark.slow
 def test_float32_logliks_match_float64_on_bundled_data(wti):
     kw = dict(window=104, step=54, warm_start=True)
     f64 = recalibrate(wti, **kw)
@@ -47,6 +49,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device(tmp_path):
     """The same call on 4 (fake CPU) devices and on 1: the same windows, fits and optima.
 

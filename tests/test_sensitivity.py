@@ -82,6 +82,7 @@ def test_total_forward_jacobian_and_last_row(data):
     assert np.max(np.abs(np.asarray(fixed.d_theta) - np.asarray(jac.d_theta))) > 1e-3
 
 
+@pytest.mark.slow
 def test_loglik_derivatives_and_identification(data: ssjax.MarketData):
     """Gradient and Hessian against finite differences; the identification diagnostic on a
     well-posed panel, on one where two parameters are unidentifiable by construction, and
@@ -200,6 +201,7 @@ def test_weights_jacobian_matches_finite_differences(data):
     np.testing.assert_allclose(wj.z, z_ref, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_profile_likelihood(data):
     fit = ssjax.mle.fit_mle(data, P_TRUE)
     p_hat = fit.params
