@@ -9,6 +9,9 @@ import ssjax
 from ssjax.datasets import Panel
 from ssjax.rolling import TRACE_COUNTS, recalibrate
 
+# each test compiles and runs batched rolling fits (about a minute each on 2 cores)
+pytestmark = pytest.mark.slow
+
 WINDOW = 80
 
 
