@@ -36,6 +36,7 @@ from .mle import MLEResult, default_start, fit_mle  # noqa: E402
 from .model import forward_curve, log_forward, measurement, transition  # noqa: E402
 from .params import Params, from_unconstrained, make_params, to_unconstrained  # noqa: E402
 from .results import KalmanFit  # noqa: E402
+from .score import log_likelihood_fisher  # noqa: E402
 from .simulate import Simulation, simulate  # noqa: E402
 from .smoother import SmootherResult, rts_smoother  # noqa: E402
 
@@ -49,6 +50,7 @@ __all__ = [
     "log_likelihood",
     "log_likelihood_batch",
     "log_likelihood_data",
+    "log_likelihood_fisher",
     "log_likelihood_terms",
     "model_forwards",
     "MarketData",

@@ -56,11 +56,17 @@ import optax
 from jax import Array, lax
 
 from .data import MarketData
-from .filter import Prior, _observation_rows, default_prior, log_likelihood_data
+from .filter import Prior, default_prior
 from .mle import _bhhh_scale
-from .model import transition
 from .params import Params, flatten_params, from_unconstrained, to_unconstrained, unflatten_params
-from .smoother import rts_smoother
+from .score import log_likelihood_fisher
+from .smoother import (
+    EStats,
+    _expected_sq_resid,
+    _transition_weights,
+    expected_complete_loglik,
+    rts_smoother,
+)
 
 __all__ = [
     "EMResult",
@@ -84,15 +90,6 @@ EM_STATUS_MESSAGES = {
 _NOISE_FIELDS = ("meas_sd", "spot_sd")
 
 
-class EStats(NamedTuple):
-    """Smoothed moments from the E-step (the sufficient statistics of Q)."""
-
-    means: Array  # [T, 2]
-    covs: Array  # [T, 2, 2]
-    lag_one: Array  # [T-1, 2, 2] Cov(x_{t+1}, x_t | all data)
-    loglik: Array  # () observed-data log-likelihood at the E-step parameters
-
-
 class EMResult(NamedTuple):
     """Outcome of :func:`fit_em` (a pytree: it vmaps)."""
 
@@ -107,60 +104,12 @@ class EMResult(NamedTuple):
     ll_decreases: Array  # iterations where ℓ fell by more than 1e-9 relative (should be 0)
 
 
-def _transition_weights(data: MarketData) -> Array:
-    """w_t for the step t → t+1: 1 if any observation lies at t+1 or later, else 0."""
-    obs = jnp.any(data.mask, axis=1)
-    if data.mask_s is not None:
-        obs = obs | data.mask_s
-    later = jnp.flip(jnp.cumsum(jnp.flip(obs.astype(jnp.int32)))) > 0  # any obs at >= t
-    return later[1:].astype(data.log_f.dtype)
-
-
 @jax.jit
 def e_step(p: Params, data: MarketData, prior: Prior | None = None) -> EStats:
     """Filter and smooth at ``p``: the statistics Q needs, and ℓ(p)."""
     prior = default_prior(data) if prior is None else prior
     sm = rts_smoother(p, data, prior)
     return EStats(sm.smoothed_means, sm.smoothed_covs, sm.lag_one_covs, sm.filter.loglik)
-
-
-def _expected_sq_resid(p: Params, data: MarketData, stats: EStats):
-    """E[(y − h x − A)²] for every observable [N, T], the mask [N, T] and the s.d.s [N]."""
-    b, resid, mask, sd = _observation_rows(p, data)
-    m1, m2 = stats.means[:, 0], stats.means[:, 1]
-    p11, p12, p22 = stats.covs[:, 0, 0], stats.covs[:, 0, 1], stats.covs[:, 1, 1]
-    e = resid - b * m1 - m2
-    v = e * e + b * b * p11 + 2.0 * b * p12 + p22
-    return jnp.where(mask, v, 0.0), mask, sd
-
-
-def expected_complete_loglik(
-    p: Params, data: MarketData, stats: EStats, weights: Array | None = None
-) -> Array:
-    """Q(Θ): the expected complete-data log-likelihood given the E-step statistics.
-
-    (Without the constant prior term.) ``weights`` [T-1] weight each transition term; the
-    default drops steps into an unobserved tail (see the module docstring).
-    """
-    w_t = _transition_weights(data) if weights is None else weights
-    v, mask, sd = _expected_sq_resid(p, data, stats)
-    inv_var = 1.0 / (sd * sd)
-    n_i = jnp.sum(mask, axis=1).astype(v.dtype)
-    meas = -0.5 * jnp.sum(n_i * (LOG_2PI + 2.0 * jnp.log(sd)) + inv_var * jnp.sum(v, axis=1))
-
-    phi, c, Q = jax.vmap(lambda d: transition(p, d))(data.dt)
-    q11, q12, q22 = Q[:, 0, 0], Q[:, 0, 1], Q[:, 1, 1]
-    m, P, C = stats.means, stats.covs, stats.lag_one
-    d1 = m[1:, 0] - phi * m[:-1, 0]
-    d2 = m[1:, 1] - m[:-1, 1] - c[:, 1]
-    e11 = P[1:, 0, 0] - 2.0 * phi * C[:, 0, 0] + phi * phi * P[:-1, 0, 0]
-    e12 = P[1:, 0, 1] - C[:, 0, 1] - phi * C[:, 1, 0] + phi * P[:-1, 0, 1]
-    e22 = P[1:, 1, 1] - 2.0 * C[:, 1, 1] + P[:-1, 1, 1]
-    s11, s12, s22 = d1 * d1 + e11, d1 * d2 + e12, d2 * d2 + e22
-    det = q11 * q22 - q12 * q12
-    tr = (q22 * s11 - 2.0 * q12 * s12 + q11 * s22) / det
-    trans = -0.5 * jnp.sum(w_t * (2.0 * LOG_2PI + jnp.log(det) + tr))
-    return meas + trans
 
 
 def _noise_update(p: Params, data: MarketData, stats: EStats, free: Params) -> Params:
@@ -293,7 +242,8 @@ def m_step(
         prior = default_prior(data) if prior is None else prior
 
         def neg_ll(q):
-            return -log_likelihood_data(q, data, prior, unroll=1) / scale
+            # value of the filter, gradient by Fisher's identity (ssjax.score)
+            return -log_likelihood_fisher(q, data, prior) / scale
 
         def bhhh(v0, to_p):
             template = to_unconstrained(to_p(v0))

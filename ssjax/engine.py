@@ -21,7 +21,7 @@ from .data import MarketData, make_market_data, pad_dates
 from .em import EM_STATUS_MESSAGES, fit_em
 from .filter import FilterResult, Prior, default_prior, kalman_filter, log_likelihood_data
 from .inference import parameter_uncertainty
-from .mle import default_start, fit_mle, free_mask, negative_loglik, status_message
+from .mle import GRADIENTS, default_start, fit_mle, free_mask, negative_loglik, status_message
 from .model import forward_curve
 from .params import Params, flatten_params, make_params, to_unconstrained, validate_params
 from .results import KalmanFit
@@ -213,6 +213,9 @@ class KalmanEngine:
             ``"ECM"`` (every CM-step on the expected complete-data log-likelihood Q; cheaper
             per iteration, crawls near such a boundary). See :func:`ssjax.em.m_step`.
         hybrid_em_iters: EM iterations before the MLE stage of ``method="hybrid"``.
+        gradient: the MLE's gradient: ``"autodiff"`` (default; reverse mode through the
+            filter) or ``"fisher"`` (Fisher's identity first, autodiff to finish; see
+            :func:`ssjax.mle.fit_mle`).
 
     Example:
         >>> import ssjax
@@ -239,8 +242,11 @@ class KalmanEngine:
         em_accelerate: bool = True,
         em_variant: str = "ECME",
         hybrid_em_iters: int = 5,
+        gradient: str = "autodiff",
     ) -> None:
         method = method.upper()
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
         if method not in ("MLE", "EM", "HYBRID"):
             raise ValueError(f"method must be 'MLE', 'EM' or 'hybrid', got {method!r}")
         em_variant = em_variant.upper()
@@ -267,6 +273,7 @@ class KalmanEngine:
         self.em_accelerate = em_accelerate
         self.em_variant = em_variant
         self.hybrid_em_iters = hybrid_em_iters
+        self.gradient = gradient
 
     # ---- helpers ----------------------------------------------------------------------
     def _start(self, data: MarketData, theta0: Params | dict | None) -> Params:
@@ -470,7 +477,14 @@ class KalmanEngine:
                 )
             init = em.params
         r = fit_mle(
-            data, init, prior, free, max_steps=self.max_steps, gtol=self.gtol, ftol=self.ftol
+            data,
+            init,
+            prior,
+            free,
+            max_steps=self.max_steps,
+            gtol=self.gtol,
+            ftol=self.ftol,
+            gradient=self.gradient,
         )
         if self.method == "HYBRID":
             extra["mle_steps"] = int(r.num_steps)

@@ -27,6 +27,7 @@ from jax import Array, lax
 from .data import MarketData
 from .filter import Prior, default_prior, log_likelihood_data, log_likelihood_terms
 from .params import Params, flatten_params, from_unconstrained, to_unconstrained, unflatten_params
+from .score import log_likelihood_fisher
 
 __all__ = [
     "MLEResult",
@@ -60,11 +61,28 @@ class MLEResult(NamedTuple):
     converged: Array  # bool: status is GTOL or FTOL
 
 
+GRADIENTS = ("fisher", "autodiff")
+
+
 def negative_loglik(
-    v: Array, template: Params, data: MarketData, prior: Prior, scale: Array
+    v: Array,
+    template: Params,
+    data: MarketData,
+    prior: Prior,
+    scale: Array,
+    gradient: str = "autodiff",
 ) -> Array:
-    """−loglik / scale at the flat unconstrained vector ``v``."""
+    """−loglik / scale at the flat unconstrained vector ``v``.
+
+    ``gradient`` picks how reverse mode differentiates it: ``"autodiff"`` through the
+    filter's scan, ``"fisher"`` by Fisher's identity (:mod:`ssjax.score`; same value, ~40%
+    less time per value and gradient, fewer digits when a noise s.d. is tiny).
+    """
     p = from_unconstrained(unflatten_params(v, template))
+    if gradient == "fisher":
+        return -log_likelihood_fisher(p, data, prior) / scale
+    if gradient != "autodiff":
+        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
     return -log_likelihood_data(p, data, prior, unroll=1) / scale
 
 
@@ -99,6 +117,7 @@ class _Carry(NamedTuple):
         "patience",
         "max_linesearch_steps",
         "precondition",
+        "gradient",
     ),
 )
 def fit_mle(
@@ -114,6 +133,7 @@ def fit_mle(
     memory_size: int = 10,
     max_linesearch_steps: int = 30,
     precondition: bool = True,
+    gradient: str = "autodiff",
 ) -> MLEResult:
     """Maximize the exact log-likelihood from ``init`` with optax L-BFGS (zoom line search).
 
@@ -129,11 +149,22 @@ def fit_mle(
         precondition: rescale the unconstrained coordinates by the square root of the
             diagonal of the BHHH information (outer product of the per-date scores) at the
             start. On the bundled WTI panel this cuts L-BFGS from ~200 steps to ~40.
+        gradient: ``"autodiff"`` (default): reverse mode through the filter's scan.
+            ``"fisher"``: L-BFGS first runs on the gradient by Fisher's identity (a filter
+            plus an RTS smoother pass, :mod:`ssjax.score`; ~40% cheaper per evaluation) until
+            a stopping rule fires, then continues on the autodiff gradient until one fires
+            again, so the result meets the same tolerances. The Fisher gradient loses digits
+            as a noise s.d. heads to zero, so the finishing phase matters there: on the
+            bundled panel (one s.d. → 1.3e-6) the fit takes 46 steps in ~65 ms against 42
+            steps in ~100 ms, same log-likelihood; on 120-date windows where two s.d.s go to
+            zero it needed ~1.8x the steps and was slower.
 
     Returns:
         :class:`MLEResult`. Pure and jittable: ``jax.vmap(fit_mle, in_axes=(0, 0))`` fits a
         batch of panels.
     """
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
     prior = default_prior(data) if prior is None else prior
     template = to_unconstrained(init)
     v0 = flatten_params(template)
@@ -141,11 +172,15 @@ def fit_mle(
     scale = jnp.maximum(data.nobs.astype(v0.dtype), 1.0)
     d = _bhhh_scale(v0, template, data, prior, scale) if precondition else jnp.ones_like(v0)
 
-    def fun(w):
-        # the optimizer sees w = d * (v - v0): unit curvature in every coordinate at the
-        # start; fixed coordinates are pinned at their initial value (zero gradient)
-        # (optax's line search may hand over a float64 trial point in a float32 fit)
-        return negative_loglik((v0 + free * w / d).astype(v0.dtype), template, data, prior, scale)
+    def objective(how):
+        def fun(w):
+            # the optimizer sees w = d * (v - v0): unit curvature in every coordinate at the
+            # start; fixed coordinates are pinned at their initial value (zero gradient)
+            # (optax's line search may hand over a float64 trial point in a float32 fit)
+            v = (v0 + free * w / d).astype(v0.dtype)
+            return negative_loglik(v, template, data, prior, scale, how)
+
+        return fun
 
     solver = optax.lbfgs(
         memory_size=memory_size,
@@ -153,43 +188,65 @@ def fit_mle(
             max_linesearch_steps=max_linesearch_steps, initial_guess_strategy="one"
         ),
     )
-    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    def run(fun, w0: Array, step0: Array, budget: int) -> _Carry:
+        """L-BFGS on ``fun`` from ``w0`` until a stopping rule fires (steps counted on)."""
+        value_and_grad = optax.value_and_grad_from_state(fun)
+        f0, g0 = jax.value_and_grad(fun)(w0)
+        gnorm0 = jnp.max(jnp.abs(g0 * d))
+        finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))
+        carry0 = _Carry(
+            v=w0,
+            opt_state=solver.init(w0),
+            value=f0,
+            grad=g0 * d,
+            f_hist=jnp.full((patience,), jnp.inf, v0.dtype).at[-1].set(f0),
+            step=step0,
+            status=jnp.select(
+                [~finite0, gnorm0 <= gtol, step0 >= budget], [NONFINITE, GTOL, MAX_STEPS], RUNNING
+            ),
+        )
+
+        def cond(c: _Carry):
+            return c.status == RUNNING
+
+        def body(c: _Carry) -> _Carry:
+            value, grad = value_and_grad(c.v, state=c.opt_state)
+            updates, opt_state = solver.update(
+                grad, c.opt_state, c.v, value=value, grad=grad, value_fn=fun
+            )
+            v = optax.apply_updates(c.v, updates)
+            new_value = optax.tree.get(opt_state, "value")
+            new_grad = optax.tree.get(opt_state, "grad") * d  # gradient in v coordinates
+            f_hist = jnp.concatenate([c.f_hist[1:], new_value[None]])
+            step = c.step + 1
+            gnorm = jnp.max(jnp.abs(new_grad))
+            rel = (f_hist[0] - new_value) / jnp.maximum(jnp.abs(new_value), 1.0)
+            finite = jnp.isfinite(new_value) & jnp.all(jnp.isfinite(new_grad))
+            status = jnp.select(
+                [
+                    ~finite,
+                    gnorm <= gtol,
+                    (step - step0 >= patience) & (rel <= ftol),
+                    step >= budget,
+                ],
+                [NONFINITE, GTOL, FTOL, MAX_STEPS],
+                RUNNING,
+            )
+            return _Carry(v, opt_state, new_value, new_grad, f_hist, step, status)
+
+        return lax.while_loop(cond, body, carry0)
+
     w0 = jnp.zeros_like(v0)
-    f0, g0 = jax.value_and_grad(fun)(w0)
-    carry0 = _Carry(
-        v=w0,
-        opt_state=solver.init(w0),
-        value=f0,
-        grad=g0,
-        f_hist=jnp.full((patience,), jnp.inf, v0.dtype).at[-1].set(f0),
-        step=jnp.zeros((), jnp.int32),
-        status=jnp.where(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0)), RUNNING, NONFINITE),
-    )
-
-    def cond(c: _Carry):
-        return c.status == RUNNING
-
-    def body(c: _Carry) -> _Carry:
-        value, grad = value_and_grad(c.v, state=c.opt_state)
-        updates, opt_state = solver.update(
-            grad, c.opt_state, c.v, value=value, grad=grad, value_fn=fun
-        )
-        v = optax.apply_updates(c.v, updates)
-        new_value = optax.tree.get(opt_state, "value")
-        new_grad = optax.tree.get(opt_state, "grad") * d  # gradient in v coordinates
-        f_hist = jnp.concatenate([c.f_hist[1:], new_value[None]])
-        step = c.step + 1
-        gnorm = jnp.max(jnp.abs(new_grad))
-        rel = (f_hist[0] - new_value) / jnp.maximum(jnp.abs(new_value), 1.0)
-        finite = jnp.isfinite(new_value) & jnp.all(jnp.isfinite(new_grad))
-        status = jnp.select(
-            [~finite, gnorm <= gtol, (step >= patience) & (rel <= ftol), step >= max_steps],
-            [NONFINITE, GTOL, FTOL, MAX_STEPS],
-            RUNNING,
-        )
-        return _Carry(v, opt_state, new_value, new_grad, f_hist, step, status)
-
-    c = lax.while_loop(cond, body, carry0)
+    step0 = jnp.zeros((), jnp.int32)
+    if gradient == "fisher":
+        # the fast gradient takes the fit to the optimum's neighbourhood; plain autodiff
+        # finishes it, so the stopping rules see the accurate gradient (the Fisher one loses
+        # digits as a noise s.d. heads to zero: see ssjax.score)
+        first = run(objective("fisher"), w0, step0, max_steps)
+        c = run(objective("autodiff"), first.v, first.step, max_steps)
+    else:
+        c = run(objective("autodiff"), w0, step0, max_steps)
     params = from_unconstrained(unflatten_params(v0 + free * c.v / d, template))
     return MLEResult(
         params=params,

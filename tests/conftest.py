@@ -1,8 +1,22 @@
+import os
+import tempfile
+
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+
+# Share compiled XLA programs between the xdist workers of ONE test run: many test files fit
+# the bundled panel with the same programs, and each worker would otherwise compile them
+# again. The folder is keyed by the run's id (a fresh one per run: nothing carries over from
+# an earlier run); tracing still happens, so the trace-count tests are unaffected.
+_run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _run_id and os.environ.get("SSJAX_TEST_SHARED_CACHE", "1") == "1":
+    jax.config.update(
+        "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), f"ssjax-xla-{_run_id}")
+    )
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import ssjax  # noqa: E402
 
