@@ -73,13 +73,18 @@ def _stats(p: Params, data: MarketData, predicted, filtered, loglik) -> EStats:
     )
 
 
+# the filter's scan unrolled 4 steps, the smoother's not: measured on the 2-core CPU,
+# value + gradient ~600 µs against ~1,000 (filter unroll 2) and ~1,300 (unroll 1)
+_UNROLL = 4
+
+
 @jax.custom_vjp
 def _loglik(p: Params, data: MarketData, prior: Prior) -> Array:
-    return jnp.sum(_run(p, data, prior, keep_path=False, unroll=1)[1])
+    return jnp.sum(_run(p, data, prior, keep_path=False, unroll=_UNROLL)[1])
 
 
 def _loglik_fwd(p: Params, data: MarketData, prior: Prior):
-    _, loglik_t, out = _run(p, data, prior, keep_path=True, unroll=1)
+    _, loglik_t, out = _run(p, data, prior, keep_path=True, unroll=_UNROLL)
     loglik = jnp.sum(loglik_t)
     return loglik, (p, data, prior, out[1], out[2], loglik)
 
