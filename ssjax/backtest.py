@@ -50,10 +50,12 @@ from numpy.typing import ArrayLike
 
 from .data import MarketData, make_market_data, pad_dates
 from .datasets import Panel
-from .filter import kalman_filter
+from .diagnostics import _joint
+from .drift import wilson_hilferty
+from .filter import kalman_filter, log_likelihood_terms
 from .mle import default_start, fit_mle, status_message
 from .model import forward_curve
-from .params import Params
+from .params import Params, flatten_params, unflatten_params
 from .trading import Order, TradeEngine, TradingConfig, prepare_trading_inputs, residual_variances
 
 __all__ = [
@@ -70,6 +72,32 @@ __all__ = [
 
 _default_start_jit = jax.jit(default_start, static_argnames=("risk_premium", "spot"))
 _filter_jit = jax.jit(kalman_filter)
+
+
+@jax.jit
+def _nis_jit(p: Params, data: MarketData, filt) -> tuple[jax.Array, jax.Array]:
+    """Joint normalized innovation squared per date and its degrees of freedom."""
+    _, nis, nobs, _ = _joint(p, data, filt)
+    return nis, nobs
+
+
+@jax.jit
+def _se_jit(p: Params, data: MarketData) -> jax.Array:
+    """Outer-product-of-gradients (BHHH) standard errors of the flat physical parameters.
+
+    (Σ_t s_t s_tᵀ)⁻¹ with s_t the per-date scores (forward mode): statsmodels' default
+    ``cov_type="opg"``; it compiles in a fraction of the exact Hessian's time, which matters
+    for a drift check run at every recalibration.
+    """
+    vec = flatten_params(p)
+
+    def terms(v):
+        return log_likelihood_terms(unflatten_params(v, p), data)
+
+    J = jax.jacfwd(terms)(vec)
+    return jnp.sqrt(jnp.diag(jnp.linalg.inv(J.T @ J)))
+
+
 _forwards_jit = jax.jit(jax.vmap(forward_curve, in_axes=(None, 0, 0)))
 
 
@@ -570,6 +598,7 @@ def walk_forward(
     risk_premium: bool = False,
     shared_noise: bool = False,
     progress: bool = False,
+    standard_errors: bool = False,
 ) -> BacktestResult:
     """Walk-forward backtest: recalibrate, filter, decide, execute, with no look-ahead.
 
@@ -586,6 +615,16 @@ def walk_forward(
         start: first trading date index (default ``min_window``).
         risk_premium, shared_noise: model variants (as in :class:`ssjax.KalmanEngine`).
         progress: print one line per calibration to stderr.
+        standard_errors: also record each calibration's outer-product-of-gradients standard
+            errors (``se_<θ>`` columns of ``params``; one compile, then one forward-mode
+            Jacobian of the per-date log-likelihood per calibration),
+            which the parameter drift alerts need (:func:`ssjax.drift.walk_forward_alerts`).
+
+    ``params`` also holds, per calibration from the second on, the out-of-sample score of
+    the dates since the previous calibration under that calibration's Θ (known at this row's
+    date, so a truncated run has the same rows): ``oos_q`` (their joint NIS summed),
+    ``oos_n`` (degrees of freedom), ``oos_z`` (Wilson–Hilferty N(0, 1) score) and
+    ``oos_from`` (the previous calibration's date).
 
     The z-score basis is ``trading.z_method``: both model variances at t (filtered residual
     and one-step innovation, :func:`ssjax.trading.residual_variances`) come from the filter
@@ -637,6 +676,7 @@ def walk_forward(
     param_rows = []
     theta: Params | None = None
     thetas: list[Params] = []
+    pending: dict[str, Any] = {}  # the out-of-sample block of the last calibration
     t_begin = time.perf_counter()
 
     def calibrate(k: int) -> None:
@@ -665,7 +705,28 @@ def walk_forward(
         # whose residuals feed the rolling windows (information available at `start`)
         end = cal_dates[k + 1] - 1 if k + 1 < len(cal_dates) else T - 1
         lo = 0 if k == 0 else tc
-        filt = _filter_jit(theta, window(end))
+        data_end = window(end)
+        filt = _filter_jit(theta, data_end)
+        # out of sample for Θ_k: the dates after tc up to the next calibration, one score
+        nis, nobs = (np.asarray(a) for a in _nis_jit(theta, data_end, filt))
+        # this row gets the score of the block before tc (known at tc, under the previous
+        # Θ); this block's goes to the next calibration's row (none after the last one)
+        oos_q, oos_n, oos_from = pending.get("q", np.nan), pending.get("n", 0), pending.get("f")
+        oos_z = float(wilson_hilferty(oos_q, oos_n)) if oos_n > 0 else float("nan")
+        pending.update(
+            q=float(np.sum(nis[tc + 1 : end + 1])), n=int(np.sum(nobs[tc + 1 : end + 1])),
+            f=dates[tc],
+        )  # fmt: skip
+        se_row: dict[str, float] = {}
+        if standard_errors:
+            se = np.asarray(_se_jit(theta, data_t))
+            flat_names = [n for n, v in theta._asdict().items() if v is not None]
+            i = 0
+            for n in flat_names:
+                size = int(np.size(getattr(theta, n)))
+                if size == 1:
+                    se_row[f"se_{n}"] = float(se[i])
+                i += size
         fm = np.asarray(_forwards_jit(theta, filt.filtered_means, ttm0))
         iv, fv = residual_variances(theta, filt, ttm0, mask)
         blk = slice(lo, end + 1)
@@ -687,6 +748,11 @@ def walk_forward(
                 "status": status_message(int(r.status)),
                 "num_steps": int(r.num_steps),
                 "used": used,
+                **se_row,
+                "oos_q": oos_q,
+                "oos_n": oos_n,
+                "oos_z": oos_z,
+                "oos_from": oos_from,
                 "seconds": secs,
             }
         )

@@ -56,6 +56,7 @@ __all__ = [
     "wilson_hilferty",
     "innovation_scores",
     "drift_alerts",
+    "walk_forward_alerts",
 ]
 
 DEFAULT_PARAMS = ("kappa", "sigma_x", "sigma_y", "rho", "mu")
@@ -481,4 +482,100 @@ def drift_alerts(
     if len(out):
         out = out.sort_values(["commodity", "window_end", "kind", "name"], kind="stable")
         out = out.reset_index(drop=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Drift alerts of a walk-forward backtest (the main job's report)
+# --------------------------------------------------------------------------------------
+def walk_forward_alerts(
+    params: pd.DataFrame,
+    *,
+    k: float = 5.0,
+    names: Sequence[str] = DEFAULT_PARAMS,
+    cusum_k: float = 0.5,
+    cusum_h: float = 5.0,
+    commodity: str = "",
+) -> pd.DataFrame:
+    """Drift alerts from the recalibrations of :func:`ssjax.backtest.walk_forward`.
+
+    ``params`` is ``BacktestResult.params``: one row per calibration date with Θ, ``se_<θ>``
+    (``walk_forward(..., standard_errors=True)``), ``n_dates``, ``converged``, ``used`` and
+    ``oos_z``, ``oos_from``: the out-of-sample score of the dates since the previous
+    calibration (their joint NIS under its Θ, by :func:`wilson_hilferty`).
+
+    * **parameter**: |Δθ| / s > ``k`` against the previous usable calibration, with s the
+      pooled s.e. times √(new dates / dates of the current fit): the expanding windows share
+      all but the new dates, the same overlap correction as the rolling alerts use.
+    * **cusum**: the upper CUSUM of the ``oos_z`` series crosses ``cusum_h`` (the model
+      predicts the dates after a calibration worse than its own errors say). The alert is
+      dated at the calibration where the block that pushed it over became known; ``since``
+      is the calibration whose Θ began the run of excess (``oos_from``).
+
+    Returns the table of :func:`drift_alerts` (``window`` is the calibration's index).
+    """
+    cols = list(_COLUMNS)
+    if len(params) == 0:
+        return pd.DataFrame(columns=cols)
+    dates = pd.DatetimeIndex(params.index)
+    usable = np.array(params["converged"], dtype=bool)
+    if "used" in params:
+        usable &= np.array(params["used"] == "fit", dtype=bool)
+    rows: list[dict[str, Any]] = []
+    watch = [n for n in names if n in params.columns and f"se_{n}" in params.columns]
+    if watch:
+        v = params[watch].to_numpy(float)
+        s = params[[f"se_{n}" for n in watch]].to_numpy(float)
+        n_dates = params["n_dates"].to_numpy(float)
+        pj = parameter_jumps(v, s, k, scale="pooled", usable=usable)
+        for w, j in zip(*np.nonzero(np.isfinite(pj.z)), strict=True):
+            prev = int(pj.previous[w, j])
+            frac = np.sqrt(min(1.0, (n_dates[w] - n_dates[prev]) / n_dates[w]))
+            zz = pj.z[w, j] / frac
+            if abs(zz) <= k:
+                continue
+            rows.append(
+                {
+                    "commodity": commodity,
+                    "window_end": dates[w],
+                    "window": int(w),
+                    "kind": "parameter",
+                    "name": watch[j],
+                    "value": float(v[w, j]),
+                    "previous": float(v[prev, j]),
+                    "z": float(zz),
+                    "threshold": float(k),
+                    "since": dates[prev],
+                    "reason": f"{watch[j]} moved {zz:+.1f} s.e. ({v[prev, j]:.4g} -> "
+                    f"{v[w, j]:.4g}) since the calibration of {dates[prev].date()}",
+                }
+            )
+    if "oos_z" in params.columns:
+        z = np.array(params["oos_z"], dtype=float)
+        res = cusum(z, cusum_k, cusum_h, side="upper")
+        origin = pd.DatetimeIndex(params["oos_from"]) if "oos_from" in params else dates
+        for i in np.flatnonzero(res.alarm):
+            before = 0.0 if i == 0 or res.alarm[i - 1] else float(res.upper[i - 1])
+            stat = float(res.upper[i])
+            since = origin[res.start[i]]
+            rows.append(
+                {
+                    "commodity": commodity,
+                    "window_end": dates[i],
+                    "window": int(i),
+                    "kind": "cusum",
+                    "name": "all",
+                    "value": stat,
+                    "previous": before,
+                    "z": float(z[i]),
+                    "threshold": float(cusum_h),
+                    "since": since,
+                    "reason": f"CUSUM of out-of-sample NIS (all tenors) reached {stat:.1f} > "
+                    f"h={cusum_h:g} (score of the dates since the previous calibration "
+                    f"z={z[i]:+.1f}; run since {since.date()})",
+                }
+            )
+    out = pd.DataFrame(rows, columns=cols)
+    if len(out):
+        out = out.sort_values(["window_end", "kind", "name"], kind="stable").reset_index(drop=True)
     return out

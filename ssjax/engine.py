@@ -21,7 +21,14 @@ from .data import MarketData, make_market_data, pad_dates
 from .em import EM_STATUS_MESSAGES, fit_em
 from .filter import FilterResult, Prior, default_prior, kalman_filter, log_likelihood_data
 from .inference import parameter_uncertainty
-from .mle import GRADIENTS, default_start, fit_mle, free_mask, negative_loglik, status_message
+from .mle import (
+    check_fit_options,
+    default_start,
+    fit_mle,
+    free_mask,
+    negative_loglik,
+    status_message,
+)
 from .model import forward_curve
 from .params import Params, flatten_params, make_params, to_unconstrained, validate_params
 from .results import KalmanFit
@@ -216,6 +223,9 @@ class KalmanEngine:
         gradient: the MLE's gradient: ``"autodiff"`` (default; reverse mode through the
             filter) or ``"fisher"`` (Fisher's identity first, autodiff to finish; see
             :func:`ssjax.mle.fit_mle`).
+        filter_method: the MLE's filter: ``"sequential"`` (default), ``"parallel"``
+            (parallel-in-time) or ``"auto"`` (see :func:`ssjax.mle.fit_mle`). States, forwards
+            and standard errors come from the sequential filter and smoother either way.
 
     Example:
         >>> import ssjax
@@ -243,10 +253,10 @@ class KalmanEngine:
         em_variant: str = "ECME",
         hybrid_em_iters: int = 5,
         gradient: str = "autodiff",
+        filter_method: str = "sequential",
     ) -> None:
         method = method.upper()
-        if gradient not in GRADIENTS:
-            raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+        check_fit_options(gradient, filter_method)
         if method not in ("MLE", "EM", "HYBRID"):
             raise ValueError(f"method must be 'MLE', 'EM' or 'hybrid', got {method!r}")
         em_variant = em_variant.upper()
@@ -274,6 +284,7 @@ class KalmanEngine:
         self.em_variant = em_variant
         self.hybrid_em_iters = hybrid_em_iters
         self.gradient = gradient
+        self.filter_method = filter_method
 
     # ---- helpers ----------------------------------------------------------------------
     def _start(self, data: MarketData, theta0: Params | dict | None) -> Params:
@@ -485,6 +496,7 @@ class KalmanEngine:
             gtol=self.gtol,
             ftol=self.ftol,
             gradient=self.gradient,
+            filter_method=self.filter_method,
         )
         if self.method == "HYBRID":
             extra["mle_steps"] = int(r.num_steps)

@@ -26,6 +26,7 @@ from jax import Array, lax
 
 from .data import MarketData
 from .filter import Prior, default_prior, log_likelihood_data, log_likelihood_terms
+from .parallel_filter import choose_method, log_likelihood_parallel
 from .params import Params, flatten_params, from_unconstrained, to_unconstrained, unflatten_params
 from .score import log_likelihood_fisher
 
@@ -62,6 +63,20 @@ class MLEResult(NamedTuple):
 
 
 GRADIENTS = ("fisher", "autodiff")
+FILTER_METHODS = ("sequential", "parallel", "auto")
+
+
+def check_fit_options(gradient: str, filter_method: str) -> None:
+    """Raise ``ValueError`` for an unknown or unsupported (gradient, filter) combination."""
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+    if filter_method not in FILTER_METHODS:
+        raise ValueError(f"filter_method must be one of {FILTER_METHODS}, got {filter_method!r}")
+    if gradient == "fisher" and filter_method == "parallel":
+        raise ValueError(
+            "gradient='fisher' runs the sequential filter and smoother; use it with "
+            "filter_method='sequential' (or 'auto'), or gradient='autodiff' with 'parallel'"
+        )
 
 
 def negative_loglik(
@@ -71,18 +86,25 @@ def negative_loglik(
     prior: Prior,
     scale: Array,
     gradient: str = "autodiff",
+    filter_method: str = "sequential",
 ) -> Array:
     """−loglik / scale at the flat unconstrained vector ``v``.
 
     ``gradient`` picks how reverse mode differentiates it: ``"autodiff"`` through the
-    filter's scan, ``"fisher"`` by Fisher's identity (:mod:`ssjax.score`; same value, ~40%
-    less time per value and gradient, fewer digits when a noise s.d. is tiny).
+    filter, ``"fisher"`` by Fisher's identity (:mod:`ssjax.score`; same value, ~40% less
+    time per value and gradient, fewer digits when a noise s.d. is tiny).
+    ``filter_method``: ``"sequential"`` (the ``lax.scan`` filter), ``"parallel"`` (the
+    parallel-in-time filter, :mod:`ssjax.parallel_filter`) or ``"auto"``
+    (:func:`ssjax.parallel_filter.choose_method`, decided at trace time).
     """
+    check_fit_options(gradient, filter_method)
     p = from_unconstrained(unflatten_params(v, template))
+    if filter_method == "auto":
+        filter_method = choose_method(data.log_f.shape[-2])
+    if filter_method == "parallel":
+        return -log_likelihood_parallel(p, data, prior) / scale
     if gradient == "fisher":
         return -log_likelihood_fisher(p, data, prior) / scale
-    if gradient != "autodiff":
-        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
     return -log_likelihood_data(p, data, prior, unroll=1) / scale
 
 
@@ -118,6 +140,7 @@ class _Carry(NamedTuple):
         "max_linesearch_steps",
         "precondition",
         "gradient",
+        "filter_method",
     ),
 )
 def fit_mle(
@@ -134,6 +157,7 @@ def fit_mle(
     max_linesearch_steps: int = 30,
     precondition: bool = True,
     gradient: str = "autodiff",
+    filter_method: str = "sequential",
 ) -> MLEResult:
     """Maximize the exact log-likelihood from ``init`` with optax L-BFGS (zoom line search).
 
@@ -158,13 +182,19 @@ def fit_mle(
             bundled panel (one s.d. → 1.3e-6) the fit takes 46 steps in ~65 ms against 42
             steps in ~100 ms, same log-likelihood; on 120-date windows where two s.d.s go to
             zero it needed ~1.8x the steps and was slower.
+        filter_method: the filter inside the objective: ``"sequential"`` (default),
+            ``"parallel"`` (parallel-in-time, for long histories on a GPU; gradient by
+            autodiff) or ``"auto"`` (parallel on a GPU/TPU from
+            ``ssjax.parallel_filter.PARALLEL_MIN_DATES`` dates on, sequential otherwise).
+            The start's BHHH scaling always uses the sequential filter (one evaluation).
 
     Returns:
         :class:`MLEResult`. Pure and jittable: ``jax.vmap(fit_mle, in_axes=(0, 0))`` fits a
         batch of panels.
     """
-    if gradient not in GRADIENTS:
-        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+    check_fit_options(gradient, filter_method)
+    if filter_method == "auto":  # decided at trace time; the Fisher phase needs "sequential"
+        filter_method = choose_method(data.log_f.shape[-2])
     prior = default_prior(data) if prior is None else prior
     template = to_unconstrained(init)
     v0 = flatten_params(template)
@@ -178,7 +208,7 @@ def fit_mle(
             # start; fixed coordinates are pinned at their initial value (zero gradient)
             # (optax's line search may hand over a float64 trial point in a float32 fit)
             v = (v0 + free * w / d).astype(v0.dtype)
-            return negative_loglik(v, template, data, prior, scale, how)
+            return negative_loglik(v, template, data, prior, scale, how, filter_method)
 
         return fun
 
@@ -239,7 +269,7 @@ def fit_mle(
 
     w0 = jnp.zeros_like(v0)
     step0 = jnp.zeros((), jnp.int32)
-    if gradient == "fisher":
+    if gradient == "fisher" and filter_method == "sequential":
         # the fast gradient takes the fit to the optimum's neighbourhood; plain autodiff
         # finishes it, so the stopping rules see the accurate gradient (the Fisher one loses
         # digits as a noise s.d. heads to zero: see ssjax.score)

@@ -232,6 +232,31 @@ def _write_diagnostics(fit: Any, out_dir: Path, tenor_names: list[str], quiet: b
     return files
 
 
+def _write_drift(bt: Any, out_dir: Path, quiet: bool) -> list:
+    """Drift alerts over the backtest's recalibrations: ``drift_alerts.csv`` and a section
+    appended to ``diagnostics.txt`` (:func:`ssjax.drift.walk_forward_alerts`)."""
+    from .drift import walk_forward_alerts
+
+    alerts = walk_forward_alerts(bt.params)
+    alerts.to_csv(out_dir / "drift_alerts.csv", index=False)
+    n_cal = len(bt.params)
+    head = (
+        f"Drift alerts over the {n_cal} walk-forward recalibrations (parameter: |Δθ| > 5 "
+        "overlap-scaled s.e.; cusum: out-of-sample NIS CUSUM above h = 5)"
+    )
+    lines = [head, "-" * len(head)]
+    if len(alerts):
+        lines += [f"{r.window_end:%Y-%m-%d}  {r.kind:<9s}  {r.reason}" for r in alerts.itertuples()]
+    else:
+        lines.append("none")
+    text = "\n".join(lines)
+    with open(out_dir / "diagnostics.txt", "a") as fh:
+        fh.write("\n" + text + "\n")
+    if not quiet:
+        print("\n" + text)
+    return [out_dir / "drift_alerts.csv"]
+
+
 def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
     """Run the whole chain at t* and (optionally) the backtest; write the output folder.
 
@@ -295,6 +320,7 @@ def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
             risk_premium=m["risk_premium"],
             shared_noise=m["shared_noise"],
             progress=not quiet,
+            standard_errors=True,
         )
 
     _log(f"[{n_steps - 1}/{n_steps}] trading inputs and orders at t*...", quiet)
@@ -403,5 +429,6 @@ def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
         files += list(bt.report(out_dir / "backtest"))
         print("\nbacktest metrics:")
         print(bt.metrics.to_string())
+        files += _write_drift(bt, out_dir, quiet)
     print(f"\nwrote {len(files)} files to {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
     return PipelineResult(fit, inputs, decision, table, bt, files, w_prev, start_book)

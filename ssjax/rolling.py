@@ -57,7 +57,7 @@ from .datasets import Panel
 from .em import EM_STATUS_MESSAGES, fit_em
 from .filter import default_prior, kalman_filter
 from .inference import parameter_uncertainty
-from .mle import STATUS_MESSAGES, fit_mle
+from .mle import STATUS_MESSAGES, check_fit_options, fit_mle
 from .mle import default_start as _default_start
 from .model import forward_curve
 from .panels import StackedPanels, stack_panels
@@ -116,7 +116,9 @@ class WindowFit(NamedTuple):
     status: Array  # the method's status code
 
 
-def _fit_window(stack, c, end, init, use_init, *, window, method, max_steps) -> WindowFit:
+def _fit_window(
+    stack, c, end, init, use_init, *, window, method, max_steps, gradient, filter_method
+) -> WindowFit:
     """Fit one window from ``init`` (``use_init``) or from its data-derived start."""
     raw = window_data(stack, c, end, window)
     data = _padded_window(stack, c, end, window)
@@ -125,7 +127,15 @@ def _fit_window(stack, c, end, init, use_init, *, window, method, max_steps) -> 
     # the prior and the free mask as KalmanEngine passes them
     free = jnp.ones_like(flatten_params(start))
     if method == "MLE":
-        r = fit_mle(data, start, prior, free, max_steps=max_steps)
+        r = fit_mle(
+            data,
+            start,
+            prior,
+            free,
+            max_steps=max_steps,
+            gradient=gradient,
+            filter_method=filter_method,
+        )
         return WindowFit(r.params, r.loglik, r.converged, r.num_steps, r.status)
     r = fit_em(data, start, prior, free, max_iters=max_steps)
     return WindowFit(r.params, r.loglik, r.converged, r.num_iters, r.status)
@@ -141,16 +151,16 @@ def _lanes(fn, xs, width: int):
     return lax.map(lambda a: fn(*a), xs, batch_size=width)
 
 
-def _cold_body(stack, cs, ends, inits, use_init, *, window, method, max_steps, width):
+def _cold_body(stack, cs, ends, inits, use_init, *, width, **fit_kw):
     TRACE_COUNTS["cold"] += 1
-    fn = functools.partial(_fit_window, window=window, method=method, max_steps=max_steps)
+    fn = functools.partial(_fit_window, **fit_kw)
     return _lanes(lambda *a: fn(stack, *a), (cs, ends, inits, use_init), width)
 
 
-def _warm_body(stack, cs, ends, carry, have, *, window, method, max_steps, width):
+def _warm_body(stack, cs, ends, carry, have, *, width, **fit_kw):
     """``lax.scan`` over the window ends of each commodity, vmapped over commodities."""
     TRACE_COUNTS["warm"] += 1
-    fn = functools.partial(_fit_window, window=window, method=method, max_steps=max_steps)
+    fn = functools.partial(_fit_window, **fit_kw)
 
     def per_commodity(c, p0, h0):
         def body(state, e):
@@ -550,6 +560,8 @@ def recalibrate(
     devices: Sequence[Any] | int | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
+    gradient: str = "autodiff",
+    filter_method: str = "sequential",
 ) -> RollingResult:
     """Fit Θ on rolling windows of every commodity.
 
@@ -582,12 +594,16 @@ def recalibrate(
         out_dir: a folder for per-chunk Parquet files; a rerun of the same call (same data
             and settings) reads the finished chunks instead of fitting them again.
         progress: print a progress line on stderr (default: when stderr is a terminal).
+        gradient, filter_method: the MLE's gradient (``"autodiff"`` or ``"fisher"``) and
+            filter (``"sequential"``, ``"parallel"`` or ``"auto"``); see
+            :func:`ssjax.mle.fit_mle`. Ignored by ``method="EM"``.
 
     A window whose tenors are all unobserved is marked ``valid=False`` (its numbers are NaN).
     """
     method = method.upper()
     if method not in ("MLE", "EM"):
         raise ValueError(f"method must be 'MLE' or 'EM', got {method!r}")
+    check_fit_options(gradient, filter_method)
     sp = _stack(panels)
     T = len(sp.dates)
     if window < 3 or window > T:
@@ -637,6 +653,7 @@ def recalibrate(
         budget=budget if mode == "cold" else None, max_steps=max_steps, dtype=str(dtype),
         vector_width=vector_width,
         commodities=list(sp.commodities),
+        gradient=gradient, filter_method=filter_method,
     )  # fmt: skip
     stack_dev = _put(stack, mesh, P())
     template = _params_template(stack, window)
@@ -731,7 +748,13 @@ def _run_cold(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_
     store = None
     if out_dir is not None:
         store = _ChunkStore(out_dir, _digest(stack, config), config, n_chunks)
-    kw = dict(window=window, method=method, width=width)
+    kw = dict(
+        window=window,
+        method=method,
+        width=width,
+        gradient=config["gradient"],
+        filter_method=config["filter_method"],
+    )
     first = _program("cold", mesh, max_steps=config["budget"], **kw)
     full = _program("cold", mesh, max_steps=config["max_steps"], **kw)
     dummy = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (B,) + a.shape), template)
@@ -808,7 +831,14 @@ def _run_warm(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_
     if out_dir is not None:
         store = _ChunkStore(out_dir, _digest(stack, config), config, n_chunks)
     prog = _program(
-        "warm", mesh, window=window, method=method, max_steps=config["max_steps"], width=width_c
+        "warm",
+        mesh,
+        window=window,
+        method=method,
+        max_steps=config["max_steps"],
+        width=width_c,
+        gradient=config["gradient"],
+        filter_method=config["filter_method"],
     )
     n = flatten_params(template).shape[0]
     carry = np.broadcast_to(np.asarray(flatten_params(template)), (Cp, n)).copy()

@@ -236,3 +236,47 @@ def test_recalibrate_run_time(rolling_break):
     # compile on a busy 2-core CPU); the run itself takes about 2 s
     _, res, seconds = rolling_break
     assert res.seconds < 240 and seconds < 240
+
+
+def _calibrations(kappa, oos_z, se=0.05):
+    n = len(kappa)
+    idx = pd.date_range("2001-01-02", periods=n, freq="91D")
+    return pd.DataFrame(
+        {
+            "n_dates": 104 + 13 * np.arange(n),
+            "kappa": kappa,
+            "se_kappa": np.full(n, se),
+            "rho": np.full(n, 0.3),
+            "se_rho": np.full(n, 0.05),
+            "converged": True,
+            "used": "fit",
+            "oos_z": oos_z,
+            "oos_from": idx - pd.Timedelta(days=91),
+        },
+        index=pd.Index(idx, name="date"),
+    )
+
+
+def test_walk_forward_alerts_by_hand():
+    # kappa jumps by 0.2 at calibration 4: pooled s = 0.05·√2 = 0.0707, overlap factor
+    # √(13 / 156) = 0.2887, so z = 0.2 / (0.0707 · 0.2887) = 9.80 > 5; the others move 0
+    kappa = np.array([1.0, 1.0, 1.0, 1.0, 1.2, 1.2, 1.2])
+    oos = np.array([0.1, -0.3, 2.0, 2.5, 2.1, 0.0, -0.5])  # CUSUM: 0, 0, 1.5, 3.5, 5.1 (alarm)
+    al = drift.walk_forward_alerts(_calibrations(kappa, oos))
+    par = al[al.kind == "parameter"]
+    assert list(par["name"]) == ["kappa"] and list(par["window"]) == [4]
+    assert par["z"].iloc[0] == pytest.approx(0.2 / (0.05 * np.sqrt(2) * np.sqrt(13 / 156)))
+    assert "kappa moved +9.8 s.e." in par["reason"].iloc[0]
+    cu = al[al.kind == "cusum"]
+    assert list(cu["window"]) == [4] and cu["value"].iloc[0] == pytest.approx(5.1)
+    # dated when the block became known; the run began with the Θ of calibration 1
+    cal = _calibrations(kappa, oos)
+    assert cu["window_end"].iloc[0] == cal.index[4]
+    assert cu["since"].iloc[0] == cal["oos_from"].iloc[2] == cal.index[1]
+    # nothing moves, nothing predicts badly: no alert; a failed calibration is skipped over
+    quiet = _calibrations(np.ones(7), np.zeros(7))
+    assert len(drift.walk_forward_alerts(quiet)) == 0
+    bad = _calibrations(kappa, oos)
+    bad.loc[bad.index[4], "converged"] = False
+    par = drift.walk_forward_alerts(bad, k=5.0).query("kind == 'parameter'")
+    assert list(par["window"]) == [5]  # compared with calibration 3 across the failed one

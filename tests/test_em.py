@@ -188,6 +188,7 @@ def _within_se(fit_em_, fit_mle_, k: float = 1.0):
     assert bad.empty, f"EM differs from MLE by more than {k} s.e.: {bad.to_dict()}"
 
 
+@pytest.mark.slow  # ~1-3 min on 2 cores; the WTI per-tenor case below stays in the default run
 def test_em_reaches_mle_on_simulated_panel_with_missing(sim_missing):
     F, ttm = sim_missing
     em = ssjax.KalmanEngine("EM").fit(F, ttm, dt=1 / 52)
@@ -225,6 +226,7 @@ def test_plain_and_accelerated_em_are_monotone(sim_missing, wti_data):
     assert path[-1] > path[0]
 
 
+@pytest.mark.slow
 def test_em_on_wti_shared_noise_reaches_mle(wti):
     kw = dict(shared_noise=True)
     em = ssjax.KalmanEngine("EM", **kw).fit(wti.F_mkt, wti.ttm, dates=wti.dates)
@@ -270,7 +272,7 @@ def test_fixed_parameter_stays_put_in_em(wti_data):
     assert float(res.loglik) > float(res.loglik_path[0])
 
 
-@pytest.mark.parametrize("ecme", [False, True])
+@pytest.mark.parametrize("ecme", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_em_vmaps_over_panels_and_compiles_once(sim_missing, ecme):
     F, ttm = sim_missing
     datas = [

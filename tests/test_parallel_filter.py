@@ -237,7 +237,7 @@ def test_float32_agrees_with_float64(wti_data, params_wti):
 
 
 # ---- (b) 5,000 daily dates, spot series, risk-premium form ------------------------------------
-@pytest.mark.parametrize("seed", [11, 12])
+@pytest.mark.parametrize("seed", [11, pytest.param(12, marks=pytest.mark.slow)])
 def test_long_simulated_panel_with_spot_risk_premium(long_panel, params_rp, seed):
     data = long_data(long_panel, seed)
     assert data.log_s is not None and not bool(jnp.all(data.mask_s))
@@ -300,3 +300,29 @@ def test_log_likelihood_auto_routes(wti_data, params_wti):
         log_likelihood_auto(params_wti, wti_data, prior, method="fastest")
     with pytest.raises(ValueError, match="scan"):
         log_likelihood_parallel(params_wti, wti_data, prior, scan="blelloch")
+
+
+@pytest.mark.slow  # the associative scan's value and gradient take ~1-3 min to compile here
+def test_fit_mle_with_the_parallel_filter(wti_data):
+    # the same MLE with the parallel-in-time filter inside the objective (a 64-date slice:
+    # its compile grows with log T)
+    w = jax.tree.map(lambda a: a[:64] if a.ndim else a, wti_data)
+    w = w._replace(dt=w.dt[:63])
+    init = ssjax.default_start(w)
+    seq = ssjax.fit_mle(w, init)
+    par = ssjax.fit_mle(w, init, filter_method="parallel")
+    assert bool(seq.converged) and bool(par.converged)
+    assert float(par.loglik) == pytest.approx(float(seq.loglik), abs=1e-5)
+    # "auto" is the sequential filter on a CPU: the same program, the same numbers
+    auto = ssjax.fit_mle(w, init, filter_method="auto")
+    assert float(auto.loglik) == float(seq.loglik)
+
+
+def test_fit_option_errors(wti_data):
+    init = ssjax.default_start(wti_data)
+    with pytest.raises(ValueError, match="filter_method must be one of"):
+        ssjax.fit_mle(wti_data, init, filter_method="fast")
+    with pytest.raises(ValueError, match="gradient='fisher' runs the sequential filter"):
+        ssjax.fit_mle(wti_data, init, gradient="fisher", filter_method="parallel")
+    with pytest.raises(ValueError, match="filter_method must be one of"):
+        ssjax.KalmanEngine(filter_method="fast")

@@ -54,6 +54,13 @@ def test_main_job_writes_orders_and_backtest_report(tmp_path, capsys):
     assert set(theta) >= {"kappa", "sigma_x", "sigma_y", "rho", "mu", "meas_sd"}
     assert (out / "backtest" / "equity.png").stat().st_size > 0
     assert (out / "backtest" / "metrics.json").exists()
+    # drift alerts over the backtest's recalibrations, in the report
+    alerts = pd.read_csv(out / "drift_alerts.csv")
+    assert {"window_end", "kind", "name", "z", "threshold", "reason"} <= set(alerts.columns)
+    assert "Drift alerts over the" in (out / "diagnostics.txt").read_text()
+    params = pd.read_csv(out / "backtest" / "params.csv")
+    assert {"se_kappa", "se_rho", "oos_z", "oos_n", "oos_from"} <= set(params.columns)
+    assert np.all(np.isfinite(params["se_kappa"])) and np.all(params["oos_n"][1:] > 0)
 
 
 def test_main_job_t_star_and_no_backtest(tmp_path, capsys):

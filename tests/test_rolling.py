@@ -226,3 +226,15 @@ def test_em_windows_reach_the_mle_and_explicit_ends(panels, cold):
     assert em.to_frame()["status"].str.startswith("converged: relative log-likelihood").all()
     with pytest.raises(ValueError, match="ends"):
         recalibrate(panels, window=WINDOW, ends=[5])
+
+
+def test_fit_options_reach_the_same_windows(small_panels, small_cold):
+    # the parallel-in-time filter and the Fisher gradient are options of the same fit: every
+    # converged window lands on the same optimum as the default (sequential, autodiff) run
+    for kw in (dict(filter_method="parallel"), dict(gradient="fisher")):
+        res = recalibrate(small_panels, **SMALL, **kw)
+        ok = res.converged & small_cold.converged
+        assert ok.sum() >= 0.8 * small_cold.valid.sum(), kw
+        np.testing.assert_allclose(res.loglik[ok], small_cold.loglik[ok], atol=1e-3, err_msg=kw)
+    with pytest.raises(ValueError, match="filter_method must be one of"):
+        recalibrate(small_panels, **SMALL, filter_method="fast")
