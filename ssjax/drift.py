@@ -364,6 +364,37 @@ _COLUMNS = [
 ]
 
 
+def _cusum_rows(
+    z, k, h, *, commodity, name, what, score, index, dated, origin
+) -> list[dict[str, Any]]:
+    """Alert rows of the upper CUSUM of scores ``z``: row i is dated ``dated[i]`` with
+    window index ``index[i]``; the run's start is reported as ``origin[start]``."""
+    res = cusum(z, k, h, side="upper")
+    rows = []
+    for i in np.flatnonzero(res.alarm):
+        # the statistic before this score (0 after an alarm: the chart restarts)
+        before = 0.0 if i == 0 or res.alarm[i - 1] else float(res.upper[i - 1])
+        stat = float(res.upper[i])
+        since = origin[res.start[i]]
+        rows.append(
+            {
+                "commodity": commodity,
+                "window_end": dated[i],
+                "window": int(index[i]),
+                "kind": "cusum",
+                "name": name,
+                "value": stat,
+                "previous": before,
+                "z": float(z[i]),
+                "threshold": float(h),
+                "since": since,
+                "reason": f"CUSUM of out-of-sample {what} reached {stat:.1f} > h={h:g} "
+                f"({score} z={z[i]:+.1f}; run since {since.date()})",
+            }
+        )
+    return rows
+
+
 def drift_alerts(
     result: Any,
     panels: Any = None,
@@ -453,31 +484,13 @@ def drift_alerts(
                 continue
             g = g.sort_values("window")
             z = g["z"].to_numpy()
-            res = cusum(z, cusum_k, cusum_h, side="upper")
             wins = g["window"].to_numpy()
-            for i in np.flatnonzero(res.alarm):
-                # the statistic before this window (0 after an alarm: the chart restarts)
-                before = 0.0 if i == 0 or res.alarm[i - 1] else float(res.upper[i - 1])
-                stat = float(res.upper[i])
-                since = end_dates[wins[res.start[i]]]
-                what = "NIS (all tenors)" if sname == "all" else f"squared innovations {sname}"
-                rows.append(
-                    {
-                        "commodity": cname,
-                        "window_end": end_dates[wins[i]],
-                        "window": int(wins[i]),
-                        "kind": "cusum",
-                        "name": sname,
-                        "value": float(stat),
-                        "previous": float(before),
-                        "z": float(z[i]),
-                        "threshold": float(cusum_h),
-                        "since": since,
-                        "reason": f"CUSUM of out-of-sample {what} reached {stat:.1f} > "
-                        f"h={cusum_h:g} (window score z={z[i]:+.1f}; run since "
-                        f"{since.date()})",
-                    }
-                )
+            what = "NIS (all tenors)" if sname == "all" else f"squared innovations {sname}"
+            rows += _cusum_rows(
+                z, cusum_k, cusum_h, commodity=cname, name=sname, what=what,
+                score="window score", index=wins, dated=end_dates[wins],
+                origin=end_dates[wins],
+            )  # fmt: skip
     out = pd.DataFrame(rows, columns=_COLUMNS)
     if len(out):
         out = out.sort_values(["commodity", "window_end", "kind", "name"], kind="stable")
@@ -552,29 +565,12 @@ def walk_forward_alerts(
             )
     if "oos_z" in params.columns:
         z = np.array(params["oos_z"], dtype=float)
-        res = cusum(z, cusum_k, cusum_h, side="upper")
         origin = pd.DatetimeIndex(params["oos_from"]) if "oos_from" in params else dates
-        for i in np.flatnonzero(res.alarm):
-            before = 0.0 if i == 0 or res.alarm[i - 1] else float(res.upper[i - 1])
-            stat = float(res.upper[i])
-            since = origin[res.start[i]]
-            rows.append(
-                {
-                    "commodity": commodity,
-                    "window_end": dates[i],
-                    "window": int(i),
-                    "kind": "cusum",
-                    "name": "all",
-                    "value": stat,
-                    "previous": before,
-                    "z": float(z[i]),
-                    "threshold": float(cusum_h),
-                    "since": since,
-                    "reason": f"CUSUM of out-of-sample NIS (all tenors) reached {stat:.1f} > "
-                    f"h={cusum_h:g} (score of the dates since the previous calibration "
-                    f"z={z[i]:+.1f}; run since {since.date()})",
-                }
-            )
+        rows += _cusum_rows(
+            z, cusum_k, cusum_h, commodity=commodity, name="all", what="NIS (all tenors)",
+            score="score of the dates since the previous calibration",
+            index=np.arange(len(z)), dated=dates, origin=origin,
+        )  # fmt: skip
     out = pd.DataFrame(rows, columns=cols)
     if len(out):
         out = out.sort_values(["window_end", "kind", "name"], kind="stable").reset_index(drop=True)
