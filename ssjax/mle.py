@@ -26,6 +26,7 @@ from jax import Array, lax
 
 from .data import MarketData
 from .filter import Prior, default_prior, log_likelihood_data, log_likelihood_terms
+from .linesearch import scale_by_zoom_linesearch
 from .parallel_filter import choose_method, log_likelihood_parallel
 from .params import Params, flatten_params, from_unconstrained, to_unconstrained, unflatten_params
 from .score import log_likelihood_fisher
@@ -214,20 +215,24 @@ def fit_mle(
 
     solver = optax.lbfgs(
         memory_size=memory_size,
-        linesearch=optax.scale_by_zoom_linesearch(
-            max_linesearch_steps=max_linesearch_steps, initial_guess_strategy="one"
-        ),
+        # optax's zoom line search with one evaluation per iteration also under vmap
+        linesearch=scale_by_zoom_linesearch(max_linesearch_steps, initial_guess_strategy="one"),
     )
 
     def run(fun, w0: Array, step0: Array, budget: int) -> _Carry:
         """L-BFGS on ``fun`` from ``w0`` until a stopping rule fires (steps counted on)."""
-        value_and_grad = optax.value_and_grad_from_state(fun)
         f0, g0 = jax.value_and_grad(fun)(w0)
         gnorm0 = jnp.max(jnp.abs(g0 * d))
         finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))
+        # The line search stores the value and gradient at each accepted point in the state;
+        # seeding it with the start's makes every step read them from there. (optax's
+        # value_and_grad_from_state recomputes them under a lax.cond when the stored value
+        # is not finite; under vmap that cond becomes a select and every step paid a second
+        # value-and-gradient evaluation: vmapped fits took ~2x as long.)
+        opt_state0 = optax.tree.set(solver.init(w0), value=f0, grad=g0)
         carry0 = _Carry(
             v=w0,
-            opt_state=solver.init(w0),
+            opt_state=opt_state0,
             value=f0,
             grad=g0 * d,
             f_hist=jnp.full((patience,), jnp.inf, v0.dtype).at[-1].set(f0),
@@ -241,7 +246,9 @@ def fit_mle(
             return c.status == RUNNING
 
         def body(c: _Carry) -> _Carry:
-            value, grad = value_and_grad(c.v, state=c.opt_state)
+            # the value and gradient at c.v (the loop stops at a non-finite one)
+            value = optax.tree.get(c.opt_state, "value")
+            grad = optax.tree.get(c.opt_state, "grad")
             updates, opt_state = solver.update(
                 grad, c.opt_state, c.v, value=value, grad=grad, value_fn=fun
             )
