@@ -176,14 +176,17 @@ def _warm_body(stack, cs, ends, carry, have, *, width, **fit_kw):
     return _lanes(per_commodity, (cs, carry, have), width)
 
 
-def _post_body(stack, cs, ends, params, *, window, width):
+def _post_body(stack, cs, ends, params, *, window, width, standard_errors):
     """Per window: standard errors, filtered state and forwards at the end, diagnostics."""
     TRACE_COUNTS["post"] += 1
 
     def one(c, e, p):
         data = window_data(stack, c, e, window)
         prior = default_prior(data)
-        unc = parameter_uncertainty(p, data, prior)
+        if standard_errors:  # from the exact Hessian (the costliest part of this pass)
+            std_err = jnp.sqrt(jnp.diagonal(parameter_uncertainty(p, data, prior).cov))
+        else:
+            std_err = jnp.full_like(flatten_params(p), jnp.nan)
         filt = kalman_filter(p, data, prior)
         state = filt.filtered_means[-1]
         f_t = forward_curve(p, state, data.ttm[-1])
@@ -195,7 +198,7 @@ def _post_body(stack, cs, ends, params, *, window, width):
         var_u = jnp.sum(u * u, axis=0) / jnp.maximum(n_i, 1) - mean_u**2
         nan = jnp.asarray(jnp.nan, u.dtype)
         return {
-            "std_err": jnp.sqrt(jnp.diagonal(unc.cov)),
+            "std_err": std_err,
             "state_t": state,
             "F_model_t": f_t,
             # mean squared standardized innovation (1 if the model is well specified)
@@ -562,6 +565,7 @@ def recalibrate(
     progress: bool | None = None,
     gradient: str = "autodiff",
     filter_method: str = "sequential",
+    standard_errors: bool = True,
 ) -> RollingResult:
     """Fit Θ on rolling windows of every commodity.
 
@@ -597,6 +601,9 @@ def recalibrate(
         gradient, filter_method: the MLE's gradient (``"autodiff"`` or ``"fisher"``) and
             filter (``"sequential"``, ``"parallel"`` or ``"auto"``); see
             :func:`ssjax.mle.fit_mle`. Ignored by ``method="EM"``.
+        standard_errors: compute each window's standard errors from the exact Hessian
+            (default). ``False`` skips them (``std_err`` is NaN): on the bundled panel with
+            104-week windows the Hessians take ~20% of a warm run.
 
     A window whose tenors are all unobserved is marked ``valid=False`` (its numbers are NaN).
     """
@@ -653,7 +660,7 @@ def recalibrate(
         budget=budget if mode == "cold" else None, max_steps=max_steps, dtype=str(dtype),
         vector_width=vector_width,
         commodities=list(sp.commodities),
-        gradient=gradient, filter_method=filter_method,
+        gradient=gradient, filter_method=filter_method, standard_errors=bool(standard_errors),
     )  # fmt: skip
     stack_dev = _put(stack, mesh, P())
     template = _params_template(stack, window)
@@ -727,8 +734,10 @@ def _unflat_params(flat: np.ndarray, template: Params) -> Params:
     return jax.vmap(lambda v: unflatten_params(v, template))(jnp.asarray(flat))
 
 
-def _run_post(stack_dev, cs, es, params_flat, template, mesh, window, dtype, width) -> dict:
-    prog = _program("post", mesh, window=window, width=width)
+def _run_post(
+    stack_dev, cs, es, params_flat, template, mesh, window, dtype, width, standard_errors
+) -> dict:
+    prog = _program("post", mesh, window=window, width=width, standard_errors=standard_errors)
     params = _unflat_params(params_flat.astype(dtype), template)
     out = prog(stack_dev, *_put((cs, es, params), mesh, P(_AXIS)))
     return _host(out)
@@ -789,7 +798,10 @@ def _run_cold(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_
                 for name in r:
                     r[name][todo] = r2[name][: todo.size]
             dtype = stack.log_f.dtype
-            post = _run_post(stack_dev, cs, es, r["params"], template, mesh, window, dtype, width)
+            post = _run_post(
+                stack_dev, cs, es, r["params"], template, mesh, window, dtype, width,
+                config["standard_errors"],
+            )  # fmt: skip
             part = {f"fit/{k2}": v[:n] for k2, v in r.items()}
             part.update({f"post/{k2}": np.asarray(v)[:n] for k2, v in post.items()})
             if store is not None:
@@ -879,8 +891,9 @@ def _run_warm(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_
             pe = np.concatenate([lane_e, np.full(pad, lane_e[-1], np.int32)])
             pp = np.concatenate([r["params"], np.repeat(r["params"][-1:], pad, axis=0)])
             post = _run_post(
-                stack_dev, pc, pe, pp, template, mesh, window, stack.log_f.dtype, width
-            )
+                stack_dev, pc, pe, pp, template, mesh, window, stack.log_f.dtype, width,
+                config["standard_errors"],
+            )  # fmt: skip
             part = {f"fit/{k2}": v for k2, v in r.items()}
             part.update({f"post/{k2}": np.asarray(v)[: lane_c.size] for k2, v in post.items()})
             if store is not None:
