@@ -242,3 +242,14 @@ def test_fit_options_reach_the_same_windows(small_panels, small_cold):
         assert same.mean() >= 0.6, (kw, res.loglik[ok], small_cold.loglik[ok])
     with pytest.raises(ValueError, match="filter_method must be one of"):
         recalibrate(small_panels, **SMALL, filter_method="fast")
+
+
+def test_without_standard_errors_the_fits_are_the_same(small_panels, small_cold):
+    """standard_errors=False skips the Hessians only: same fits, NaN s.e., own program."""
+    r = recalibrate(small_panels, **SMALL, standard_errors=False)
+    assert np.isfinite(small_cold.std_err[small_cold.valid]).any()
+    assert np.isnan(r.std_err).all()
+    for name in ("loglik", "state_t", "F_model_t", "mean_nis", "innov_sd"):
+        np.testing.assert_array_equal(getattr(r, name), getattr(small_cold, name), err_msg=name)
+    for x, y in zip(jax.tree.leaves(r.params), jax.tree.leaves(small_cold.params), strict=True):
+        np.testing.assert_array_equal(x, y)
