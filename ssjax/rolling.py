@@ -63,7 +63,14 @@ from .model import forward_curve
 from .panels import StackedPanels, stack_panels
 from .params import Params, flatten_params, param_names, unflatten_params
 
-__all__ = ["RollingResult", "recalibrate", "window_data", "pull_back", "TRACE_COUNTS"]
+__all__ = [
+    "RollingResult",
+    "recalibrate",
+    "window_data",
+    "pull_back",
+    "escape_boundary",
+    "TRACE_COUNTS",
+]
 
 _AXIS = "batch"
 #: how many times each batched program was traced (a retrace is a recompilation)
@@ -143,15 +150,59 @@ def pull_back(p: Params, ref: Params, floor: float | Array) -> Params:
     )
 
 
+def escape_boundary(
+    p: Params,
+    ref: Params,
+    floor: float,
+    data: MarketData,
+    prior: Any = None,
+    *,
+    revert: bool = True,
+) -> Params:
+    """A start for ``data`` from another optimum ``p``: :func:`pull_back`, then each raised
+    s.d. kept only where the log-likelihood of ``data`` grows with it there.
+
+    A tenor whose s.d. the likelihood drives back to zero would cost L-BFGS many steps to
+    walk back down the flat log-s.d. direction; it starts where it was. (One gradient
+    evaluation; ``floor = 0`` returns ``p``; ``revert=False`` is :func:`pull_back` alone.)
+    """
+    pb = pull_back(p, ref, floor)
+    if floor <= 0 or not revert:
+        return pb
+    prior = default_prior(data) if prior is None else prior
+    g = jax.grad(lambda q: log_likelihood_data(q, data, prior))(pb)
+
+    def keep(a_pb, a, ga):
+        return None if a is None else jnp.where(ga > 0, a_pb, a)
+
+    return pb._replace(
+        sigma_x=keep(pb.sigma_x, p.sigma_x, g.sigma_x),
+        meas_sd=keep(pb.meas_sd, p.meas_sd, g.meas_sd),
+        spot_sd=keep(pb.spot_sd, p.spot_sd, g.spot_sd),
+    )
+
+
 def _fit_window(
-    stack, c, end, init, use_init, *, window, method, max_steps, gradient, filter_method, floor
+    stack,
+    c,
+    end,
+    init,
+    use_init,
+    *,
+    window,
+    method,
+    max_steps,
+    gradient,
+    filter_method,
+    floor,
+    revert=True,
 ) -> WindowFit:
     """Fit one window from ``init`` moved off the boundary (``use_init``) or from its
     data-derived start."""
     raw = window_data(stack, c, end, window)
     data = _padded_window(stack, c, end, window)
     ds = _default_start(raw)
-    init = pull_back(init, ds, floor)
+    init = escape_boundary(init, ds, floor, data, default_prior(raw), revert=revert)
     start = jax.tree.map(lambda a, b: jnp.where(use_init, a, b), init, ds)
     prior = default_prior(raw)
     # the prior and the free mask as KalmanEngine passes them
@@ -507,7 +558,7 @@ def _arrays_to_frame(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     cols: dict[str, np.ndarray] = {}
     for name, a in arrays.items():
         a = np.asarray(a)
-        flat = a.reshape(a.shape[0], -1)
+        flat = a.reshape(a.shape[0], int(np.prod(a.shape[1:])))  # also with no rows
         if a.ndim == 1:
             cols[name] = a
         else:
@@ -658,11 +709,12 @@ def recalibrate(
             104-week windows the Hessians take ~20% of a warm run.
         warm_floor: every fit that starts from another optimum (window w−1's in warm mode,
             the refinement's starts) starts from it moved off the boundary: noise s.d.s and
-            σ_X at least ``warm_floor`` × the window's data-derived start, |ρ| at most
-            ``1 − warm_floor / 10`` (:func:`pull_back`). Without it a tenor fitted exactly
-            in window w−1 (s.d. → 0, where the likelihood is flat in log s.d.) stays pinned
-            in window w: on the bundled panel, 30 of 165 warm windows then ended below the
-            cold fit, by up to 147 nats. ``0`` starts from the optimum as it is.
+            σ_X raised to at least ``warm_floor`` × the window's data-derived start where the
+            window's log-likelihood grows with them there, |ρ| at most ``1 − warm_floor / 10``
+            (:func:`escape_boundary`). Without it a tenor fitted exactly in window w−1
+            (s.d. → 0, where the likelihood is flat in log s.d.) stays pinned in window w: on
+            the bundled panel, 30 of 165 warm windows then ended below the cold fit, by up to
+            147 nats. ``0`` starts from the optimum as it is.
         refine: after the fits, look for better optima among the neighbouring windows'
             (the likelihood of a window is often multi-modal: which tenors end up fitted
             exactly). ``"neighbours"`` (default): each window's log-likelihood is evaluated
@@ -1077,6 +1129,9 @@ def _refine(
     kw = dict(window=window, method=config["method"], width=width, gradient=config["gradient"],
               filter_method=config["filter_method"], floor=config["warm_floor"])  # fmt: skip
     fit = _program("cold", mesh, max_steps=config["max_steps"], **kw)
+    # the restart of a fit from its own end point raises every boundary s.d. (L-BFGS from a
+    # data-derived start can stop on the flat boundary short of the optimum)
+    restart = _program("cold", mesh, max_steps=config["max_steps"], revert=False, **kw)
     ll_prog = _program("loglik", mesh, window=window, width=width)
     store = None
     if out_dir is not None:
@@ -1124,7 +1179,8 @@ def _refine(
             diff = {k: v[:0] for k, v in _empty_diff(n, stack).items()}
             if tgt.size:
                 inits = _unflat_params(vec[src].astype(dtype), template)
-                parts = _batched(fit, stack_dev, mesh, unit, cap, lane_c[tgt], lane_e[tgt], inits,
+                prog = restart if (r == 0 and polish) else fit
+                parts = _batched(prog, stack_dev, mesh, unit, cap, lane_c[tgt], lane_e[tgt], inits,
                                  extra=(np.ones(tgt.size, bool),))  # fmt: skip
                 parts = [_fit_arrays_host(p) for p in parts]
                 res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
