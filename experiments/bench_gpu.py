@@ -51,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lengths", type=int, nargs="+", default=[1000, 5000, 20000])
     ap.add_argument("--batch", type=int, default=1000, help="windows asked for")
     ap.add_argument("--vector-width", type=int, default=1024, help="cold lanes per group")
+    ap.add_argument("--no-filter", action="store_true", help="skip the filter stage")
+    ap.add_argument("--no-rolling", action="store_true", help="skip the rolling stage")
     args = ap.parse_args(argv)
     cmd = "python experiments/bench_gpu.py" + "".join(
         " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = ssjax.make_params(**bpf.THETA)
     methods = {k: bpf.METHODS[k] for k in ("sequential", "associative")}
     rows_f = []
-    for T in args.lengths:
+    for T in [] if args.no_filter else args.lengths:
         if not left():
             break
         data = bpf.make_panel(p, T, bpf.SEED + T)
@@ -147,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("warm (defaults: refine, standard errors)", warm_kw),
     ]
     rows_r = []
-    for name, kw in configs:
+    for name, kw in [] if args.no_rolling else configs:
         if not left():
             print(f"  skipped {name}: time limit", flush=True)
             continue
