@@ -852,7 +852,11 @@ def recalibrate(
         post = {k: np.where(better.reshape((-1,) + (1,) * (np.ndim(v) - 1)), cpost[k], v)
                 for k, v in post.items()}  # fmt: skip
         from_data |= better
-        info.update(explore_better=int(better.sum()))
+        info.update(
+            explore_better=int(better.sum()),
+            explore_chunks=cinfo["chunks"],
+            explore_chunks_computed=cinfo["chunks_computed"],
+        )
     refined = np.zeros(C * W, bool)
     if refine != "none" and max_refine_rounds > 0:
         t1 = time.perf_counter()

@@ -179,10 +179,14 @@ def test_chunks_share_one_compiled_program(small_panels, small_cold):
     assert dict(TRACE_COUNTS) == n
 
 
-@pytest.mark.parametrize("warm,when", [(False, "fits"), (True, "fits"), (False, "refine")])
+@pytest.mark.parametrize(
+    "warm,when", [(False, "fits"), (True, "fits"), (False, "refine"), ("explore", "refine")]
+)
 def test_killed_run_resumes_to_the_same_result(small_panels, small_cold, tmp_path, monkeypatch,
                                                warm, when):  # fmt: skip
-    ref = small_cold if not warm else recalibrate(small_panels, warm_start=True, **SMALL)
+    kw = dict(SMALL, explore=True) if warm == "explore" else SMALL
+    warm = bool(warm)
+    ref = small_cold if not warm else recalibrate(small_panels, warm_start=True, **kw)
     out = tmp_path / "run"
     if when == "fits":
         real = ssjax.rolling._Progress.update
@@ -205,7 +209,7 @@ def test_killed_run_resumes_to_the_same_result(small_panels, small_cold, tmp_pat
 
         monkeypatch.setattr(ssjax.rolling._ChunkStore, "write", dies_at_second_round)
     with pytest.raises(KeyboardInterrupt):
-        recalibrate(small_panels, warm_start=warm, out_dir=out, **SMALL)
+        recalibrate(small_panels, warm_start=warm, out_dir=out, **kw)
     monkeypatch.undo()
     if when == "fits":
         assert len(list(out.glob("chunk-*.parquet"))) == 2
@@ -213,17 +217,20 @@ def test_killed_run_resumes_to_the_same_result(small_panels, small_cold, tmp_pat
     else:
         assert [p.name for p in out.glob("refine-*.parquet")] == ["refine-00000.parquet"]
     (out / "chunk-00002.parquet.tmp-deadbeef").write_bytes(b"half a file")  # a torn write
-    resumed = recalibrate(small_panels, warm_start=warm, out_dir=out, **SMALL)
+    resumed = recalibrate(small_panels, warm_start=warm, out_dir=out, **kw)
+    if kw.get("explore"):  # the cold seeds were written as chunks of their own and read back
+        assert len(list(out.glob("explore-*.parquet"))) == resumed.info["explore_chunks"]
+        assert resumed.info["explore_chunks_computed"] == 0
     n_done = 2 if when == "fits" else resumed.info["chunks"]
     assert resumed.info["chunks_computed"] == resumed.info["chunks"] - n_done
     _same_result(resumed, ref)
     # a third run computes nothing and still gives the same result
-    again = recalibrate(small_panels, warm_start=warm, out_dir=out, **SMALL)
+    again = recalibrate(small_panels, warm_start=warm, out_dir=out, **kw)
     assert again.info["chunks_computed"] == 0
     _same_result(again, ref)
     # another run's chunks are never mixed in
     with pytest.raises(ValueError, match="different run"):
-        recalibrate(small_panels, warm_start=warm, out_dir=out, **{**SMALL, "step": 13})
+        recalibrate(small_panels, warm_start=warm, out_dir=out, **{**kw, "step": 13})
 
 
 def test_more_argument_errors(panels):
