@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 import ssjax
+from ssjax.parallel_filter import choose_method
 from ssjax.rolling import recalibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1000, help="windows asked for")
     ap.add_argument("--vector-width", type=int, default=1024, help="cold lanes per group")
     ap.add_argument("--no-filter", action="store_true", help="skip the filter stage")
+    ap.add_argument(
+        "--filter-method", default="auto", choices=("auto", "sequential", "parallel"),
+        help="the filter inside the rolling fits ('auto': parallel on a GPU)",
+    )  # fmt: skip
     ap.add_argument("--no-rolling", action="store_true", help="skip the rolling stage")
     args = ap.parse_args(argv)
     cmd = "python experiments/bench_gpu.py" + "".join(
@@ -155,7 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
 
         def call(kw=kw):
-            return recalibrate(panels, window=brl.WINDOW, ends=lay.ends, progress=False, **kw)
+            return recalibrate(
+                panels, window=brl.WINDOW, ends=lay.ends, progress=False,
+                filter_method=args.filter_method, **kw,
+            )  # fmt: skip
 
         first, res = bvs.timed(call)
         second = float("nan")
@@ -183,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"and noisy copies) x the last {lay.w} window ends, window {brl.WINDOW}. Cold: "
             f"chunk_size = vector_width = {args.vector_width} (every window in one vmapped "
             "group). Warm: one chunk of all window ends, the copies vmapped. fits/s from the "
-            "second call (the first if no second call ran).",
+            f"second call (the first if no second call ran). Filter: `{args.filter_method}` "
+            f"(`auto` picks `{choose_method(128)}` on this backend for these windows).",
             "",
             brl.table(
                 [
