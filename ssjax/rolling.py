@@ -913,8 +913,12 @@ def recalibrate(
 
 
 def _fit_arrays(r: WindowFit) -> dict[str, Any]:
-    """A WindowFit as flat host arrays (params flattened to [B, n])."""
-    r = _host(r)
+    """A WindowFit of global arrays as flat host arrays (params flattened to [B, n])."""
+    return _flat_fit(_host(r))
+
+
+def _flat_fit(r: WindowFit) -> dict[str, Any]:
+    """A WindowFit already on the host as flat arrays (params flattened to [B, n])."""
     out = {
         "params": jax.vmap(flatten_params)(r.params),
         "loglik": r.loglik,
@@ -1017,10 +1021,8 @@ def _run_cold(
 
 
 def _cold_shapes(template: Params, stack: MarketData) -> dict[str, tuple]:
-    return _cold_shapes_n(flatten_params(template).shape[0], stack.log_f.shape[-1])
-
-
-def _cold_shapes_n(n: int, M: int) -> dict[str, tuple]:
+    n = flatten_params(template).shape[0]
+    M = stack.log_f.shape[-1]
     f8, i4, b1 = np.float64, np.int32, np.bool_
     return {
         "fit/params": ((n,), f8), "fit/loglik": ((), f8), "fit/converged": ((), b1),
@@ -1163,7 +1165,6 @@ def _refine(
     store = None
     if out_dir is not None:
         store = _ChunkStore(out_dir, _digest(stack, config), config, -1)
-    n = flatten_params(template).shape[0]
     vec = np.array(jax.vmap(flatten_params)(flat["params"]), np.float64)
     fitd = {k: np.array(flat[k]) for k in ("loglik", "converged", "num_steps", "status")}
     post = {k: np.array(v) for k, v in post.items()}
@@ -1173,7 +1174,6 @@ def _refine(
     lane_e = ends[lane_w].astype(np.int32)
     ok = valid.reshape(-1) & np.isfinite(fitd["loglik"])
     offsets = (-1, 1) if config["refine"] == "neighbours" else (-1,)
-    polish = True  # round 0: the fits from data-derived starts, again from their end points
     shapes = {"lane": ((), np.int64), **_cold_shapes(template, stack)}
     rounds = refits = changed_total = 0
     done = False
@@ -1181,7 +1181,7 @@ def _refine(
         if store is not None and store.has("refine", r):
             diff = store.read("refine", r, shapes)
         else:
-            if r == 0 and polish:  # windows fitted from the data, once from their end point
+            if r == 0:  # the fits from data-derived starts, once again from their end points
                 tgt = np.flatnonzero(ok & from_data)
                 src = tgt
             else:  # gate: the window's log-likelihood at its neighbours' optima
@@ -1203,13 +1203,13 @@ def _refine(
                         src_l.append(s_[gate])
                 tgt = np.concatenate(tgt_l) if tgt_l else np.zeros(0, int)
                 src = np.concatenate(src_l) if src_l else np.zeros(0, int)
-            diff = {k: v[:0] for k, v in _empty_diff(n, stack).items()}
+            diff = {k: np.zeros((0,) + tuple(trail), dt) for k, (trail, dt) in shapes.items()}
             if tgt.size:
                 inits = _unflat_params(vec[src].astype(dtype), template)
-                prog = restart if (r == 0 and polish) else fit
+                prog = restart if r == 0 else fit
                 parts = _batched(prog, stack_dev, mesh, unit, cap, lane_c[tgt], lane_e[tgt], inits,
                                  extra=(np.ones(tgt.size, bool),))  # fmt: skip
-                parts = [_fit_arrays_host(p) for p in parts]
+                parts = [_flat_fit(p) for p in parts]  # _batched brought them to the host
                 res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
                 refits += tgt.size
                 # the best refit of each window, kept if converged and higher
@@ -1242,7 +1242,7 @@ def _refine(
                 post[k][lanes] = diff[f"post/{k}"]
             refined[lanes] = True
             changed_total += lanes.size
-        elif not (r == 0 and polish):
+        elif r > 0:  # a round of neighbours that changed nothing: done
             done = True
             break
     flat = dict(fitd, params=_unflat_params(vec, template))
@@ -1251,30 +1251,12 @@ def _refine(
     return flat, post, refined, info
 
 
-def _fit_arrays_host(r: WindowFit) -> dict[str, np.ndarray]:
-    return {
-        "params": np.asarray(jax.vmap(flatten_params)(r.params), np.float64),
-        "loglik": np.asarray(r.loglik, np.float64),
-        "converged": np.asarray(r.converged),
-        "num_steps": np.asarray(r.num_steps, np.int32),
-        "status": np.asarray(r.status, np.int32),
-    }
-
-
 def _batched_post(stack_dev, cs, es, params_flat, template, mesh, config, dtype, unit, cap):
     prog = _program("post", mesh, window=config["window"], width=config["vector_width"],
                     standard_errors=config["standard_errors"])  # fmt: skip
     params = _unflat_params(params_flat.astype(dtype), template)
     parts = _batched(prog, stack_dev, mesh, unit, cap, cs, es, params)
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
-
-
-def _empty_diff(n: int, stack: MarketData) -> dict[str, np.ndarray]:
-    M = stack.log_f.shape[-1]
-    z = {"lane": np.zeros(0, np.int64)}
-    for k, (trail, dt) in _cold_shapes_n(n, M).items():
-        z[k] = np.zeros((0,) + tuple(trail), dt)
-    return z
 
 
 def _merge(a: dict, b: dict, take_b: np.ndarray, template: Params) -> dict:
