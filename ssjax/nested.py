@@ -211,7 +211,9 @@ def compare_nested(
             row.update(lr=t.statistic, df=df, p_value=t.pvalue)
         row["converged"] = bool(fit.converged)
         rows.append(row)
-    return pd.DataFrame(rows, index=pd.Index(list(fits), name="model"))
+    out = pd.DataFrame(rows, index=pd.Index(list(fits), name="model"))
+    out["df"] = out["df"].astype("Int64")
+    return out
 
 
 def _n_obs(fit: Any, how: str) -> int:

@@ -46,6 +46,8 @@ def markdown_table(df: pd.DataFrame, fmt: str = ".4g", index: bool = True) -> st
     cols = ([str(df.index.name or "")] if index else []) + [str(c) for c in df.columns]
 
     def cell(x: object, col: str) -> str:
+        if x is pd.NA or x is None:
+            return "—"
         if isinstance(x, bool | np.bool_):
             return "yes" if x else "no"
         if isinstance(x, float | np.floating):

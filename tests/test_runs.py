@@ -30,6 +30,8 @@ def test_markdown_table_formats():
     assert lines[2] == "| r1 | 1.235 | <1e-16 | yes | a |"
     assert lines[3] == "| r2 | — | 0.0412 | no | b |"
     assert markdown_table(df[["s"]], index=False).splitlines()[2] == "| a |"
+    ints = pd.DataFrame({"df": pd.array([2, None], dtype="Int64")})
+    assert markdown_table(ints, index=False).splitlines()[2:] == ["| 2 |", "| — |"]
 
 
 def test_hashes_are_stable_and_sensitive():
