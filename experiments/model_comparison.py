@@ -6,12 +6,13 @@ randomness and drift off. Compared by log-likelihood, AIC, BIC and likelihood-ra
 against the two-factor model (boundary χ² mixture, see ``ssjax.nested``), on
 
 * the bundled weekly WTI panel (Schwartz–Smith 2000 data, ACT/365 maturities), and
-* the bundled COMEX copper panel (schwartz97 data), sampled weekly on Wednesdays, 8 nearby
-  contracts.
+* the bundled COMEX copper panel (schwartz97 data), sampled weekly on Tuesdays (as the WTI
+  panel), 8 nearby contracts.
 
 Writes to the run folder (default ``experiments/results/model_comparison``):
 ``table4_<data>.csv/.md`` (the comparison), ``params_<data>.csv/.md`` (each model's Θ with
-standard errors), ``config.json``.
+standard errors), ``starts.csv/.md`` (the two-factor fit against the best of ``--starts``
+random starts), ``config.json``.
 
 Usage::
 
@@ -42,7 +43,7 @@ def load_panels() -> dict[str, ssjax.datasets.Panel]:
     copper = ssjax.datasets.load_copper_schwartz97()
     return {
         "wti": ssjax.datasets.load_wti_ss2000(),
-        "copper": nearby_panel(copper.settlements, ranks=8, resample="W-WED"),
+        "copper": nearby_panel(copper.settlements, ranks=8, resample="W-TUE"),
     }
 
 
@@ -70,19 +71,22 @@ def param_table(fits: dict) -> pd.DataFrame:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--starts", type=int, default=8, help="random starts of the check")
     args = ap.parse_args(argv)
     panels = load_panels()
     cfg = {
         "models": list(MODELS),
         "data": {
             "wti": "load_wti_ss2000() weekly, 5 tenors, ACT/365",
-            "copper": "load_copper_schwartz97() → nearby_panel(ranks=8, resample='W-WED')",
+            "copper": "load_copper_schwartz97() → nearby_panel(ranks=8, resample='W-TUE')",
         },
         "bic_n": "observed prices",
+        "random_starts_check": args.starts,
         "lr_null": "boundary: Self-Liang 50:50 mixture of chi2(df-1) and chi2(df) (approximate)",
     }
     run = RunFolder(args.out, cfg, {k: panel_hash(p) for k, p in panels.items()})
     metrics = {}
+    starts = []
     for key, panel in panels.items():
         fits = {
             m: fit_nested(
@@ -92,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dates=panel.dates,
                 mask=panel.mask,
                 tenor_names=list(panel.tenor_names),
-            )  # fmt: skip
+            )
             for m in MODELS
         }
         tab = compare_nested(fits)
@@ -116,9 +120,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             note="n/a: the Hessian is singular at the optimum (a noise s.d. at zero), so the "
             "inverse-Hessian standard errors are undefined.",
         )
+        # is the two-factor optimum the best one? refit from random starts around the default
+        multi = ssjax.KalmanEngine(n_starts=args.starts).fit(
+            panel.F_mkt, panel.ttm, dates=panel.dates, mask=panel.mask
+        )
+        two = fits["two_factor"]
+        starts.append(
+            {
+                "data": key,
+                "loglik_default_start": two.loglik,
+                f"loglik_best_of_{args.starts}_starts": multi.loglik,
+                "difference": multi.loglik - two.loglik,
+                "max_abs_param_diff": float(
+                    np.max(np.abs(multi.param_values.to_numpy() - two.param_values.to_numpy()))
+                ),
+            }
+        )
         print(f"\n{key}:\n" + tab.to_string())
         for m, f in fits.items():
             metrics[f"loglik_{key}_{m}"] = f.loglik
+    run.table(
+        "starts",
+        pd.DataFrame(starts).set_index("data"),
+        fmt=".6g",
+        title="Two-factor model: default start against the best of several random starts",
+        note="Random starts: KalmanEngine(n_starts=…) perturbs κ, σ_X, σ_Y, ρ and the noise "
+        "s.d.s around the data-derived start (seed 0).",
+    )
     secs = run.finish(metrics)
     print(f"\nwrote {run.path} in {secs} s")
     return 0

@@ -10,7 +10,8 @@ Fits, by exact maximum likelihood with ``ssjax.KalmanEngine``:
 
 Writes to the run folder (default ``experiments/results/reproduce_ss2000``):
 
-* ``table2.csv/.md`` — Θ with Hessian standard errors beside the paper's Table 2;
+* ``table2.csv/.md`` — Θ with Hessian standard errors beside the paper's Table 2 (numbers
+  alone in ``table2_values.csv``);
 * ``table3.csv/.md`` — fit errors (ln F_model − ln F_mkt, filtered states) per tenor in the
   layout of the paper's Table 3;
 * ``lr_test.csv/.md`` — LR test of the document's restriction (λ_χ = 0, μ* = μ; df = 2);
@@ -152,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     ll = {f"ssjax {k[0].replace('_', '-')}, {k[1]}": fits[k].loglik for k in cols}
     pretty.loc["log-likelihood"] = ["—"] + [f"{v:.2f}" for v in ll.values()]
-    num.to_csv(run.path / "table2.csv")
+    num.to_csv(run.path / "table2_values.csv")
     note = (
         "Estimates (standard errors). Paper column: Schwartz and Smith (2000), Table 2, typed "
         "from the paper (259 weekly dates). ssjax columns: exact MLE on the bundled 268 dates; "
@@ -193,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.table(
         "lr_test",
         lr,
+        fmt=".3f",
         title="LR test of the document's restriction λ_χ = 0, μ*_ξ = μ_ξ",
         note=(
             "H0: no short-term risk premium and one drift for ξ under both measures (the "

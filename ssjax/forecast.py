@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 FORECAST_MODELS = ("random_walk", "gbm", "mean_reverting", "two_factor")
+_Z95 = 1.959963984540054
 
 
 def forecast_log_futures(
@@ -292,7 +293,9 @@ def forecast_accuracy(fc: pd.DataFrame, common: bool = True) -> pd.DataFrame:
 
     Returns:
         DataFrame indexed by (h, tenor, model) with ``rmse, mae, bias, n``; tenor ``"all"``
-        pools the tenors.
+        pools the tenors. When ``fc`` has the predictive s.d. ``sd``, ``coverage95`` is the
+        share of errors inside the central 95% predictive interval (±1.96 sd; NaN for a
+        model without one, such as the random walk).
     """
     d = _common(fc) if common else fc
     d = d.assign(tenor=d["tenor"].astype(str))
@@ -307,6 +310,10 @@ def forecast_accuracy(fc: pd.DataFrame, common: bool = True) -> pd.DataFrame:
             "n": g.size(),
         }
     )
+    if "sd" in rows:
+        z = (rows["error"] / rows["sd"]).abs()
+        inside = (z <= _Z95).where(np.isfinite(z))
+        out["coverage95"] = inside.groupby([rows.h, rows.tenor, rows.model], sort=False).mean()
     return out
 
 
@@ -364,4 +371,8 @@ def forecast_dm_tests(
                     "lags": r.lags,
                 }
             )
-    return pd.DataFrame(rows).set_index(["h", "tenor", "other"])
+    out = pd.DataFrame(rows)
+    if isinstance(fc["tenor"].dtype, pd.CategoricalDtype) and len(out):
+        order = [str(c) for c in fc["tenor"].cat.categories]
+        out["tenor"] = pd.Categorical(out["tenor"], categories=order, ordered=True)
+    return out.set_index(["h", "tenor", "other"])

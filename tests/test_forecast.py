@@ -165,6 +165,11 @@ def test_accuracy_and_dm_by_hand():
     assert r.n == n
     assert acc.loc[(1, "all", "two_factor")].rmse == pytest.approx(np.sqrt(np.mean(e_good**2)))
     assert forecast_accuracy(fc, common=False).loc[(1, "A", "gbm")].n == n + 1
+    assert "coverage95" not in acc  # no predictive s.d. in this table
+    sd = np.where(fc.model == "two_factor", 0.01, np.nan)
+    cov = forecast_accuracy(fc.assign(sd=sd))["coverage95"]
+    assert cov.loc[(1, "A", "two_factor")] == pytest.approx(np.mean(np.abs(e_good) <= 0.0196))
+    assert np.isnan(cov.loc[(1, "A", "gbm")])
     dm = forecast_dm_tests(fc)
     row = dm.loc[(1, "A", "gbm")]
     assert row.dm_stat < -3 and row.p_value_model_better < 0.01
