@@ -59,6 +59,8 @@ from .params import Params, flatten_params, unflatten_params
 from .trading import Order, TradeEngine, TradingConfig, prepare_trading_inputs, residual_variances
 
 __all__ = [
+    "CalibrationPath",
+    "calibrate_walk_forward",
     "BacktestResult",
     "ExecutionResult",
     "PriceBook",
@@ -585,12 +587,57 @@ def _params_row(p: Params, tenor_names: list[str]) -> dict[str, float]:
     return row
 
 
-def walk_forward(
+@dataclass(frozen=True)
+class CalibrationPath:
+    """The walk-forward calibrations of one panel, reusable across trading settings.
+
+    Built by :func:`calibrate_walk_forward`; pass it to :func:`walk_forward`
+    (``calibration=``) to run many trading configurations (thresholds, costs, sizing) on
+    the same calibrations: they do not depend on the trading settings, so the backtest is
+    bit-identical to one that calibrates as it goes.
+
+    Attributes:
+        params: one row per calibration (Θ, loglik, convergence, out-of-sample score, …).
+        thetas: Θ of each calibration.
+        cal_dates: date indices of the calibrations.
+        F_model, innov, filt_var, resid: [T, M] model forwards, one-step innovation
+            variances, filtered-residual variances and log residuals (ln F − ln F_model),
+            each date's from the calibration in force at that date (NaN where unobserved).
+        key: the settings and the data hash the path was built with.
+        info: compile counts and wall time.
+    """
+
+    params: pd.DataFrame
+    thetas: list
+    cal_dates: list
+    F_model: np.ndarray
+    innov: np.ndarray
+    filt_var: np.ndarray
+    resid: np.ndarray
+    key: dict
+    info: dict
+
+
+def _panel_arrays(panel: Panel):
+    F_raw = np.asarray(panel.F_mkt, float)
+    if F_raw.ndim != 2:
+        raise ValueError(f"panel.F_mkt must have shape [T, M], got {F_raw.shape}")
+    mask = np.isfinite(F_raw) if panel.mask is None else np.asarray(panel.mask, bool)
+    F = np.where(mask, F_raw, np.nan)
+    return F, mask, np.asarray(panel.ttm, float), np.asarray(panel.dt, float)
+
+
+def _calibration_key(panel: Panel, **settings: Any) -> dict[str, Any]:
+    from .runs import array_hash
+
+    F, mask, ttm, dt = _panel_arrays(panel)
+    dates = np.asarray(pd.DatetimeIndex(panel.dates).asi8, float)
+    return {**settings, "data": array_hash(F, mask, ttm, dt, dates)}
+
+
+def calibrate_walk_forward(
     panel: Panel,
-    settlements: pd.DataFrame | None = None,
     *,
-    trading: TradingConfig | None = None,
-    engine: TradeEngine | None = None,
     min_window: int = 104,
     recalibrate_every: int = 13,
     warm_start: bool = True,
@@ -599,52 +646,17 @@ def walk_forward(
     shared_noise: bool = False,
     progress: bool = False,
     standard_errors: bool = False,
-) -> BacktestResult:
-    """Walk-forward backtest: recalibrate, filter, decide, execute, with no look-ahead.
+) -> CalibrationPath:
+    """The calibrations of :func:`walk_forward`, alone (same arguments, same results).
 
-    Args:
-        panel: the tenor panel (:class:`ssjax.datasets.Panel`); its spot series is not used.
-        settlements: optional long settlement table (``trade_date, contract,
-            settlement_price``) to price held contracts that left the panel's tenors; without
-            it, a held contract is priced wherever it appears among the panel's tenors.
-        trading: :class:`~ssjax.trading.TradingConfig` (default ``TradingConfig()``).
-        engine: :class:`~ssjax.trading.TradeEngine` (default ``TradeEngine()``).
-        min_window: dates before the first trading date (``start`` may not be earlier).
-        recalibrate_every: dates between calibrations.
-        warm_start: start each fit from the previous Θ (else from the data-derived start).
-        start: first trading date index (default ``min_window``).
-        risk_premium, shared_noise: model variants (as in :class:`ssjax.KalmanEngine`).
-        progress: print one line per calibration to stderr.
-        standard_errors: also record each calibration's outer-product-of-gradients standard
-            errors (``se_<θ>`` columns of ``params``; one compile, then one forward-mode
-            Jacobian of the per-date log-likelihood per calibration),
-            which the parameter drift alerts need (:func:`ssjax.drift.walk_forward_alerts`).
-
-    ``params`` also holds, per calibration from the second on, the out-of-sample score of
-    the dates since the previous calibration under that calibration's Θ (known at this row's
-    date, so a truncated run has the same rows): ``oos_q`` (their joint NIS summed),
-    ``oos_n`` (degrees of freedom), ``oos_z`` (Wilson–Hilferty N(0, 1) score) and
-    ``oos_from`` (the previous calibration's date).
-
-    The z-score basis is ``trading.z_method``: both model variances at t (filtered residual
-    and one-step innovation, :func:`ssjax.trading.residual_variances`) come from the filter
-    run of the calibration in force at t, and the rolling residuals from the model forwards
-    of their own dates (see :func:`ssjax.trading.prepare_trading_inputs` for which to use).
-
-    Returns:
-        :class:`BacktestResult`.
+    Every ``recalibrate_every`` dates from ``start`` Θ is re-estimated by MLE on the data up
+    to and including that date; the filter then runs with it up to the day before the next
+    calibration (a filtered value at s uses data up to s only), giving the model forwards,
+    residuals and variances the trading decisions use. See :func:`walk_forward` for the
+    arguments and the ``params`` columns.
     """
-    cfg = TradingConfig() if trading is None else trading
-    eng = TradeEngine() if engine is None else engine
-    F_raw = np.asarray(panel.F_mkt, float)
-    if F_raw.ndim != 2:
-        raise ValueError(f"panel.F_mkt must have shape [T, M], got {F_raw.shape}")
-    T, M = F_raw.shape
-    mask = np.isfinite(F_raw) if panel.mask is None else np.asarray(panel.mask, bool)
-    F = np.where(mask, F_raw, np.nan)
-    ttm = np.asarray(panel.ttm, float)
-    dt = np.asarray(panel.dt, float)
-    codes = np.asarray(panel.contracts, dtype=object)
+    F, mask, ttm, dt = _panel_arrays(panel)
+    T, M = F.shape
     dates = pd.DatetimeIndex(panel.dates)
     names = list(panel.tenor_names)
     if min_window < 1:
@@ -657,6 +669,11 @@ def walk_forward(
     if start > T - 1:
         raise ValueError(f"start={start} leaves no trading date in a panel of {T} dates")
     make_market_data(F, ttm, mask=mask, dt=dt)  # validate the whole panel once, up front
+    key = _calibration_key(
+        panel, min_window=min_window, recalibrate_every=recalibrate_every,
+        warm_start=warm_start, start=start, risk_premium=risk_premium,
+        shared_noise=shared_noise, standard_errors=standard_errors,
+    )  # fmt: skip
 
     def window(t: int) -> MarketData:
         """The data of dates 0..t, padded with masked dates to the full length T."""
@@ -664,24 +681,19 @@ def walk_forward(
         return pad_dates(d, T)
 
     cal_dates = list(range(start, T, recalibrate_every))
-    expiring = expiring_before_next(ttm, dt)
     cache0 = fit_mle._cache_size()
     F_model = np.full((T, M), np.nan)
     innov = np.full((T, M), np.nan)
     filt_var = np.full((T, M), np.nan)
     resid = np.full((T, M), np.nan)
     ttm0 = np.nan_to_num(ttm)
-    W = cfg.sigma_window
-    sig_rows, z_rows, status_rows, z_basis_rows = {}, {}, {}, {}
     param_rows = []
     theta: Params | None = None
     thetas: list[Params] = []
     pending: dict[str, Any] = {}  # the out-of-sample block of the last calibration
     t_begin = time.perf_counter()
 
-    def calibrate(k: int) -> None:
-        nonlocal theta
-        tc = cal_dates[k]
+    for k, tc in enumerate(cal_dates):
         tic = time.perf_counter()
         data_t = window(tc)
         if warm_start and theta is not None:
@@ -765,11 +777,112 @@ def walk_forward(
                 flush=True,
             )
 
-    next_cal = {tc: k for k, tc in enumerate(cal_dates)}
+    cache1 = fit_mle._cache_size()
+    info = {
+        "fit_mle_cache_before": cache0,
+        "fit_mle_cache_after": cache1,
+        "fit_mle_compiles": cache1 - cache0,
+        "seconds": time.perf_counter() - t_begin,
+    }
+    return CalibrationPath(
+        params=pd.DataFrame(param_rows).set_index("date"),
+        thetas=thetas,
+        cal_dates=cal_dates,
+        F_model=F_model,
+        innov=innov,
+        filt_var=filt_var,
+        resid=resid,
+        key=key,
+        info=info,
+    )
+
+
+def walk_forward(
+    panel: Panel,
+    settlements: pd.DataFrame | None = None,
+    *,
+    trading: TradingConfig | None = None,
+    engine: TradeEngine | None = None,
+    min_window: int = 104,
+    recalibrate_every: int = 13,
+    warm_start: bool = True,
+    start: int | None = None,
+    risk_premium: bool = False,
+    shared_noise: bool = False,
+    progress: bool = False,
+    standard_errors: bool = False,
+    calibration: CalibrationPath | None = None,
+) -> BacktestResult:
+    """Walk-forward backtest: recalibrate, filter, decide, execute, with no look-ahead.
+
+    Args:
+        panel: the tenor panel (:class:`ssjax.datasets.Panel`); its spot series is not used.
+        settlements: optional long settlement table (``trade_date, contract,
+            settlement_price``) to price held contracts that left the panel's tenors; without
+            it, a held contract is priced wherever it appears among the panel's tenors.
+        trading: :class:`~ssjax.trading.TradingConfig` (default ``TradingConfig()``).
+        engine: :class:`~ssjax.trading.TradeEngine` (default ``TradeEngine()``).
+        min_window: dates before the first trading date (``start`` may not be earlier).
+        recalibrate_every: dates between calibrations.
+        warm_start: start each fit from the previous Θ (else from the data-derived start).
+        start: first trading date index (default ``min_window``).
+        risk_premium, shared_noise: model variants (as in :class:`ssjax.KalmanEngine`).
+        progress: print one line per calibration to stderr.
+        standard_errors: also record each calibration's outer-product-of-gradients standard
+            errors (``se_<θ>`` columns of ``params``; one compile, then one forward-mode
+            Jacobian of the per-date log-likelihood per calibration),
+            which the parameter drift alerts need (:func:`ssjax.drift.walk_forward_alerts`).
+        calibration: the result of :func:`calibrate_walk_forward` on this panel with the same
+            settings (checked: a mismatch raises ``ValueError``), to reuse its calibrations
+            across trading settings; default: calibrate here.
+
+    ``params`` also holds, per calibration from the second on, the out-of-sample score of
+    the dates since the previous calibration under that calibration's Θ (known at this row's
+    date, so a truncated run has the same rows): ``oos_q`` (their joint NIS summed),
+    ``oos_n`` (degrees of freedom), ``oos_z`` (Wilson–Hilferty N(0, 1) score) and
+    ``oos_from`` (the previous calibration's date).
+
+    The z-score basis is ``trading.z_method``: both model variances at t (filtered residual
+    and one-step innovation, :func:`ssjax.trading.residual_variances`) come from the filter
+    run of the calibration in force at t, and the rolling residuals from the model forwards
+    of their own dates (see :func:`ssjax.trading.prepare_trading_inputs` for which to use).
+
+    Returns:
+        :class:`BacktestResult`.
+    """
+    cfg = TradingConfig() if trading is None else trading
+    eng = TradeEngine() if engine is None else engine
+    settings = dict(
+        min_window=min_window, recalibrate_every=recalibrate_every, warm_start=warm_start,
+        start=start, risk_premium=risk_premium, shared_noise=shared_noise,
+        standard_errors=standard_errors,
+    )  # fmt: skip
+    t_begin = time.perf_counter()
+    if calibration is None:
+        cal = calibrate_walk_forward(panel, progress=progress, **settings)
+    else:
+        cal = calibration
+        settings["start"] = min_window if start is None else int(start)
+        want = _calibration_key(panel, **settings)
+        diff = sorted(k for k in want if cal.key.get(k) != want[k])
+        if diff:
+            detail = ", ".join(f"{k}: {cal.key.get(k)!r} vs {want[k]!r}" for k in diff)
+            raise ValueError(
+                f"calibration was built with other settings or data ({detail}): build it "
+                "with calibrate_walk_forward on this panel with these settings"
+            )
+    F, mask, ttm, dt = _panel_arrays(panel)
+    T, M = F.shape
+    codes = np.asarray(panel.contracts, dtype=object)
+    dates = pd.DatetimeIndex(panel.dates)
+    names = list(panel.tenor_names)
+    start = cal.cal_dates[0]
+    expiring = expiring_before_next(ttm, dt)
+    F_model, innov, filt_var, resid = cal.F_model, cal.innov, cal.filt_var, cal.resid
+    W = cfg.sigma_window
+    sig_rows, z_rows, status_rows, z_basis_rows = {}, {}, {}, {}
 
     def decide(t: int, w_prev: np.ndarray):
-        if t in next_cal:  # recalibrate first, with the data up to and including t
-            calibrate(next_cal[t])
         lo = max(0, t - W)
         inp = prepare_trading_inputs(
             F[t],
@@ -789,7 +902,6 @@ def walk_forward(
         return dec.target_w, inp.frictions.per_contract
 
     ex = simulate_execution(panel, decide, settlements=settlements, start=start)
-    cache1 = fit_mle._cache_size()
 
     idx = ex.positions.index
     rows = range(start, T)
@@ -797,15 +909,18 @@ def walk_forward(
     def frame(a) -> pd.DataFrame:
         return pd.DataFrame(np.asarray(a, float).reshape(-1, M), index=idx, columns=names)
 
-    params = pd.DataFrame(param_rows).set_index("date")
+    params = cal.params
     steps = dt[start:] if T - 1 > start else dt
     ppy = 1.0 / float(np.mean(steps))
     metrics = compute_metrics(ex.pnl, len(ex.trades), ppy)
     info = {
-        "calibration_dates": [dates[t] for t in cal_dates],
-        "fit_mle_cache_before": cache0,
-        "fit_mle_cache_after": cache1,
-        "fit_mle_compiles": cache1 - cache0,
+        "calibration_dates": [dates[t] for t in cal.cal_dates],
+        **(
+            {k: cal.info[k] for k in cal.info if k.startswith("fit_mle")}
+            if calibration is None
+            else {"fit_mle_compiles": 0}
+        ),
+        "calibration_seconds": cal.info["seconds"] if calibration is None else 0.0,
         "periods_per_year": ppy,
         "start": start,
         "z_method": cfg.z_method,
@@ -813,7 +928,7 @@ def walk_forward(
         "seconds": time.perf_counter() - t_begin,
         "trading": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "engine": {k: getattr(eng, k) for k in eng.__dataclass_fields__ if not k.startswith("_")},
-        "thetas": thetas,
+        "thetas": cal.thetas,
     }
     return BacktestResult(
         positions=ex.positions,

@@ -9,6 +9,7 @@ import pytest
 
 import ssjax
 from ssjax.backtest import (
+    calibrate_walk_forward,
     BacktestResult,
     compute_metrics,
     executable_target,
@@ -439,6 +440,37 @@ def test_report_metrics_and_qp(wti_short, tmp_path, capsys):
     assert len(qp.trades) > 0 and all(math.isfinite(v) for v in qp.metrics)
     err = capsys.readouterr().err
     assert err.count("calibration ") == 3 and "loglik=" in err
+
+
+def test_reused_calibration_is_bit_identical(wti_short):
+    """A CalibrationPath run once serves several trading settings with the same results."""
+    panel, settle, base, _ = wti_short
+    cal = calibrate_walk_forward(panel, min_window=START, recalibrate_every=EVERY)
+    assert cal.cal_dates == [100, 120, 140]
+    pd.testing.assert_frame_equal(
+        cal.params.drop(columns="seconds"), base.params.drop(columns="seconds")
+    )
+    again = _run(panel, settle, calibration=cal)
+    for name in ("positions", "z", "F_model", "pnl", "trades"):
+        pd.testing.assert_frame_equal(getattr(again, name), getattr(base, name), check_exact=True)
+    assert again.info["fit_mle_compiles"] == 0 and again.info["calibration_seconds"] == 0.0
+    # another trading setting on the same calibrations = a run that calibrates itself
+    cfg2 = TradingConfig(z_in=1.5, fee=0.002)
+    a = _run(panel, settle, trading=cfg2, calibration=cal)
+    b = _run(panel, settle, trading=cfg2)
+    pd.testing.assert_frame_equal(a.pnl, b.pnl, check_exact=True)
+    pd.testing.assert_frame_equal(a.trades, b.trades, check_exact=True)
+
+
+def test_reused_calibration_must_match(wti_short):
+    panel, settle, _, _ = wti_short
+    cal = calibrate_walk_forward(panel, min_window=START, recalibrate_every=EVERY)
+    with pytest.raises(ValueError, match="recalibrate_every: 20 vs 10"):
+        _run(panel, settle, recalibrate_every=10, calibration=cal)
+    with pytest.raises(ValueError, match="data:"):
+        _run(panel._replace(F_mkt=panel.F_mkt * 1.01), settle, calibration=cal)
+    with pytest.raises(ValueError, match="risk_premium"):
+        _run(panel, settle, risk_premium=True, calibration=cal)
 
 
 def test_walk_forward_rejects_bad_arguments(wti_short):
