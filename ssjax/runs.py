@@ -10,8 +10,8 @@ A :class:`RunFolder` is a directory that an experiment writes into:
 
 If MLflow is importable and ``track=True`` (the default), the same parameters, metrics and
 artifacts are also logged to a local SQLite-backed MLflow store (``mlflow.db`` beside the
-run folders unless ``mlflow_uri`` is given). Nothing requires MLflow, and nothing here
-reaches the network.
+run folders unless ``mlflow_uri`` is given; artifacts of a new experiment go to ``mlruns/``
+there). Nothing requires MLflow, and nothing here reaches the network.
 
 Example:
     >>> run = RunFolder("/tmp/demo", {"window": 104})          # doctest: +SKIP
@@ -174,8 +174,12 @@ class RunFolder:
 
         uri = uri or f"sqlite:///{(self.path.parent / 'mlflow.db').resolve()}"
         mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(experiment) is None:
+            # artifacts beside the store, not in ./mlruns of whatever the working folder is
+            where = (self.path.parent / "mlruns").resolve().as_uri()
+            mlflow.create_experiment(experiment, artifact_location=where)
         mlflow.set_experiment(experiment)
-        mlflow.start_run()
+        mlflow.start_run(run_name=self.path.name)
         flat = {f"config.{k}": v for k, v in self.meta["config"].items()}
         flat.update({f"data.{k}": v for k, v in self.meta["data"].items()})
         flat["ssjax_version"] = self.meta["ssjax_version"]

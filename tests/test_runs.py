@@ -71,17 +71,22 @@ def test_run_folder_writes_provenance(tmp_path):
 def test_run_folder_logs_to_mlflow_when_available(tmp_path, monkeypatch):
     calls: list[tuple] = []
     fake = types.ModuleType("mlflow")
-    for name in ("set_tracking_uri", "set_experiment", "start_run", "log_params",
-                 "log_artifact", "log_metrics", "end_run"):  # fmt: skip
-        setattr(fake, name, lambda *a, _n=name, **k: calls.append((_n, a)))
+    for name in ("set_tracking_uri", "create_experiment", "set_experiment", "start_run",
+                 "log_params", "log_artifact", "log_metrics", "end_run"):  # fmt: skip
+        setattr(fake, name, lambda *a, _n=name, **k: calls.append((_n, a, k)))
+    fake.get_experiment_by_name = lambda name: None
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     run = RunFolder(tmp_path / "exp", {"z_in": 2.0}, {"wti": "abc"})
     run.table("tab", pd.DataFrame({"a": [1.0]}))
     run.finish({"sharpe": 0.5, "bad": float("nan")})
     names = [c[0] for c in calls]
-    assert names[:4] == ["set_tracking_uri", "set_experiment", "start_run", "log_params"]
+    assert names[:5] == [
+        "set_tracking_uri", "create_experiment", "set_experiment", "start_run", "log_params"
+    ]  # fmt: skip
     assert calls[0][1][0].startswith("sqlite:///") and calls[0][1][0].endswith("mlflow.db")
-    assert calls[3][1][0]["config.z_in"] == "2.0"
+    assert calls[1][1][0] == "exp" and calls[1][2]["artifact_location"].endswith("/mlruns")
+    assert calls[3][2]["run_name"] == "exp"
+    assert calls[4][1][0]["config.z_in"] == "2.0"
     metrics = next(c[1][0] for c in calls if c[0] == "log_metrics")
     assert metrics["sharpe"] == 0.5 and "bad" not in metrics and "seconds" in metrics
     assert names[-1] == "end_run" and names.count("log_artifact") == 3
