@@ -247,7 +247,9 @@ def section() -> str:
         "",
         "Research experiments on the bundled data, regenerated with "
         "`python experiments/research.py` (all four, then this section; "
-        f"{_minutes(sum(secs.values()))} on the 2-core development machine) or one at a time "
+        f"{_minutes(sum(secs.values()))} on the 2-core development machine; the times below "
+        "are from that run, where later experiments reuse programs compiled by earlier ones) "
+        "or one at a time "
         "(`python experiments/<name>.py`). Each writes a run folder under "
         "`experiments/results/` with its tables (CSV and Markdown), figures and a "
         "`config.json` holding the settings, the package and JAX versions, the git commit, "

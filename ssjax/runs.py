@@ -83,21 +83,34 @@ def panel_hash(panel: Any) -> str:
     return array_hash(panel.F_mkt, panel.ttm, dates)
 
 
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _git_commit(exclude: Path | None = None) -> str | None:
+    """HEAD of the checkout ssjax runs from, with ``-dirty`` if tracked files differ from it.
+
+    ``exclude``: a folder whose changes do not count (the run folders themselves, which the
+    experiments rewrite as they run).
+    """
+    here = Path(__file__).resolve().parent
+    head = _git(["rev-parse", "HEAD"], here)
+    if head is None:
         return None
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=here, capture_output=True, text=True, timeout=5,
-    )  # fmt: skip
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    spec = ["--", ":/"]  # the whole checkout
+    top = _git(["rev-parse", "--show-toplevel"], here)
+    if exclude is not None and top is not None:
+        try:
+            rel = Path(exclude).resolve().relative_to(Path(top).resolve())
+            spec = ["--", ":/", f":(exclude,top){rel.as_posix()}"]
+        except ValueError:
+            pass  # outside the checkout: nothing to exclude
+    dirty = _git(["status", "--porcelain", "--untracked-files=no", *spec], here)
+    return head + ("-dirty" if dirty else "")
 
 
 def _jsonable(x: Any) -> Any:
@@ -155,7 +168,7 @@ class RunFolder:
             "numpy_version": np.__version__,
             "python": platform.python_version(),
             "backend": jax.default_backend(),
-            "git_commit": _git_commit(),
+            "git_commit": _git_commit(exclude=self.path.parent),
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         self._write_config()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import matplotlib
 
@@ -98,3 +99,24 @@ def test_run_folder_without_mlflow(tmp_path, monkeypatch):
     assert run._mlflow is None
     with pytest.raises(TypeError):
         RunFolder(tmp_path / "x")  # config is required
+
+
+def test_git_commit_ignores_the_run_folders(monkeypatch, tmp_path):
+    import ssjax.runs as R
+
+    seen = []
+
+    def fake_git(args, cwd):
+        seen.append(args)
+        if args[0] == "rev-parse":
+            return "abc123" if args[1] == "HEAD" else str(tmp_path)
+        excluded = any(a.startswith(":(exclude") for a in args)
+        return "" if excluded else " M results/x.csv"
+
+    monkeypatch.setattr(R, "_git", fake_git)
+    assert R._git_commit() == "abc123-dirty"  # whole checkout: the results count
+    assert R._git_commit(exclude=tmp_path / "results") == "abc123"
+    assert seen[-1][-1] == ":(exclude,top)results"
+    assert R._git_commit(exclude=Path("/elsewhere")) == "abc123-dirty"  # nothing excluded
+    monkeypatch.setattr(R, "_git", lambda args, cwd: None)
+    assert R._git_commit() is None  # not a checkout
