@@ -15,7 +15,7 @@ Writes to the run folder (default ``experiments/results/out_of_sample``):
 * ``dm_<data>.csv/.md`` — Diebold–Mariano tests of the two-factor model against each other
   model (squared loss, HAC Bartlett variance with max(h − 1, Newey–West) lags, HLN
   correction); negative statistics favour the two-factor model;
-* ``rmse_<data>.png`` — RMSE by tenor and model for each horizon;
+* ``rmse_<data>.png`` — each model's RMSE relative to the random walk's, by tenor and horizon;
 * ``forecasts_<data>.parquet`` — every forecast (not committed: regenerate it);
 * ``config.json``.
 
@@ -132,12 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
         rm = _pivot(acc, "rmse")
-        fig, axes = plt.subplots(1, len(args.horizons), figsize=(5 * len(args.horizons), 3.4))
+        rel = rm.div(rm["random_walk"], axis=0).drop(columns="random_walk")
+        fig, axes = plt.subplots(
+            1, len(args.horizons), figsize=(5 * len(args.horizons), 3.4), sharey=True
+        )
         for ax, h in zip(np.atleast_1d(axes), args.horizons, strict=True):
-            (rm.loc[h] * 100).plot.bar(ax=ax, width=0.8)
+            rel.loc[h].plot(ax=ax, marker="o")
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
             ax.set_title(f"{key.upper()}: h = {h} week{'s' * (h > 1)}")
-            ax.set_ylabel("RMSE of ln F ×100")
+            ax.set_ylabel("RMSE / random walk's RMSE")
             ax.set_xlabel("tenor")
+            ax.set_xticks(range(len(rel.loc[h])), list(rel.loc[h].index))
+        np.atleast_1d(axes)[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
         fig.tight_layout()
         run.figure(f"rmse_{key}", fig)
         print(f"\n{key} RMSE ×100:\n" + (rm * 100).round(3).to_string())

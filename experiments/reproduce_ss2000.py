@@ -272,8 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     st = f.state_path
     fig, ax = plt.subplots(figsize=(9, 4))
     d = pd.DatetimeIndex(panel.dates)
-    ax.plot(d, np.exp(st[:, 0] + st[:, 1]), label="estimated spot e^{χ+ξ}", lw=1.2)
-    ax.plot(d, np.exp(st[:, 1]), label="estimated equilibrium price e^{ξ}", lw=1.2)
+    ax.plot(d, np.exp(st[:, 0] + st[:, 1]), label=r"estimated spot $e^{\chi+\xi}$", lw=1.2)
+    ax.plot(d, np.exp(st[:, 1]), label=r"estimated equilibrium price $e^{\xi}$", lw=1.2)
     ax.plot(d, panel.F_mkt[:, 0], label="F1 (market)", lw=0.8, color="grey", ls="--")
     ax.plot(d, panel.F_mkt[:, -1], label="F17 (market)", lw=0.8, color="k", ls=":")
     ax.set_ylabel("USD/bbl")

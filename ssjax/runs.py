@@ -41,8 +41,10 @@ def markdown_table(df: pd.DataFrame, fmt: str = ".4g", index: bool = True) -> st
     """A DataFrame as a GitHub Markdown table (no ``tabulate`` dependency).
 
     Floats use ``fmt``; NaN prints as ``—``; a column whose name ends in ``p_value`` keeps
-    small values readable (``<1e-16`` below that).
+    small values readable (``<1e-16`` below that). A MultiIndex gives one column per level.
     """
+    if index and isinstance(df.index, pd.MultiIndex):  # one column per level
+        df, index = df.reset_index(), False
     cols = ([str(df.index.name or "")] if index else []) + [str(c) for c in df.columns]
 
     def cell(x: object, col: str) -> str:

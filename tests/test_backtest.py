@@ -9,8 +9,8 @@ import pytest
 
 import ssjax
 from ssjax.backtest import (
-    calibrate_walk_forward,
     BacktestResult,
+    calibrate_walk_forward,
     compute_metrics,
     executable_target,
     expiring_before_next,

@@ -31,6 +31,10 @@ def test_markdown_table_formats():
     assert lines[2] == "| r1 | 1.235 | <1e-16 | yes | a |"
     assert lines[3] == "| r2 | — | 0.0412 | no | b |"
     assert markdown_table(df[["s"]], index=False).splitlines()[2] == "| a |"
+    multi = pd.DataFrame(
+        {"v": [1.0]}, index=pd.MultiIndex.from_tuples([(4, "F1")], names=["h", "t"])
+    )
+    assert markdown_table(multi).splitlines()[0::2] == ["| h | t | v |", "| 4 | F1 | 1 |"]
     ints = pd.DataFrame({"df": pd.array([2, None], dtype="Int64")})
     assert markdown_table(ints, index=False).splitlines()[2:] == ["| 2 |", "| — |"]
 
