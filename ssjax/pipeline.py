@@ -30,6 +30,7 @@ Settings (all optional; a TOML file overrides these defaults, flags override the
     fee = 0.0025              # price units per contract (WTI: USD/bbl)
     half_spread = 0.005
     slippage = 0.0025
+    min_resid_sd = 1e-6       # below this s.d. of ln F a tenor is fitted exactly: z = 0
 
     [engine]                  # ssjax.trading.TradeEngine
     sizing = "vol_target"     # or "qp"
@@ -86,7 +87,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"method": "MLE", "risk_premium": False, "shared_noise": False},
     "trading": {"sigma_method": "returns", "sigma_window": 60, "z_method": "filtered",
                 "z_in": 2.0, "z_out": 0.5, "max_weight": 1.0, "gross_leverage": 2.0,
-                "fee": 0.0025, "half_spread": 0.005, "slippage": 0.0025},
+                "fee": 0.0025, "half_spread": 0.005, "slippage": 0.0025,
+                "min_resid_sd": 1e-6},
     "engine": {"sizing": "vol_target", "vol_target": 0.10, "gamma": 5.0, "lambda1": 0.0,
                "lambda2": 0.0, "top_k": 0},
     "backtest": {"enabled": True, "min_window": 104, "recalibrate_every": 13,

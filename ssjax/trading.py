@@ -68,6 +68,12 @@ class TradingConfig:
         fee, half_spread, slippage: frictions per contract in price units (scalar or [M]).
         periods_per_year: to annualize Σ (default: from the data's step lengths).
         shrinkage: weight of the diagonal in Σ = (1−s) S + s diag(S) (stabilizes small windows).
+        min_resid_sd: the smallest s.d. of ln F a z-score may be divided by (default 1e-6,
+            about 0.0001% of the price). A tenor whose s.d. is below it carries no signal
+            (z = 0): the model fits it exactly. This happens when the fit drives that
+            tenor's noise s.d. to zero (the 2000 paper's 13-month contract); its filtered-
+            residual variance R − H P Hᵀ is then a difference of two numbers that agree to
+            rounding, and α is of the order of rounding too.
     """
 
     sigma_method: str = "returns"
@@ -82,6 +88,7 @@ class TradingConfig:
     slippage: Any = 0.0
     periods_per_year: float | None = None
     shrinkage: float = 0.1
+    min_resid_sd: float = 1e-6
 
     def __post_init__(self) -> None:
         if self.sigma_method not in ("returns", "residuals"):
@@ -99,6 +106,8 @@ class TradingConfig:
             raise ValueError(f"gross_leverage must be > 0, got {self.gross_leverage}")
         if not 0 <= self.shrinkage <= 1:
             raise ValueError(f"shrinkage must lie in [0, 1], got {self.shrinkage}")
+        if not (np.isfinite(self.min_resid_sd) and self.min_resid_sd >= 0):
+            raise ValueError(f"min_resid_sd must be finite and >= 0, got {self.min_resid_sd}")
 
 
 class Frictions(NamedTuple):
@@ -297,7 +306,8 @@ def prepare_trading_inputs(
         v = np.asarray(v, float)
         if v.shape != (M,):
             raise ValueError(f"{name} must have shape [{M}], got {v.shape}")
-        sd = np.sqrt(np.where(np.isfinite(v) & (v > 0), v, np.nan))
+        ok = np.isfinite(v) & (v > 0) & (v > cfg.min_resid_sd**2)
+        sd = np.sqrt(np.where(ok, v, np.nan))
         z_basis = (
             "model filtered-residual s.d. of ln F, diag(R - H P_t|t H')"
             if cfg.z_method == "filtered"
@@ -312,7 +322,7 @@ def prepare_trading_inputs(
         mean = np.where(ok, R, 0.0).sum(axis=0) / np.maximum(cnt, 1)
         ss = np.where(ok, (R - mean) ** 2, 0.0).sum(axis=0)
         sd = np.where(cnt >= 2, np.sqrt(ss / np.maximum(cnt - 1, 1)), np.nan)
-        sd = np.where(sd > 0, sd, np.nan)
+        sd = np.where((sd > 0) & (sd > cfg.min_resid_sd), sd, np.nan)
         z_basis = f"rolling residual s.d., {R.shape[0]} dates"
     z = np.where(tradable & np.isfinite(sd), alpha / np.where(np.isfinite(sd), sd, 1.0), 0.0)
 

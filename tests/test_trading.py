@@ -112,11 +112,39 @@ def test_expired_or_missing_tenors_are_not_tradable():
         (dict(z_method="x"), "z_method"),
         (dict(z_method="model"), "'filtered', 'innovation', 'residual'"),
         (dict(sigma_window=1), "sigma_window"),
+        (dict(min_resid_sd=-1e-6), "min_resid_sd"),
+        (dict(min_resid_sd=float("nan")), "min_resid_sd"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TradingConfig(**kwargs)
+
+
+@pytest.mark.parametrize("z_method", ["filtered", "innovation", "residual"])
+def test_a_tenor_fitted_exactly_has_no_signal(z_method):
+    """Below min_resid_sd a tenor's z is 0, whatever rounding made of its tiny variance."""
+    F = np.full(4, 50.0)
+    alpha = np.array([0.02, 1e-11, 1e-11, 2e-5])
+    # tenor 1: rounding noise of R - H P H' (positive), tenor 2: negative; tenor 3: s.d. 1e-5
+    var = np.array([1e-4, 3e-18, -2e-15, 1e-10])
+    resid = np.zeros((20, 4))
+    resid[::2] = np.sqrt(var.clip(0)) * 1.0
+    resid[1::2] = -np.sqrt(var.clip(0)) * 1.0
+    cfg = TradingConfig(z_method=z_method, periods_per_year=52)
+    inp = prepare_trading_inputs(
+        F, F * np.exp(alpha), np.full(4, 0.5), cfg=cfg, F_mkt_hist=np.full((5, 4), 50.0),
+        resid_hist=resid, filtered_resid_var_t=var, innovation_var_t=var,
+    )  # fmt: skip
+    assert inp.z[1] == 0 and inp.z[2] == 0
+    assert inp.z[0] == pytest.approx(0.02 / 0.01, rel=0.03)
+    assert inp.z[3] == pytest.approx(2e-5 / 1e-5, rel=0.03)  # above the floor: a signal
+    off = prepare_trading_inputs(
+        F, F * np.exp(alpha), np.full(4, 0.5), F_mkt_hist=np.full((5, 4), 50.0),
+        cfg=TradingConfig(z_method=z_method, periods_per_year=52, min_resid_sd=1e-4),
+        resid_hist=resid, filtered_resid_var_t=var, innovation_var_t=var,
+    )  # fmt: skip
+    assert off.z[3] == 0 and off.z[0] != 0
 
 
 def test_input_validation():
