@@ -38,13 +38,15 @@ MODELS = ("gbm", "mean_reverting", "two_factor")
 PARAMS = ("kappa", "sigma_x", "sigma_y", "rho", "mu")
 
 
+def copper_weekly(settlements: pd.DataFrame) -> ssjax.datasets.Panel:
+    """The research experiments' copper panel: 8 nearby contracts, Tuesdays (as WTI)."""
+    return nearby_panel(settlements, ranks=8, resample="W-TUE")
+
+
 def load_panels() -> dict[str, ssjax.datasets.Panel]:
     """The two bundled panels of the research experiments (WTI weekly, copper weekly)."""
     copper = ssjax.datasets.load_copper_schwartz97()
-    return {
-        "wti": ssjax.datasets.load_wti_ss2000(),
-        "copper": nearby_panel(copper.settlements, ranks=8, resample="W-TUE"),
-    }
+    return {"wti": ssjax.datasets.load_wti_ss2000(), "copper": copper_weekly(copper.settlements)}
 
 
 def param_table(fits: dict) -> pd.DataFrame:

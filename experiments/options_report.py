@@ -32,10 +32,11 @@ import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from sensitivity_report import data_hash, md  # noqa: E402
 
 import ssjax  # noqa: E402
 from ssjax import options as O  # noqa: E402
+from ssjax.runs import markdown_table as md  # noqa: E402
+from ssjax.runs import panel_hash  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "options"
 FUTURES = (0.25, 0.5, 1.0, 2.0, 3.0)  # futures times to maturity Δ (years)
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ssjax_version": ssjax.__version__,
         "jax_version": jax.__version__,
         "data": "ssjax.datasets.load_wti_ss2000",
-        "data_sha256_16": data_hash(panel),
+        "data_sha256_16": panel_hash(panel),
         "rate": args.rate,
         "futures_ttm": list(FUTURES),
         "roundtrip_max_abs_error": float(err),

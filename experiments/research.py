@@ -395,5 +395,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     raise SystemExit(main())

@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -35,30 +34,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ssjax  # noqa: E402
 from ssjax import sensitivity as S  # noqa: E402
 from ssjax.params import param_names  # noqa: E402
+from ssjax.runs import markdown_table as md  # noqa: E402
+from ssjax.runs import panel_hash  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sensitivity"
 PROFILE = ("kappa", "sigma_x", "rho")
-
-
-def md(df: pd.DataFrame, fmt: str = ".4g", index: bool = True) -> str:
-    """A DataFrame as a Markdown table (no tabulate dependency)."""
-    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
-
-    def cell(x: object) -> str:
-        return format(x, fmt) if isinstance(x, float | np.floating) else str(x)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for i, row in zip(df.index, df.itertuples(index=False), strict=True):
-        vals = ([str(i)] if index else []) + [cell(x) for x in row]
-        lines.append("| " + " | ".join(vals) + " |")
-    return "\n".join(lines)
-
-
-def data_hash(panel: ssjax.datasets.Panel) -> str:
-    h = hashlib.sha256()
-    for a in (panel.F_mkt, panel.ttm):
-        h.update(np.ascontiguousarray(np.asarray(a, float)).tobytes())
-    return h.hexdigest()[:16]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ssjax_version": ssjax.__version__,
         "jax_version": jax.__version__,
         "data": "ssjax.datasets.load_wti_ss2000",
-        "data_sha256_16": data_hash(panel),
+        "data_sha256_16": panel_hash(panel),
         "profile_parameters": list(PROFILE),
         "grid_points": args.grid,
         "seconds": round(time.perf_counter() - t0, 1),

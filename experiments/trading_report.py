@@ -74,11 +74,11 @@ import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from model_comparison import copper_weekly  # noqa: E402
 
 import ssjax  # noqa: E402
 from ssjax.backtest import BacktestResult, calibrate_walk_forward, walk_forward  # noqa: E402
 from ssjax.datasets import Panel  # noqa: E402
-from ssjax.panels import nearby_panel  # noqa: E402
 from ssjax.runs import RunFolder, panel_hash  # noqa: E402
 from ssjax.trading import TradeEngine, TradingConfig  # noqa: E402
 
@@ -125,7 +125,7 @@ def _load_wti() -> tuple[Panel, pd.DataFrame]:
 
 def _load_copper_weekly() -> tuple[Panel, pd.DataFrame]:
     b = ssjax.datasets.load_copper_schwartz97()
-    return nearby_panel(b.settlements, 8, resample="W-TUE"), b.settlements
+    return copper_weekly(b.settlements), b.settlements
 
 
 PANELS = {

@@ -627,12 +627,12 @@ def _panel_arrays(panel: Panel):
     return F, mask, np.asarray(panel.ttm, float), np.asarray(panel.dt, float)
 
 
-def _calibration_key(panel: Panel, **settings: Any) -> dict[str, Any]:
+def _calibration_key(panel: Panel, arrays: tuple, **settings: Any) -> dict[str, Any]:
+    """The settings and a hash of the panel's arrays (``_panel_arrays``) and dates."""
     from .runs import array_hash
 
-    F, mask, ttm, dt = _panel_arrays(panel)
     dates = np.asarray(pd.DatetimeIndex(panel.dates).asi8, float)
-    return {**settings, "data": array_hash(F, mask, ttm, dt, dates)}
+    return {**settings, "data": array_hash(*arrays, dates)}
 
 
 def calibrate_walk_forward(
@@ -655,7 +655,8 @@ def calibrate_walk_forward(
     residuals and variances the trading decisions use. See :func:`walk_forward` for the
     arguments and the ``params`` columns.
     """
-    F, mask, ttm, dt = _panel_arrays(panel)
+    arrays = _panel_arrays(panel)
+    F, mask, ttm, dt = arrays
     T, M = F.shape
     dates = pd.DatetimeIndex(panel.dates)
     names = list(panel.tenor_names)
@@ -670,7 +671,7 @@ def calibrate_walk_forward(
         raise ValueError(f"start={start} leaves no trading date in a panel of {T} dates")
     make_market_data(F, ttm, mask=mask, dt=dt)  # validate the whole panel once, up front
     key = _calibration_key(
-        panel, min_window=min_window, recalibrate_every=recalibrate_every,
+        panel, arrays, min_window=min_window, recalibrate_every=recalibrate_every,
         warm_start=warm_start, start=start, risk_premium=risk_premium,
         shared_noise=shared_noise, standard_errors=standard_errors,
     )  # fmt: skip
@@ -858,12 +859,13 @@ def walk_forward(
         standard_errors=standard_errors,
     )  # fmt: skip
     t_begin = time.perf_counter()
+    arrays = _panel_arrays(panel)
     if calibration is None:
         cal = calibrate_walk_forward(panel, progress=progress, **settings)
     else:
         cal = calibration
         settings["start"] = min_window if start is None else int(start)
-        want = _calibration_key(panel, **settings)
+        want = _calibration_key(panel, arrays, **settings)
         diff = sorted(k for k in want if cal.key.get(k) != want[k])
         if diff:
             detail = ", ".join(f"{k}: {cal.key.get(k)!r} vs {want[k]!r}" for k in diff)
@@ -871,7 +873,7 @@ def walk_forward(
                 f"calibration was built with other settings or data ({detail}): build it "
                 "with calibrate_walk_forward on this panel with these settings"
             )
-    F, mask, ttm, dt = _panel_arrays(panel)
+    F, mask, ttm, dt = arrays
     T, M = F.shape
     codes = np.asarray(panel.contracts, dtype=object)
     dates = pd.DatetimeIndex(panel.dates)

@@ -42,7 +42,7 @@ from jax.typing import ArrayLike
 from .data import make_market_data
 from .filter import Prior, default_prior, kalman_filter
 from .model import measurement, transition
-from .nested import NESTED_MODELS, fit_nested
+from .nested import fit_nested, prior_cov
 from .params import Params
 from .stats import diebold_mariano, newey_west_lags
 
@@ -143,10 +143,7 @@ def forecast_path(
 
 def _filter_prior(model: str, data) -> Prior:
     prior = default_prior(data)
-    if NESTED_MODELS[model].x_off:
-        cov = prior.cov.at[0, :].set(0.0).at[:, 0].set(0.0)
-        prior = Prior(prior.mean, cov)
-    return prior
+    return Prior(prior.mean, jnp.asarray(prior_cov(model, prior.cov), prior.cov.dtype))
 
 
 _filter_jit = jax.jit(kalman_filter)

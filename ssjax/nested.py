@@ -87,6 +87,16 @@ NESTED_MODELS: dict[str, NestedModel] = {
 }
 
 
+def prior_cov(model: str | NestedModel, P0: ArrayLike | None = None) -> np.ndarray:
+    """The model's prior covariance of (X, Y): ``P0`` (default I₂), with X's row and column
+    set to 0 when the model switches X off (X ≡ 0 from the first date)."""
+    P = np.eye(2) if P0 is None else np.array(P0, dtype=float)
+    if _model(model).x_off:
+        P[0, :] = 0.0
+        P[:, 0] = 0.0
+    return P
+
+
 def _model(model: str | NestedModel) -> NestedModel:
     if isinstance(model, NestedModel):
         return model
@@ -146,10 +156,7 @@ def fit_nested(
     opts = dict(engine_options or {})
     opts["fixed"] = {**dict(opts.get("fixed") or {}), **fixed}
     if m.x_off:
-        P = np.eye(2) if P0 is None else np.array(P0, dtype=float)
-        P[0, :] = 0.0
-        P[:, 0] = 0.0
-        P0 = P
+        P0 = prior_cov(m, P0)
     eng = KalmanEngine(risk_premium=risk_premium, **opts)
     fit = eng.fit(F_mkt, ttm, theta0=start or None, P0=P0, **fit_kwargs)
     fit.extra["nested_model"] = m.name

@@ -306,7 +306,7 @@ def prepare_trading_inputs(
         v = np.asarray(v, float)
         if v.shape != (M,):
             raise ValueError(f"{name} must have shape [{M}], got {v.shape}")
-        ok = np.isfinite(v) & (v > 0) & (v > cfg.min_resid_sd**2)
+        ok = np.isfinite(v) & (v > cfg.min_resid_sd**2)  # > 0 even when the floor is 0
         sd = np.sqrt(np.where(ok, v, np.nan))
         z_basis = (
             "model filtered-residual s.d. of ln F, diag(R - H P_t|t H')"
@@ -322,7 +322,7 @@ def prepare_trading_inputs(
         mean = np.where(ok, R, 0.0).sum(axis=0) / np.maximum(cnt, 1)
         ss = np.where(ok, (R - mean) ** 2, 0.0).sum(axis=0)
         sd = np.where(cnt >= 2, np.sqrt(ss / np.maximum(cnt - 1, 1)), np.nan)
-        sd = np.where((sd > 0) & (sd > cfg.min_resid_sd), sd, np.nan)
+        sd = np.where(sd > cfg.min_resid_sd, sd, np.nan)
         z_basis = f"rolling residual s.d., {R.shape[0]} dates"
     z = np.where(tradable & np.isfinite(sd), alpha / np.where(np.isfinite(sd), sd, 1.0), 0.0)
 

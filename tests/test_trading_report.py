@@ -13,6 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "trading_report.p
 
 
 def _load(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it imports model_comparison
     spec = importlib.util.spec_from_file_location("trading_report", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "trading_report", mod)  # dataclasses look it up
