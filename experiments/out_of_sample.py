@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=True,
         )
         fc.to_parquet(run.path / f"forecasts_{key}.parquet")
-        n_fail = int((~fc.converged).sum())
+        n_fail = int((~fc.optimum_reached).sum())
         acc = forecast_accuracy(fc)
         T = len(panel.dates)
         origins = fc.origin.nunique()

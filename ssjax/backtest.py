@@ -53,7 +53,7 @@ from .datasets import Panel
 from .diagnostics import _joint
 from .drift import wilson_hilferty
 from .filter import kalman_filter, log_likelihood_terms
-from .mle import default_start, fit_mle, status_message
+from .mle import default_start, fit_mle, status_message, stopped
 from .model import forward_curve
 from .params import Params, flatten_params, unflatten_params
 from .trading import Order, TradeEngine, TradingConfig, prepare_trading_inputs, residual_variances
@@ -758,6 +758,7 @@ def calibrate_walk_forward(
                 **_params_row(theta, names),
                 "loglik": loglik,
                 "converged": bool(r.converged),
+                "optimum_reached": bool(stopped(r.status)),
                 "status": status_message(int(r.status)),
                 "num_steps": int(r.num_steps),
                 "used": used,
@@ -773,7 +774,8 @@ def calibrate_walk_forward(
             print(
                 f"calibration {k + 1}/{len(cal_dates)} {dates[tc]:%Y-%m-%d} (t={tc}, "
                 f"{tc + 1} dates): loglik={loglik:.3f} steps={int(r.num_steps)} "
-                f"converged={bool(r.converged)} {secs:.2f}s",
+                f"converged={bool(r.converged)} status={status_message(int(r.status))} "
+                f"{secs:.2f}s",
                 file=sys.stderr,
                 flush=True,
             )

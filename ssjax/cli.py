@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = run_pipeline(cfg, quiet=args.quiet)
         except ValueError as e:
             raise SystemExit(f"ssjax: {e}") from None
-        return 0 if res.fit.converged else 1
+        return 0 if res.fit.optimum_reached else 1
     return _fit_only(args)
 
 
@@ -237,7 +237,7 @@ def _fit_only(args: argparse.Namespace) -> int:
         out.index.name = "date"
         out.to_csv(args.output)
         print(f"wrote {args.output}")
-    return 0 if fit.converged else 1
+    return 0 if fit.optimum_reached else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

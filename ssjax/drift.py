@@ -259,7 +259,9 @@ def _oos_program(window: int):
 
 
 def _usable(result) -> np.ndarray:
-    return np.asarray(result.valid, bool) & np.asarray(result.converged, bool)
+    reached = getattr(result, "optimum_reached", None)
+    ok = result.converged if reached is None else reached
+    return np.asarray(result.valid, bool) & np.asarray(ok, bool)
 
 
 def innovation_scores(result: Any, panels: Any) -> pd.DataFrame:
@@ -433,7 +435,8 @@ def drift_alerts(
         ``previous`` (θ of the previous usable window, or the CUSUM before this window),
         ``z`` (Δθ / s, or this window's score), ``threshold`` (k or h), ``since`` (CUSUM:
         the window end where the run began, the change-point estimate) and ``reason``.
-        Windows not converged are skipped (and compared across).
+        Windows whose fit reached no optimum (neither converged nor stopped at a boundary)
+        are skipped (and compared across).
     """
     names_all = list(result.param_names)
     params = list(params)
@@ -531,7 +534,8 @@ def walk_forward_alerts(
     if len(params) == 0:
         return pd.DataFrame(columns=cols)
     dates = pd.DatetimeIndex(params.index)
-    usable = np.array(params["converged"], dtype=bool)
+    col = "optimum_reached" if "optimum_reached" in params else "converged"
+    usable = np.array(params[col], dtype=bool)
     if "used" in params:
         usable &= np.array(params["used"] == "fit", dtype=bool)
     rows: list[dict[str, Any]] = []

@@ -58,6 +58,7 @@ from jax import Array, lax
 from .data import MarketData
 from .filter import Prior, default_prior
 from .mle import _bhhh_scale
+from .optimum import BOUNDARY, BOUNDARY_MESSAGE, bound_vector
 from .params import Params, flatten_params, from_unconstrained, to_unconstrained, unflatten_params
 from .score import log_likelihood_fisher
 from .smoother import (
@@ -80,12 +81,15 @@ __all__ = [
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
-RUNNING, CONVERGED, MAX_ITERS, NONFINITE = 0, 1, 2, 3
+# codes shared with ssjax.mle where the meaning is shared (3: budget, 4: non-finite,
+# 5: boundary), so one test reads both
+RUNNING, CONVERGED, MAX_ITERS, NONFINITE = 0, 1, 3, 4
 EM_STATUS_MESSAGES = {
     RUNNING: "running",
     CONVERGED: "converged: relative log-likelihood change below tol",
     MAX_ITERS: "not converged: maximum number of EM iterations reached",
     NONFINITE: "not converged: log-likelihood became non-finite",
+    BOUNDARY: BOUNDARY_MESSAGE,
 }
 _NOISE_FIELDS = ("meas_sd", "spot_sd")
 
@@ -427,14 +431,17 @@ def fit_em(
 
     c = lax.while_loop(lambda c: c.status == RUNNING, body, carry0)
     # the result is the last accepted base point θ₀ (its ℓ is ll0)
+    params = _keep_fixed(to_p(c.th0), init, free_tree)
+    edge = (c.status == CONVERGED) & jnp.any(bound_vector(params, free_flat))
+    status = jnp.where(edge, BOUNDARY, c.status).astype(jnp.int32)
     return EMResult(
-        params=_keep_fixed(to_p(c.th0), init, free_tree),
+        params=params,
         loglik=c.ll0,
         loglik_path=c.path,
         num_iters=jnp.maximum(c.it, 0),
         num_em_steps=c.n_em,
-        status=c.status,
-        converged=c.status == CONVERGED,
+        status=status,
+        converged=status == CONVERGED,
         rollbacks=c.n_rb,
         ll_decreases=c.ll_dec,
     )

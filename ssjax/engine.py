@@ -28,9 +28,26 @@ from .mle import (
     free_mask,
     negative_loglik,
     status_message,
+    stopped,
 )
 from .model import forward_curve
-from .params import Params, flatten_params, make_params, to_unconstrained, validate_params
+from .optimum import (
+    bound_names,
+    degenerate,
+    describe_bounds,
+    move_inside,
+    multi_start,
+    stack_params,
+    start_design,
+)
+from .params import (
+    Params,
+    flatten_params,
+    make_params,
+    to_unconstrained,
+    unflatten_params,
+    validate_params,
+)
 from .results import KalmanFit
 from .smoother import SmootherResult, rts_smoother
 
@@ -144,6 +161,85 @@ class _Calib(NamedTuple):
     num_steps: int
     grad_norm: float
     extra: dict
+    stopped: bool  # converged, or stopped at a boundary
+
+
+class _Lanes(NamedTuple):
+    """Every start's fit, batched along a leading axis (one vmapped program)."""
+
+    params: Params
+    loglik: Array
+    status: Array
+    converged: Array
+    num_steps: Array  # optimizer steps (MLE, hybrid's MLE stage) or EM iterations
+    grad_norm: Array  # the MLE's max-norm gradient at the end (NaN for EM: see _grad_norm)
+    em: Any  # EMResult of the EM stage (EM and hybrid) or None
+
+
+#: starts whose log-likelihood is within this of the best count as reaching it
+AT_BEST_TOL = 1e-3
+#: rounds of restarts from a degenerate best end point (κ, σ_X, σ_Y or ρ at a bound)
+MAX_ESCAPES = 2
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "method", "max_steps", "gradient", "filter_method", "em_iters", "em_accelerate", "ecme",
+    ),
+)  # fmt: skip
+def _fit_lanes(
+    data: MarketData,
+    inits: Params,
+    prior: Prior,
+    free: Array,
+    gtol: float,
+    ftol: float,
+    em_tol: float,
+    *,
+    method: str,
+    max_steps: int,
+    gradient: str,
+    filter_method: str,
+    em_iters: int,
+    em_accelerate: bool,
+    ecme: bool,
+) -> _Lanes:
+    """Fit from every start in ``inits`` (leading axis) by ``method``: one vmapped program."""
+
+    def one(init: Params) -> _Lanes:
+        em = None
+        if method in ("EM", "HYBRID"):
+            em = fit_em(
+                data, init, prior, free, max_iters=em_iters, tol=em_tol,
+                accelerate=em_accelerate, ecme=ecme,
+            )  # fmt: skip
+            if method == "EM":
+                nan = jnp.full_like(em.loglik, jnp.nan)
+                return _Lanes(em.params, em.loglik, em.status, em.converged, em.num_iters, nan, em)
+            init = em.params
+        r = fit_mle(
+            data, init, prior, free, max_steps=max_steps, gtol=gtol, ftol=ftol,
+            gradient=gradient, filter_method=filter_method,
+        )  # fmt: skip
+        return _Lanes(r.params, r.loglik, r.status, r.converged, r.num_steps, r.grad_norm, em)
+
+    return jax.vmap(one)(inits)
+
+
+def _pick(lanes: _Lanes) -> int:
+    """The best lane: highest log-likelihood among those that stopped (converged or at a
+    boundary), else among the finite ones, else lane 0."""
+    ll = np.asarray(lanes.loglik, float)
+    ok = np.isfinite(ll) & np.asarray(stopped(lanes.status))
+    pool = ok if ok.any() else np.isfinite(ll)
+    if not pool.any():
+        return 0
+    return int(np.argmax(np.where(pool, ll, -np.inf)))
+
+
+def _concat(a: _Lanes, b: _Lanes) -> _Lanes:
+    return jax.tree.map(lambda x, y: np.concatenate([np.asarray(x), np.asarray(y)]), a, b)
 
 
 @jax.jit
@@ -207,8 +303,16 @@ class KalmanEngine:
         shared_noise: one measurement s.d. for all tenors instead of one per tenor.
         states: ``"filtered"`` (default: no look-ahead) or ``"smoothed"`` for ``state_path``
             and ``F_model_path``. ``state_t`` is always the filtered state at t*.
-        n_starts: number of starting points (the data-derived start plus ``n_starts − 1``
-            random perturbations of it); the best converged fit is kept.
+        n_starts: starting points fitted together as one vmapped batch (default 16): the
+            data-derived start and ``n_starts − 1`` points spread around it over κ, σ_X,
+            σ_Y, the noise s.d.s and ρ of both signs (:func:`ssjax.optimum.start_design`,
+            shuffled by ``seed``), or, with ``theta0``, ``theta0`` and ``n_starts − 1`` of
+            them. The highest end point that stopped is kept; if it is degenerate (κ, σ_X or
+            σ_Y → 0, |ρ| → 1) the fit restarts from it moved inside (up to two rounds). The
+            result says how many fits reached the best value (``starts_at_best``). Real
+            panels' likelihoods are often multi-modal: how often fewer starts miss the best
+            optimum is measured in ``experiments/results/bench_optimum.md``. ``n_starts=1``
+            is the single fit from the data-derived start (or ``theta0``), for speed.
         max_steps, gtol, ftol: optimizer stopping rules (see :func:`ssjax.mle.fit_mle`).
         fixed: ``{"rho": True, ...}`` holds those parameters at their starting values.
         seed: seed for the random starts.
@@ -241,7 +345,7 @@ class KalmanEngine:
         risk_premium: bool = False,
         shared_noise: bool = False,
         states: str = "filtered",
-        n_starts: int = 1,
+        n_starts: int = 16,
         max_steps: int = 1000,
         gtol: float = 1e-6,
         ftol: float = 1e-11,
@@ -310,21 +414,18 @@ class KalmanEngine:
         validate_params(p, n_tenors=data.n_tenors)
         return p
 
-    def _random_starts(self, start: Params, n: int) -> list[Params]:
-        rng = np.random.default_rng(self.seed)
-        out = [start]
-        for _ in range(n - 1):
-            f = lambda s: float(np.exp(rng.normal(0.0, s)))  # noqa: E731
-            out.append(
-                start._replace(
-                    kappa=start.kappa * f(0.7),
-                    sigma_x=start.sigma_x * f(0.4),
-                    sigma_y=start.sigma_y * f(0.4),
-                    rho=jnp.asarray(rng.uniform(-0.8, 0.8), start.rho.dtype),
-                    meas_sd=start.meas_sd * f(0.5),
-                )
-            )
-        return out
+    def _starts(self, data_start: Params, start: Params, user: bool, free: Array) -> Params:
+        """The batch of starts: ``start`` (the user's ``theta0``) first when ``user``, then
+        the design around the data-derived start (:func:`ssjax.optimum.start_design`); every
+        parameter held fixed keeps its value in ``start``."""
+        n = self.n_starts - int(user)
+        parts = [jax.tree.map(lambda a: jnp.asarray(a)[None], start)] if user else []
+        if n > 0:
+            parts.append(multi_start(data_start, start_design(n, self.seed)))
+        batch = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+        flat = jax.vmap(flatten_params)(batch)
+        flat = jnp.where(free[None] > 0, flat, flatten_params(start)[None])
+        return jax.vmap(lambda v: unflatten_params(v, start))(flat)
 
     # ---- the block --------------------------------------------------------------------
     def fit(
@@ -404,12 +505,34 @@ class KalmanEngine:
         data_pad = pad_dates(data, n_pad)
         free_j = jnp.ones(flatten_params(start).shape[0]) if free is None else jnp.asarray(free)
 
-        best = None
-        for init in self._random_starts(start, self.n_starts):
-            r = self._calibrate(data_pad, init, prior, free_j)
-            ok = bool(np.isfinite(r.loglik))
-            if best is None or (ok and r.loglik > best.loglik + 1e-9 * abs(best.loglik)):
-                best = r
+        data_start = self._start(data, None) if theta0 is not None else start
+        starts = self._starts(data_start, start, theta0 is not None, free_j)
+        lanes = self._run_lanes(data_pad, starts, prior, free_j)
+        n_design = int(np.shape(lanes.loglik)[0])
+        best = _pick(lanes)
+        escapes = 0
+        # a degenerate best end point (a factor gone, |ρ| = 1) is escaped from, not accepted:
+        # its degenerate coordinates are moved back inside, ρ spread over both signs
+        while escapes < MAX_ESCAPES and bool(
+            degenerate(jax.tree.map(lambda a, i=best: a[i], lanes.params), free_j)
+        ):
+            escapes += 1
+            end = jax.tree.map(lambda a, i=best: jnp.asarray(a[i]), lanes.params)
+            rhos = np.linspace(-0.6, 0.6, n_design) if n_design > 1 else np.zeros(1)
+            inits = stack_params([move_inside(end, data_start, r, free_j) for r in rhos])
+            more = self._run_lanes(data_pad, inits, prior, free_j)
+            ll_before = float(np.asarray(lanes.loglik)[best])
+            lanes = _concat(lanes, more)
+            best = _pick(lanes)
+            if not float(np.asarray(lanes.loglik)[best]) > ll_before + AT_BEST_TOL:
+                break
+        ll_all = np.asarray(lanes.loglik, float)
+        ll_best = float(ll_all[best])
+        at_best = int(np.sum(np.isfinite(ll_all) & (ll_all >= ll_best - AT_BEST_TOL)))
+        r = self._result(lanes, best, data_pad, prior, free_j)
+        r.extra.update(n_starts=ll_all.size, starts_at_best=at_best, escape_rounds=escapes,
+                       start_logliks=ll_all)  # fmt: skip
+        best = r
         p = best.params
         ttm_fit = np.where(np.isfinite(ttm_np[sl]), ttm_np[sl], np.nan)
         ttm_pad = np.zeros((n_pad, M))
@@ -448,6 +571,11 @@ class KalmanEngine:
             tenor_names=names,
             dates=None if dates_idx is None else dates_idx[sl],
             states=self.states,
+            at_bound=bound_names(p, free_j, names),
+            bound_text=describe_bounds(p, free_j, names),
+            n_starts=int(best.extra["n_starts"]),
+            starts_at_best=int(best.extra["starts_at_best"]),
+            optimum_reached=best.stopped,
             extra={
                 "F_mkt_t": F_np[t_idx],
                 "start": start,
@@ -457,15 +585,24 @@ class KalmanEngine:
             },
         )
 
-    def _calibrate(self, data: MarketData, init: Params, prior: Prior, free: Array) -> _Calib:
-        """One fit from ``init`` by the engine's method."""
+    def _run_lanes(self, data: MarketData, inits: Params, prior: Prior, free: Array) -> _Lanes:
+        """Fit from every start in ``inits`` by the engine's method (one vmapped program)."""
+        em_iters = self.em_max_iters if self.method == "EM" else self.hybrid_em_iters
+        out = _fit_lanes(
+            data, inits, prior, free, self.gtol, self.ftol, self.em_tol,
+            method=self.method, max_steps=self.max_steps, gradient=self.gradient,
+            filter_method=self.filter_method, em_iters=em_iters,
+            em_accelerate=self.em_accelerate, ecme=self.em_variant == "ECME",
+        )  # fmt: skip
+        return jax.tree.map(np.asarray, out)
+
+    def _result(self, lanes: _Lanes, i: int, data: MarketData, prior: Prior, free: Array) -> _Calib:
+        """Lane ``i`` of a batch as the shell reports it."""
+        p = jax.tree.map(lambda a: jnp.asarray(a[i]), lanes.params)
+        status = int(lanes.status[i])
         extra: dict[str, Any] = {}
-        if self.method in ("EM", "HYBRID"):
-            em_iters = self.em_max_iters if self.method == "EM" else self.hybrid_em_iters
-            em = fit_em(
-                data, init, prior, free, max_iters=em_iters, tol=self.em_tol,
-                accelerate=self.em_accelerate, ecme=self.em_variant == "ECME",
-            )  # fmt: skip
+        if lanes.em is not None:
+            em = jax.tree.map(lambda a: a[i], lanes.em)
             n_it = int(em.num_iters)
             extra = {
                 "em_loglik_path": np.asarray(em.loglik_path)[: n_it + 1],
@@ -476,38 +613,23 @@ class KalmanEngine:
                 "em_rollbacks": int(em.rollbacks),
                 "em_loglik_decreases": int(em.ll_decreases),
             }
-            if self.method == "EM":
-                return _Calib(
-                    params=em.params,
-                    loglik=float(em.loglik),
-                    converged=bool(em.converged),
-                    status=EM_STATUS_MESSAGES[int(em.status)],
-                    num_steps=n_it,
-                    grad_norm=float(_grad_norm(em.params, data, prior, free)),
-                    extra=extra,
-                )
-            init = em.params
-        r = fit_mle(
-            data,
-            init,
-            prior,
-            free,
-            max_steps=self.max_steps,
-            gtol=self.gtol,
-            ftol=self.ftol,
-            gradient=self.gradient,
-            filter_method=self.filter_method,
-        )
-        if self.method == "HYBRID":
-            extra["mle_steps"] = int(r.num_steps)
+            if self.method == "HYBRID":
+                extra["mle_steps"] = int(lanes.num_steps[i])
+        if self.method == "EM":
+            text = EM_STATUS_MESSAGES[status]
+            grad_norm = float(_grad_norm(p, data, prior, free))
+        else:
+            text = status_message(status)
+            grad_norm = float(lanes.grad_norm[i])
         return _Calib(
-            params=r.params,
-            loglik=float(r.loglik),
-            converged=bool(r.converged),
-            status=status_message(int(r.status)),
-            num_steps=int(r.num_steps),
-            grad_norm=float(r.grad_norm),
+            params=p,
+            loglik=float(lanes.loglik[i]),
+            converged=bool(lanes.converged[i]),
+            status=text,
+            num_steps=int(lanes.num_steps[i]),
+            grad_norm=grad_norm,
             extra=extra,
+            stopped=bool(stopped(status)),
         )
 
     @staticmethod

@@ -182,7 +182,8 @@ def walk_forward_forecasts(
         Long DataFrame, one row per (model, h, origin, tenor) with a target observed:
         ``model, h, origin, target, tenor, forecast, actual, error`` (actual − forecast, in
         ln F), ``sd`` (predictive s.d. of the observed log price; NaN for the random walk),
-        ``fit_date`` (last date of the estimation window) and ``converged``.
+        ``fit_date`` (last date of the estimation window) and ``optimum_reached`` (the
+        fit stopped at an optimum, interior or on a boundary; False: it ran out of steps).
     """
     unknown = sorted(set(models) - set(FORECAST_MODELS))
     if unknown:
@@ -241,11 +242,11 @@ def walk_forward_forecasts(
                     fc[h][0][r:stop] = m_h[r:stop]
                     fc[h][1][r:stop] = v_h[r:stop]
                 fit_date[r:stop] = r
-                conv[r:stop] = fit.converged
+                conv[r:stop] = fit.optimum_reached
                 if progress:
                     print(
                         f"[forecast] {model} fit to {dates[r].date()} ({r + 1 - lo} dates) "
-                        f"loglik {fit.loglik:.2f} {'ok' if fit.converged else 'NOT converged'}"
+                        f"loglik {fit.loglik:.2f} {'ok' if fit.optimum_reached else 'NO optimum'}"
                         f" {time.perf_counter() - t0:.1f}s",
                         file=sys.stderr,
                     )
@@ -270,7 +271,7 @@ def walk_forward_forecasts(
                         "error": a[oi, ti] - f[oi, ti],
                         "sd": np.sqrt(var[origins[oi], ti]),
                         "fit_date": dates[fit_date[origins[oi]]],
-                        "converged": conv[origins[oi]],
+                        "optimum_reached": conv[origins[oi]],
                     }
                 )
             )

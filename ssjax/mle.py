@@ -10,7 +10,10 @@ windows and commodities. Stopping rules (checked after every step):
   ``patience`` steps (the usual stop when a measurement s.d. heads to zero: the likelihood
   is flat in log s.d. there);
 * ``MAX_STEPS``: the step budget ran out (not converged);
-* ``NONFINITE``: the objective or gradient became non-finite (not converged).
+* ``NONFINITE``: the objective or gradient became non-finite (not converged);
+* ``BOUNDARY``: ``GTOL`` or ``FTOL`` fired but a free parameter ended at a bound of its
+  domain (:func:`ssjax.optimum.at_bounds`: a noise s.d. or a factor's scale → 0, |ρ| → 1);
+  the point may be the maximum, but it is not an interior optimum, so not "converged".
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import Array, lax
+from jax.typing import ArrayLike
 
 from .data import MarketData
 from .filter import Prior, default_prior, log_likelihood_data, log_likelihood_terms
 from .linesearch import scale_by_zoom_linesearch
+from .optimum import BOUNDARY, BOUNDARY_MESSAGE, bound_vector
 from .parallel_filter import choose_method, log_likelihood_parallel
 from .params import Params, flatten_params, from_unconstrained, to_unconstrained, unflatten_params
 from .score import log_likelihood_fisher
@@ -40,6 +45,8 @@ __all__ = [
     "FTOL",
     "MAX_STEPS",
     "NONFINITE",
+    "BOUNDARY",
+    "stopped",
 ]
 
 RUNNING, GTOL, FTOL, MAX_STEPS, NONFINITE = 0, 1, 2, 3, 4
@@ -49,6 +56,7 @@ STATUS_MESSAGES = {
     FTOL: "converged: relative objective change below ftol",
     MAX_STEPS: "not converged: maximum number of steps reached",
     NONFINITE: "not converged: objective or gradient became non-finite",
+    BOUNDARY: BOUNDARY_MESSAGE,
 }
 
 
@@ -59,8 +67,8 @@ class MLEResult(NamedTuple):
     loglik: Array  # log-likelihood at the end point
     grad_norm: Array  # max-norm of the gradient of the per-observation objective
     num_steps: Array  # optimizer steps taken
-    status: Array  # one of GTOL, FTOL, MAX_STEPS, NONFINITE
-    converged: Array  # bool: status is GTOL or FTOL
+    status: Array  # one of GTOL, FTOL, MAX_STEPS, NONFINITE, BOUNDARY
+    converged: Array  # bool: an interior optimum (status GTOL or FTOL)
 
 
 GRADIENTS = ("fisher", "autodiff")
@@ -285,14 +293,25 @@ def fit_mle(
     else:
         c = run(objective("autodiff"), w0, step0, max_steps)
     params = from_unconstrained(unflatten_params(v0 + free * c.v / d, template))
+    met = (c.status == GTOL) | (c.status == FTOL)
+    status = jnp.where(met & jnp.any(bound_vector(params, free)), BOUNDARY, c.status)
+    status = status.astype(c.status.dtype)
     return MLEResult(
         params=params,
         loglik=-c.value * scale,
         grad_norm=jnp.max(jnp.abs(c.grad)),
         num_steps=c.step,
-        status=c.status,
-        converged=(c.status == GTOL) | (c.status == FTOL),
+        status=status,
+        converged=(status == GTOL) | (status == FTOL),
     )
+
+
+def stopped(status: ArrayLike) -> Array:
+    """True where a fit's stopping rule fired: an interior optimum (``converged``) or a
+    ``BOUNDARY`` end point (MLE and EM status codes alike); False for a step budget run out
+    or a non-finite objective."""
+    s = jnp.asarray(status)
+    return (s == GTOL) | (s == FTOL) | (s == BOUNDARY)
 
 
 def status_message(status: int) -> str:

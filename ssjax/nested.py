@@ -181,7 +181,8 @@ def compare_nested(
     Returns:
         DataFrame indexed by model: ``label, n_params, loglik, aic, bic, aicc``, and against
         the full model ``lr, df, p_value`` (boundary mixture where the restriction puts a
-        variance at zero), plus ``converged``.
+        variance at zero), plus ``converged`` (an interior optimum) and
+        ``at_bound`` (the free parameters that ended at a bound).
     """
     if full not in fits:
         raise ValueError(f"fits has no {full!r} entry (the unrestricted model)")
@@ -217,6 +218,7 @@ def compare_nested(
             t = likelihood_ratio_test(float(fit.loglik), float(ref.loglik), df, boundary)
             row.update(lr=t.statistic, df=df, p_value=t.pvalue)
         row["converged"] = bool(fit.converged)
+        row["at_bound"] = ", ".join(fit.at_bound)
         rows.append(row)
     out = pd.DataFrame(rows, index=pd.Index(list(fits), name="model"))
     out["df"] = out["df"].astype("Int64")

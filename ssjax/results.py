@@ -61,7 +61,19 @@ class KalmanFit:
     tenor_names: list[str]
     dates: pd.DatetimeIndex | None = None
     states: str = "filtered"
+    at_bound: list[str] = field(default_factory=list)  # free parameters at a bound
+    bound_text: str = ""  # the same in words
+    n_starts: int = 1  # starting points fitted
+    starts_at_best: int = 1  # of those, how many ended within 1e-3 of the best log-likelihood
+    #: the stopping rule fired: an interior optimum (``converged``) or a boundary end point
+    #: (False when the optimizer ran out of steps or met a non-finite value)
+    optimum_reached: bool = False
     extra: dict = field(default_factory=dict)
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the end point has a free parameter at a bound (status ``BOUNDARY``)."""
+        return bool(self.at_bound)
 
     # ---- parameters -------------------------------------------------------------------
     @cached_property
@@ -119,12 +131,15 @@ class KalmanFit:
 
     # ---- tables -----------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
-        """Parameters with standard errors, z, p-values and 95% intervals."""
+        """Parameters with standard errors, z, p-values, 95% intervals, robust s.e. and
+        ``at_bound`` (True where the estimate sits at a bound of its domain: its Wald numbers
+        do not hold there)."""
         df = pd.concat(
             [self.param_values, self.std_err, self.tvalues, self.pvalues, self.conf_int(),
              self.std_err_robust],
             axis=1,
         )  # fmt: skip
+        df["at_bound"] = [n in self.at_bound for n in df.index]
         return df
 
     def summary(self) -> str:
@@ -143,9 +158,10 @@ class KalmanFit:
             ("Log-likelihood:", f"{self.loglik:.4f}"),
             ("AIC:", f"{self.aic:.4f}"),
             ("BIC:", f"{self.bic:.4f}"),
-            ("Converged:", f"{self.converged} ({self.status})"),
+            ("Converged:", "yes" if self.converged else "no"),
             ("Iterations:", str(self.num_steps)),
             ("Max |gradient|/nobs:", f"{self.grad_norm:.2e}"),
+            ("Starts at best:", f"{self.starts_at_best} of {self.n_starts}"),
         ]
         if "em_iterations" in self.extra:
             x = self.extra
@@ -158,6 +174,9 @@ class KalmanFit:
             l1, v1 = head[i]
             l2, v2 = head[i + 1] if i + 1 < len(head) else ("", "")
             lines.append(f"{l1:<20}{v1:>22}   {l2:<20}{v2:>21}")
+        lines.append(f"{'Status:':<20}{self.status}")
+        if self.at_bound:
+            lines.append(f"{'At a bound:':<20}{self.bound_text}")
         lines.append("-" * width)
         lines.append(
             f"{'':<16}{'coef':>11}{'std err':>11}{'z':>9}{'P>|z|':>8}{'[0.025':>11}{'0.975]':>11}"
@@ -166,8 +185,9 @@ class KalmanFit:
         lines.append("-" * width)
         for name, row in df.iterrows():
             vals = row.to_numpy()
+            label = f"{name} *" if row["at_bound"] else name
             lines.append(
-                f"{name:<16}{vals[0]:>11.5f}{vals[1]:>11.5f}{vals[2]:>9.2f}{vals[3]:>8.3f}"
+                f"{label:<16}{vals[0]:>11.5f}{vals[1]:>11.5f}{vals[2]:>9.2f}{vals[3]:>8.3f}"
                 f"{vals[4]:>11.5f}{vals[5]:>11.5f}{vals[6]:>11.5f}"
             )
         lines.append("=" * width)
@@ -181,8 +201,23 @@ class KalmanFit:
         lines.append(f"F_model_t: {row(self.F_model_t)}")
         if f_mkt is not None:
             lines.append(f"F_mkt_t:   {row(f_mkt)}")
-        if not self.converged:
+        if not self.optimum_reached:
             lines.append("WARNING: the optimizer did not converge; estimates are unreliable.")
+        elif self.at_bound:
+            lines.append(
+                "NOTE: the end point is on the boundary of the parameter space, not an interior "
+                "optimum: the Wald standard errors, z and intervals of the parameters at a bound "
+                "(marked *: "
+                + ", ".join(self.at_bound)
+                + ") are not valid there, and a likelihood-ratio test of such a parameter needs "
+                "the boundary mixture (ssjax.stats)."
+            )
+        if self.n_starts > 1 and self.starts_at_best < 2:
+            lines.append(
+                f"NOTE: only {self.starts_at_best} of {self.n_starts} starts reached the best "
+                "log-likelihood; the likelihood is multi-modal here, more starts (n_starts=) "
+                "may find a higher optimum."
+            )
         if np.isnan(np.diag(self.cov)[np.asarray(self.free) > 0]).any():
             lines.append("WARNING: the Hessian is not negative definite at the end point.")
         return "\n".join(lines)
@@ -194,5 +229,5 @@ class KalmanFit:
         scalars = {k: round(v, 6) for k, v in self.theta.items() if k != "meas_sd"}
         return (
             f"KalmanFit(method={self.method!r}, loglik={self.loglik:.4f}, "
-            f"converged={self.converged}, theta={scalars})"
+            f"converged={self.converged}, at_bound={self.at_bound}, theta={scalars})"
         )

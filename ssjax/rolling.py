@@ -64,9 +64,10 @@ from .datasets import Panel
 from .em import EM_STATUS_MESSAGES, fit_em
 from .filter import default_prior, kalman_filter, log_likelihood_data
 from .inference import parameter_uncertainty
-from .mle import STATUS_MESSAGES, check_fit_options, fit_mle
+from .mle import FTOL, GTOL, STATUS_MESSAGES, check_fit_options, fit_mle, stopped
 from .mle import default_start as _default_start
 from .model import forward_curve
+from .optimum import bound_vector, move_inside, offset_start, start_design
 from .panels import StackedPanels, stack_panels
 from .params import Params, flatten_params, param_names, unflatten_params
 
@@ -83,7 +84,7 @@ _AXIS = "batch"
 #: how many times each batched program was traced (a retrace is a recompilation)
 TRACE_COUNTS: Counter = Counter()
 _MANIFEST = "manifest.json"
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 REFINE_MODES = ("neighbours", "past", "none")
 #: a neighbour's optimum is refitted from when it beats a window's own by more than this
 REFINE_GATE = 1e-3
@@ -130,7 +131,7 @@ class WindowFit(NamedTuple):
 
     params: Params
     loglik: Array
-    converged: Array
+    stopped: Array  # the stopping rule fired: interior optimum or boundary (mle.stopped)
     num_steps: Array  # optimizer steps (MLE) or EM iterations
     status: Array  # the method's status code
 
@@ -195,6 +196,7 @@ def _fit_window(
     end,
     init,
     use_init,
+    offset,
     *,
     window,
     method,
@@ -205,15 +207,22 @@ def _fit_window(
     revert=True,
     pad=True,
 ) -> WindowFit:
-    """Fit one window from ``init`` moved off the boundary (``use_init``) or from its
-    data-derived start."""
+    """Fit one window from ``init`` moved inside and off the boundary (``use_init``) or from
+    its data-derived start moved by ``offset`` (one start of a design:
+    ``(log_scale [4], rho, keep_rho)``, see :func:`ssjax.optimum.offset_start`; with
+    ``use_init`` its ``rho`` is what a ρ at ±1 in ``init`` becomes)."""
     raw = window_data(stack, c, end, window)
     # padded like a standalone KalmanEngine fit (the same floating-point path) unless asked not
     # to: a warm fit starts elsewhere anyway, and the padded dates cost ~20% of its time
     data = _padded_window(stack, c, end, window) if pad else raw
     ds = _default_start(raw)
+    log_scale, rho, keep_rho = offset
+    # a degenerate optimum (a factor gone, |ρ| = 1) is no start: its degenerate coordinates
+    # are moved back inside first (the others are kept)
+    init = move_inside(init, ds, rho)
     init = escape_boundary(init, ds, floor, data, default_prior(raw), revert=revert)
-    start = jax.tree.map(lambda a, b: jnp.where(use_init, a, b), init, ds)
+    seed = offset_start(ds, log_scale, rho, keep_rho)
+    start = jax.tree.map(lambda a, b: jnp.where(use_init, a, b), init, seed)
     prior = default_prior(raw)
     # the prior and the free mask as KalmanEngine passes them
     free = jnp.ones_like(flatten_params(start))
@@ -227,9 +236,28 @@ def _fit_window(
             gradient=gradient,
             filter_method=filter_method,
         )
-        return WindowFit(r.params, r.loglik, r.converged, r.num_steps, r.status)
+        return WindowFit(r.params, r.loglik, stopped(r.status), r.num_steps, r.status)
     r = fit_em(data, start, prior, free, max_iters=max_steps)
-    return WindowFit(r.params, r.loglik, r.converged, r.num_iters, r.status)
+    return WindowFit(r.params, r.loglik, stopped(r.status), r.num_iters, r.status)
+
+
+def _NO_OFFSET(dtype):
+    """The zero offset (the data-derived start itself; ρ at ±1 in a start moves to 0)."""
+    return (jnp.zeros(4, dtype), jnp.zeros((), dtype), jnp.ones((), bool))
+
+
+def _zero_offsets(n: int, dtype) -> tuple:
+    """``n`` lanes of the zero offset (host arrays; see :func:`_NO_OFFSET`)."""
+    return (np.zeros((n, 4), dtype), np.zeros(n, dtype), np.ones(n, bool))
+
+
+def _offsets(design, idx: np.ndarray, dtype) -> tuple:
+    """Host arrays of the design's offsets for lanes taking start ``idx``."""
+    return (
+        np.asarray(design.log_scale[idx], dtype),
+        np.asarray(design.rho[idx], dtype),
+        np.asarray(design.keep_rho[idx], bool),
+    )
 
 
 def _lanes(fn, xs, width: int):
@@ -242,10 +270,10 @@ def _lanes(fn, xs, width: int):
     return lax.map(lambda a: fn(*a), xs, batch_size=width)
 
 
-def _cold_body(stack, cs, ends, inits, use_init, *, width, **fit_kw):
+def _cold_body(stack, cs, ends, inits, use_init, offsets, *, width, **fit_kw):
     TRACE_COUNTS["cold"] += 1
     fn = functools.partial(_fit_window, **fit_kw)
-    return _lanes(lambda *a: fn(stack, *a), (cs, ends, inits, use_init), width)
+    return _lanes(lambda *a: fn(stack, *a), (cs, ends, inits, use_init, offsets), width)
 
 
 def _warm_body(stack, cs, ends, carry, have, *, width, **fit_kw):
@@ -256,8 +284,8 @@ def _warm_body(stack, cs, ends, carry, have, *, width, **fit_kw):
     def per_commodity(c, p0, h0):
         def body(state, e):
             p, h = state
-            r = fn(stack, c, e, p, h)
-            ok = r.converged & jnp.isfinite(r.loglik)
+            r = fn(stack, c, e, p, h, _NO_OFFSET(p.kappa.dtype))
+            ok = r.stopped & jnp.isfinite(r.loglik)
             nxt = jax.tree.map(lambda a, b: jnp.where(ok, a, b), r.params, p)
             return (nxt, h | ok), r
 
@@ -328,8 +356,8 @@ def _program(kind: str, mesh: Mesh, **static) -> Callable:
         body = functools.partial(_BODIES[kind], **static)
         if kind == "warm":  # (stack, cs, ends, carry, have): ends replicated
             in_specs = (P(), P(_AXIS), P(), P(_AXIS), P(_AXIS))
-        elif kind == "cold":  # (stack, cs, ends, inits, use_init)
-            in_specs = (P(), P(_AXIS), P(_AXIS), P(_AXIS), P(_AXIS))
+        elif kind == "cold":  # (stack, cs, ends, inits, use_init, offsets)
+            in_specs = (P(), P(_AXIS), P(_AXIS), P(_AXIS), P(_AXIS), P(_AXIS))
         else:  # post and loglik: (stack, cs, ends, params)
             in_specs = (P(), P(_AXIS), P(_AXIS), P(_AXIS))
         sharded = jax.shard_map(
@@ -404,7 +432,7 @@ class RollingResult:
     params: Params  # leaves [C, W] (meas_sd [C, W, M])
     std_err: np.ndarray  # [C, W, n_params] (flat physical order, NaN where not available)
     loglik: np.ndarray  # [C, W]
-    converged: np.ndarray  # [C, W]
+    converged: np.ndarray  # [C, W] an interior optimum (stopping rule met, no bound active)
     num_steps: np.ndarray  # [C, W] optimizer steps (MLE) or EM iterations
     status: np.ndarray  # [C, W] the method's status code (see ``status_text``)
     state_t: np.ndarray  # [C, W, 2] filtered (X, Y) at the window end
@@ -419,10 +447,23 @@ class RollingResult:
     seconds: float
     info: dict = field(default_factory=dict)
     refined: np.ndarray | None = None  # [C, W] result from a refinement refit (``refine``)
+    #: [C, W] the stopping rule fired: an interior optimum or a boundary end point
+    optimum_reached: np.ndarray | None = None
+    #: [C, W, n_params] free parameters at a bound of their domain (ssjax.optimum.at_bounds)
+    at_bound: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.refined is None:
             self.refined = np.zeros(np.shape(self.valid), bool)
+        if self.optimum_reached is None:
+            self.optimum_reached = np.asarray(self.converged, bool).copy()
+        if self.at_bound is None:
+            self.at_bound = np.zeros(np.shape(self.std_err), bool)
+
+    def bound_text(self, c: int, w: int) -> str:
+        """The parameters of window ``w`` of commodity ``c`` that ended at a bound."""
+        names = self.param_names
+        return ", ".join(n for n, f in zip(names, self.at_bound[c, w], strict=True) if f)
 
     @property
     def end_dates(self) -> pd.DatetimeIndex:
@@ -465,6 +506,8 @@ class RollingResult:
                 r.update(
                     loglik=self.loglik[c, w],
                     converged=bool(self.converged[c, w]),
+                    optimum_reached=bool(self.optimum_reached[c, w]),
+                    at_bound=self.bound_text(c, w),
                     refined=bool(self.refined[c, w]),
                     num_steps=int(self.num_steps[c, w]),
                     status=self.status_text(c, w),
@@ -500,6 +543,7 @@ class RollingResult:
         data.update(
             loglik=(cw, self.loglik),
             converged=(cw, self.converged),
+            optimum_reached=(cw, self.optimum_reached),
             refined=(cw, self.refined),
             num_steps=(cw, self.num_steps),
             mean_nis=(cw, self.mean_nis),
@@ -679,6 +723,8 @@ def recalibrate(
     refine: str = "neighbours",
     explore: bool = False,
     max_refine_rounds: int = 100,
+    n_starts: int = 1,
+    seed: int = 0,
 ) -> RollingResult:
     """Fit Θ on rolling windows of every commodity.
 
@@ -753,6 +799,14 @@ def recalibrate(
             warm path stays 0.4-7.9 nats below the cold, refined fits on windows 135-162);
             exploring finds it, at the cost of a cold run.
 
+        n_starts, seed: starting points per window of every fit from data-derived starts
+            (cold mode, and ``explore``'s seeds): the window's data-derived start and
+            ``n_starts − 1`` points spread around it (:func:`ssjax.optimum.start_design`,
+            shuffled by ``seed``), all fitted as lanes of the same vmapped batch; the best
+            is kept. Whatever the mode, a fit that ends at a degenerate point (κ, σ_X or σ_Y
+            → 0, |ρ| → 1) is refitted from it moved inside (ρ at −0.5, 0 and 0.5) and the
+            better result kept (``info["escaped"]``).
+
     A window whose tenors are all unobserved is marked ``valid=False`` (its numbers are NaN).
     """
     method = method.upper()
@@ -760,6 +814,8 @@ def recalibrate(
         raise ValueError(f"refine must be one of {REFINE_MODES}, got {refine!r}")
     if not (np.isfinite(warm_floor) and 0.0 <= warm_floor <= 1.0):
         raise ValueError(f"warm_floor must lie in [0, 1], got {warm_floor}")
+    if n_starts < 1:
+        raise ValueError(f"n_starts must be >= 1, got {n_starts}")
     if max_refine_rounds < 0:
         raise ValueError(f"max_refine_rounds must be >= 0, got {max_refine_rounds}")
     if method not in ("MLE", "EM"):
@@ -822,7 +878,7 @@ def recalibrate(
         commodities=list(sp.commodities),
         gradient=gradient, filter_method=filter_method, standard_errors=bool(standard_errors),
         warm_floor=float(warm_floor), refine=refine, max_refine_rounds=int(max_refine_rounds),
-        explore=bool(explore and warm_start),
+        explore=bool(explore and warm_start), n_starts=int(n_starts), seed=int(seed),
     )  # fmt: skip
     stack_dev = _put(stack, mesh, P())
     template = _params_template(stack, window)
@@ -838,8 +894,8 @@ def recalibrate(
         )
     if warm_start:
         # the fits that started from the data-derived start: each commodity's first windows,
-        # up to its first converged one (later ones start from the previous optimum)
-        ok = (np.asarray(flat["converged"], bool).reshape(C, W) & valid).astype(int)
+        # up to its first that stopped at an optimum (later ones start from the previous one)
+        ok = (np.asarray(flat["stopped"], bool).reshape(C, W) & valid).astype(int)
         from_data = (np.cumsum(ok, axis=1) - ok == 0).reshape(-1)
     else:
         from_data = np.ones(C * W, bool)
@@ -848,7 +904,7 @@ def recalibrate(
             stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_dir, progress,
             kind="explore",
         )  # fmt: skip
-        better = np.asarray(cflat["converged"], bool) & (
+        better = np.asarray(cflat["stopped"], bool) & (
             np.asarray(cflat["loglik"]) > np.nan_to_num(flat["loglik"], nan=-np.inf) + REFINE_ACCEPT
         )
         flat = _merge(flat, cflat, better, template)
@@ -856,6 +912,7 @@ def recalibrate(
                 for k, v in post.items()}  # fmt: skip
         from_data |= better
         info.update(
+            explore_escaped=cinfo["escaped"],
             explore_better=int(better.sum()),
             explore_chunks=cinfo["chunks"],
             explore_chunks_computed=cinfo["chunks_computed"],
@@ -894,7 +951,9 @@ def recalibrate(
         params=params,
         std_err=blank(post["std_err"]),
         loglik=blank(flat["loglik"]),
-        converged=grid(flat["converged"]).astype(bool) & valid,
+        converged=grid(np.isin(flat["status"], (GTOL, FTOL))).astype(bool) & valid,
+        optimum_reached=grid(flat["stopped"]).astype(bool) & valid,
+        at_bound=grid(np.asarray(jax.vmap(bound_vector)(flat["params"]))) & valid[..., None],
         num_steps=grid(flat["num_steps"]).astype(int),
         status=grid(flat["status"]).astype(int),
         state_t=blank(post["state_t"]),
@@ -922,7 +981,7 @@ def _flat_fit(r: WindowFit) -> dict[str, Any]:
     out = {
         "params": jax.vmap(flatten_params)(r.params),
         "loglik": r.loglik,
-        "converged": r.converged,
+        "stopped": r.stopped,
         "num_steps": r.num_steps,
         "status": r.status,
     }
@@ -942,6 +1001,54 @@ def _run_post(
     return _host(out)
 
 
+def _best_per_window(r: dict, K: int) -> np.ndarray:
+    """Index (into the lanes of ``r``, K consecutive lanes per window) of each window's best
+    fit: the highest log-likelihood among the lanes that stopped, else among the finite."""
+    ll = np.asarray(r["loglik"], float).reshape(-1, K)
+    ok = np.asarray(r["stopped"], bool).reshape(-1, K) & np.isfinite(ll)
+    pool = np.where(ok.any(axis=1, keepdims=True), ok, np.isfinite(ll))
+    score = np.where(pool, ll, -np.inf)
+    return np.arange(ll.shape[0]) * K + np.argmax(score, axis=1)
+
+
+def _degenerate_lanes(r: dict, template: Params) -> np.ndarray:
+    """Host mask: fits that stopped at a degenerate point (κ, σ_X, σ_Y or ρ at a bound)."""
+    p = _unflat_params(np.asarray(r["params"]), template)
+    flags = np.asarray(jax.vmap(bound_vector)(p))[:, :4].any(axis=1)
+    return flags & np.isfinite(np.asarray(r["loglik"], float))
+
+
+#: ρ values a degenerate end point restarts from (its ρ at ±1 moved there, κ/σ moved inside)
+ESCAPE_RHOS = (-0.5, 0.0, 0.5)
+
+
+def _escape(r: dict, full, stack_dev, mesh, unit, cap, cs, es, template, dtype) -> int:
+    """Refit every degenerate fit in ``r`` (flat host arrays, changed in place) from its end
+    point moved inside, ρ at each of :data:`ESCAPE_RHOS`; the best refit replaces it when
+    higher. Returns the number of fits replaced."""
+    deg = np.flatnonzero(_degenerate_lanes(r, template))
+    if deg.size == 0:
+        return 0
+    nr = len(ESCAPE_RHOS)
+    lanes = np.repeat(deg, nr)
+    rho = np.tile(np.asarray(ESCAPE_RHOS), deg.size)
+    inits = _unflat_params(np.asarray(r["params"])[lanes].astype(dtype), template)
+    off = (np.zeros((lanes.size, 4), dtype), rho.astype(dtype), np.zeros(lanes.size, bool))
+    parts = _batched(full, stack_dev, mesh, unit, cap, cs[lanes], es[lanes], inits,
+                     extra=(np.ones(lanes.size, bool), off))  # fmt: skip
+    parts = [_flat_fit(p) for p in parts]
+    res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    pick = _best_per_window(res, nr)
+    n = 0
+    for i, lane in enumerate(deg):
+        j = pick[i]
+        if res["stopped"][j] and res["loglik"][j] > r["loglik"][lane] + REFINE_ACCEPT:
+            for k in r:
+                r[k][lane] = res[k][j]
+            n += 1
+    return n
+
+
 def _run_cold(
     stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_dir, progress, kind="chunk"
 ):
@@ -949,7 +1056,9 @@ def _run_cold(
     window, method = config["window"], config["method"]
     width = config["vector_width"]
     unit = width * n_dev  # lanes per call are a multiple of this: whole groups on each device
-    B = -(-config["chunk_size"] // unit) * unit
+    K = config["n_starts"]
+    design = start_design(K, config["seed"])
+    B = -(-config["chunk_size"] // unit) * unit  # windows per chunk (B * K lanes)
     cs_all = np.repeat(np.arange(C), W).astype(np.int32)
     es_all = np.tile(ends, C).astype(np.int32)
     valid_all = valid.reshape(-1)
@@ -968,41 +1077,55 @@ def _run_cold(
     )
     first = _program("cold", mesh, max_steps=config["budget"], **kw)
     full = _program("cold", mesh, max_steps=config["max_steps"], **kw)
-    dummy = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (B,) + a.shape), template)
+    dtype = stack.log_f.dtype
+    dummy = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (B * K,) + a.shape), template)
     label = f"recalibrate {method} cold" + (" (explore)" if kind != "chunk" else "")
     bar = _Progress(n_chunks, int(valid_all.sum()), progress, label)
     parts_fit, parts_post = [], []
-    computed = second_total = 0
+    computed = second_total = escaped = 0
     for k in range(n_chunks):
-        lanes = np.arange(k * B, min((k + 1) * B, N))
-        n = lanes.size
+        wins = np.arange(k * B, min((k + 1) * B, N))
+        n = wins.size
         if store is not None and store.has(kind, k):
             part = store.read(kind, k, _cold_shapes(template, stack))
-            bar.update(int(valid_all[lanes].sum()), computed=False)
+            bar.update(int(valid_all[wins].sum()), computed=False)
         else:
-            idx = np.concatenate([lanes, np.full(B - n, lanes[-1])])  # pad the last chunk
-            cs, es = cs_all[idx], es_all[idx]
-            use = np.zeros(B, bool)
-            r = _fit_arrays(first(stack_dev, *_put((cs, es, dummy, use), mesh, P(_AXIS))))
-            todo = np.flatnonzero(~r["converged"][:n] & valid_all[lanes])
+            idx = np.concatenate([wins, np.full(B - n, wins[-1])])  # pad the last chunk
+            lane_w = np.repeat(idx, K)  # K starts of each window, side by side
+            lane_s = np.tile(np.arange(K), B)
+            cs, es = cs_all[lane_w], es_all[lane_w]
+            off = _offsets(design, lane_s, dtype)
+            use = np.zeros(B * K, bool)
+            r = _fit_arrays(first(stack_dev, *_put((cs, es, dummy, use, off), mesh, P(_AXIS))))
+            real = np.repeat(np.arange(B) < n, K) & valid_all[lane_w]
+            todo = np.flatnonzero(~r["stopped"] & real)
             second_total += todo.size
             if todo.size:
-                # the stragglers start over from their data-derived start with the full
-                # budget: the same path as a standalone fit (continuing from the first pass's
-                # end point would restart L-BFGS's memory and preconditioner and can stop
+                # the stragglers start over from their start with the full budget: the same
+                # path as a standalone fit from there (continuing from the first pass's end
+                # point would restart L-BFGS's memory and preconditioner and can stop
                 # elsewhere on a flat likelihood)
-                nb = _bucket(todo.size, B, unit)
+                nb = _bucket(todo.size, B * K, unit)
                 sub = np.concatenate([todo, np.full(nb - todo.size, todo[0])])
                 d2 = jax.tree.map(lambda a: a[:nb], dummy)
+                o2 = tuple(np.asarray(x)[sub] for x in off)
                 r2 = _fit_arrays(
-                    full(stack_dev, *_put((cs[sub], es[sub], d2, np.zeros(nb, bool)),
+                    full(stack_dev, *_put((cs[sub], es[sub], d2, np.zeros(nb, bool), o2),
                                           mesh, P(_AXIS)))
                 )  # fmt: skip
                 for name in r:
                     r[name][todo] = r2[name][: todo.size]
-            dtype = stack.log_f.dtype
+            best = _best_per_window(r, K)
+            r = {name: np.array(v[best]) for name, v in r.items()}
+            cw, ew = cs_all[idx], es_all[idx]
+            real_w = np.flatnonzero((np.arange(B) < n) & valid_all[idx])
+            sub_r = {name: v[real_w] for name, v in r.items()}
+            escaped += _escape(sub_r, full, stack_dev, mesh, unit, B, cw[real_w], ew[real_w],
+                               template, dtype)  # fmt: skip
+            for name in r:
+                r[name][real_w] = sub_r[name]
             post = _run_post(
-                stack_dev, cs, es, r["params"], template, mesh, window, dtype, width,
+                stack_dev, cw, ew, r["params"], template, mesh, window, dtype, width,
                 config["standard_errors"],
             )  # fmt: skip
             part = {f"fit/{k2}": v[:n] for k2, v in r.items()}
@@ -1010,13 +1133,18 @@ def _run_cold(
             if store is not None:
                 store.write(kind, k, part)
             computed += 1
-            bar.update(int(valid_all[lanes].sum()), computed=True)
+            bar.update(int(valid_all[wins].sum()), computed=True)
         parts_fit.append({k2[4:]: v for k2, v in part.items() if k2.startswith("fit/")})
         parts_post.append({k2[5:]: v for k2, v in part.items() if k2.startswith("post/")})
     flat = {k2: np.concatenate([p[k2] for p in parts_fit]) for k2 in parts_fit[0]}
     flat["params"] = _unflat_params(flat["params"], template)
     post = {k2: np.concatenate([p[k2] for p in parts_post]) for k2 in parts_post[0]}
-    info = {"chunks": n_chunks, "chunks_computed": computed, "second_pass_windows": second_total}
+    info = {
+        "chunks": n_chunks,
+        "chunks_computed": computed,
+        "second_pass_windows": second_total,
+        "escaped": escaped,
+    }
     return flat, post, info
 
 
@@ -1025,7 +1153,7 @@ def _cold_shapes(template: Params, stack: MarketData) -> dict[str, tuple]:
     M = stack.log_f.shape[-1]
     f8, i4, b1 = np.float64, np.int32, np.bool_
     return {
-        "fit/params": ((n,), f8), "fit/loglik": ((), f8), "fit/converged": ((), b1),
+        "fit/params": ((n,), f8), "fit/loglik": ((), f8), "fit/stopped": ((), b1),
         "fit/num_steps": ((), i4), "fit/status": ((), i4),
         "post/std_err": ((n,), f8), "post/state_t": ((2,), f8), "post/F_model_t": ((M,), f8),
         "post/mean_nis": ((), f8), "post/innov_mean": ((M,), f8), "post/innov_sd": ((M,), f8),
@@ -1056,12 +1184,24 @@ def _run_warm(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_
         filter_method=config["filter_method"],
         floor=config["warm_floor"],
     )
+    full = _program(
+        "cold",
+        mesh,
+        window=window,
+        method=method,
+        max_steps=config["max_steps"],
+        width=width,
+        gradient=config["gradient"],
+        filter_method=config["filter_method"],
+        floor=config["warm_floor"],
+    )  # the escapes from degenerate end points
+    unit = width * n_dev
     n = flatten_params(template).shape[0]
     carry = np.broadcast_to(np.asarray(flatten_params(template)), (Cp, n)).copy()
     have = np.zeros(Cp, bool)
     bar = _Progress(n_chunks, int(valid.sum()), progress, f"recalibrate {method} warm")
     fit_parts, post_parts = [], []
-    computed = 0
+    computed = escaped = 0
     shapes = _cold_shapes(template, stack)
     B_post = -(-(C * Bw) // (width * n_dev)) * (width * n_dev)
     for k in range(n_chunks):
@@ -1090,6 +1230,20 @@ def _run_warm(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_
             # lanes in commodity-major order within the chunk
             lane_c = np.repeat(np.arange(C), nw).astype(np.int32)
             lane_e = np.tile(ends[w_idx], C).astype(np.int32)
+            # a degenerate end point (a factor gone, |ρ| = 1) is refitted from inside; where
+            # that wins in a commodity's last window, the next chunk starts from the new one
+            live = np.flatnonzero(valid[:, w_idx].reshape(-1))
+            sub_r = {name: v[live] for name, v in r.items()}
+            n_esc = _escape(sub_r, full, stack_dev, mesh, unit, -(-Bw // unit) * unit,
+                            lane_c[live], lane_e[live], template, stack.log_f.dtype)  # fmt: skip
+            if n_esc:
+                for name in r:
+                    r[name][live] = sub_r[name]
+                last = np.arange(C) * nw + (nw - 1)
+                won = r["stopped"][last] & np.isfinite(r["loglik"][last])
+                carry[:C][won] = r["params"][last][won]
+                have[:C] |= won
+            escaped += n_esc
             pad = B_post - lane_c.size  # one shape for every chunk: one compiled post-fit
             pc = np.concatenate([lane_c, np.zeros(pad, np.int32)])
             pe = np.concatenate([lane_e, np.full(pad, lane_e[-1], np.int32)])
@@ -1120,7 +1274,9 @@ def _run_warm(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_
     flat = assemble(fit_parts)
     post = assemble([(w, p) for (w, _), p in zip(fit_parts, post_parts, strict=True)])
     flat["params"] = _unflat_params(flat["params"], template)
-    return flat, post, {"chunks": n_chunks, "chunks_computed": computed, "second_pass_windows": 0}
+    info = {"chunks": n_chunks, "chunks_computed": computed, "second_pass_windows": 0,
+            "escaped": escaped}  # fmt: skip
+    return flat, post, info
 
 
 # --------------------------------------------------------------------------------------
@@ -1135,7 +1291,7 @@ def _batched(prog, stack_dev, mesh, unit: int, cap: int, cs, es, payload, extra=
         nb = _bucket(b - a, cap, unit)
         idx = np.concatenate([np.arange(a, b), np.full(nb - (b - a), a)])
         args = (cs[idx], es[idx], jax.tree.map(lambda x, i=idx: np.asarray(x)[i], payload))
-        args = args + tuple(np.asarray(x)[idx] for x in extra)
+        args = args + tuple(jax.tree.map(lambda x, i=idx: np.asarray(x)[i], e) for e in extra)
         out = _host(prog(stack_dev, *_put(args, mesh, P(_AXIS))))
         outs.append(jax.tree.map(lambda x, k=b - a: np.asarray(x)[:k], out))
     return outs
@@ -1166,7 +1322,7 @@ def _refine(
     if out_dir is not None:
         store = _ChunkStore(out_dir, _digest(stack, config), config, -1)
     vec = np.array(jax.vmap(flatten_params)(flat["params"]), np.float64)
-    fitd = {k: np.array(flat[k]) for k in ("loglik", "converged", "num_steps", "status")}
+    fitd = {k: np.array(flat[k]) for k in ("loglik", "stopped", "num_steps", "status")}
     post = {k: np.array(v) for k, v in post.items()}
     refined = np.zeros(C * W, bool)
     lane_c = np.repeat(np.arange(C), W).astype(np.int32)
@@ -1207,16 +1363,17 @@ def _refine(
             if tgt.size:
                 inits = _unflat_params(vec[src].astype(dtype), template)
                 prog = restart if r == 0 else fit
+                use = (np.ones(tgt.size, bool), _zero_offsets(tgt.size, dtype))
                 parts = _batched(prog, stack_dev, mesh, unit, cap, lane_c[tgt], lane_e[tgt], inits,
-                                 extra=(np.ones(tgt.size, bool),))  # fmt: skip
+                                 extra=use)  # fmt: skip
                 parts = [_flat_fit(p) for p in parts]  # _batched brought them to the host
                 res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
                 refits += tgt.size
-                # the best refit of each window, kept if converged and higher
+                # the best refit of each window, kept if it stopped at an optimum and is higher
                 best: dict[int, int] = {}
                 for i in range(tgt.size):
                     t = int(tgt[i])
-                    if not (res["converged"][i] and np.isfinite(res["loglik"][i])):
+                    if not (res["stopped"][i] and np.isfinite(res["loglik"][i])):
                         continue
                     cur = res["loglik"][best[t]] if t in best else fitd["loglik"][t]
                     if res["loglik"][i] > cur + (0.0 if t in best else REFINE_ACCEPT):
@@ -1235,7 +1392,7 @@ def _refine(
         rounds += 1
         lanes = np.asarray(diff["lane"], np.int64)
         if lanes.size:
-            for k in ("loglik", "converged", "num_steps", "status"):
+            for k in ("loglik", "stopped", "num_steps", "status"):
                 fitd[k][lanes] = diff[f"fit/{k}"]
             vec[lanes] = diff["fit/params"]
             for k in post:
@@ -1262,7 +1419,7 @@ def _batched_post(stack_dev, cs, es, params_flat, template, mesh, config, dtype,
 def _merge(a: dict, b: dict, take_b: np.ndarray, template: Params) -> dict:
     """Per lane: ``b``'s fit where ``take_b``, else ``a``'s (params unflattened)."""
     out = {}
-    for k in ("loglik", "converged", "num_steps", "status"):
+    for k in ("loglik", "stopped", "num_steps", "status"):
         out[k] = np.where(take_b, np.asarray(b[k]), np.asarray(a[k]))
     va = np.asarray(jax.vmap(flatten_params)(a["params"]))
     vb = np.asarray(jax.vmap(flatten_params)(b["params"]))

@@ -248,7 +248,7 @@ def test_walk_forward_books_actual_contracts(wti_short):
         assert getattr(res, name).index.equals(pd.DatetimeIndex(idx, name="date")), name
     assert len(res.orders) == N - START
     assert list(res.params.index) == [panel.dates[t] for t in (100, 120, 140)]
-    assert res.params["converged"].all() and np.isfinite(res.params["loglik"]).all()
+    assert res.params["optimum_reached"].all() and np.isfinite(res.params["loglik"]).all()
     kinds = res.trades["kind"].value_counts()
     assert kinds.get("order", 0) >= 5 and kinds.get("roll_close", 0) >= 1
     assert not res.trades["stale_price"].any()

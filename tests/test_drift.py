@@ -151,7 +151,7 @@ def test_drift_alert_table_from_a_rolling_result():
     # pooled scale, the same jump is 5.7 s.e.: below k = 6
     assert drift.drift_alerts(res, scale="pooled", k=6.0).empty
     # a non-converged window is skipped: the jump is then seen one window later
-    res.converged[0, 5] = False
+    res.optimum_reached[0, 5] = False
     al2 = drift.drift_alerts(res)
     assert al2.window.tolist() == [6] and al2.since.iloc[0] == res.end_dates[4]
     with pytest.raises(ValueError, match="params: unknown"):

@@ -23,7 +23,10 @@ def test_outputs_have_the_document_shapes(fit, wti):
     assert isinstance(fit.theta["meas_sd"], pd.Series)
     assert fit.state_t.shape == (2,) and fit.state_path.shape == (T, 2)
     assert fit.F_model_t.shape == (M,) and fit.F_model_path.shape == (T, M)
-    assert fit.converged and fit.nobs == T * M
+    # the MLE of the bundled panel prices F13 exactly: a boundary optimum, said so
+    assert fit.optimum_reached and not fit.converged and fit.nobs == T * M
+    assert fit.at_bound == ["meas_sd[F13]"] and "boundary" in fit.status
+    assert fit.starts_at_best >= 2 and fit.n_starts >= 8
     assert fit.loglik > 4035.0  # the optimum of this panel (ACT/365 maturities)
     np.testing.assert_array_equal(fit.state_t, fit.state_path[-1])
 
@@ -53,7 +56,9 @@ def test_standard_errors_and_summary(fit):
         assert word in text
     assert str(fit) == text
     assert "KalmanFit(method='MLE'" in repr(fit)
-    assert fit.to_frame().shape == (10, 7)
+    assert fit.to_frame().shape == (10, 8)
+    assert fit.to_frame()["at_bound"].tolist() == [False] * 8 + [True, False]
+    assert "meas_sd[F13] *" in text and "At a bound:" in text and "not an interior" in text
 
 
 def test_t_star_by_index_and_by_date(wti):
@@ -80,7 +85,7 @@ def test_missing_values_spot_and_smoothed_states(wti):
     F[rng.random(F.shape) < 0.1] = np.nan
     F[50] = np.nan  # a date with nothing observed
     fit = ssjax.KalmanEngine(states="smoothed").fit(F, wti.ttm, S=wti.S, dates=wti.dates)
-    assert fit.converged
+    assert fit.optimum_reached
     assert "spot_sd" in fit.theta and fit.theta["spot_sd"] > 0
     assert fit.nobs == int(np.isfinite(F).sum() + np.isfinite(wti.S).sum())
     assert fit.smoother_result is not None

@@ -107,7 +107,7 @@ def test_walk_forward_layout_and_random_walk(wf):
     want = [logF.loc[o, str(t)] for o, t in zip(rw.origin, rw.tenor, strict=True)]
     np.testing.assert_allclose(rw.forecast, want)
     two = fc[fc.model == "two_factor"]
-    assert two.converged.all() and (two.sd > 0).all()
+    assert two.optimum_reached.all() and (two.sd > 0).all()
     # refits every 10 dates from date 39: the fit date is the last refit at or before the origin
     idx = panel.dates.get_indexer(two.origin)
     fit_idx = panel.dates.get_indexer(two.fit_date)
@@ -136,7 +136,7 @@ def test_rolling_window_uses_fixed_length_windows():
     panel = _panel(T=60)
     fc = walk_forward_forecasts(panel, models=("two_factor",), horizons=(1,), min_window=40,
                                 refit_every=10, window="rolling", window_length=30)  # fmt: skip
-    assert fc.converged.all() and np.isfinite(fc.forecast).all()
+    assert fc.optimum_reached.all() and np.isfinite(fc.forecast).all()
     assert fc.attrs["window"] == "rolling"
 
 

@@ -8,6 +8,11 @@
   contracts, ~21 per date) as a settlement table, and the F1…F17 panel rebuilt from it.
 * :func:`load_copper_schwartz97` — daily COMEX copper (HG), 1996-01-02 to 2010-09-07, the 8
   nearest contracts (R package schwartz97, GPL >= 2): settlement table and nearby panel.
+* :func:`load_natgas_rtl`, :func:`load_brent_rtl` — daily NYMEX natural gas (NG) and ICE
+  Brent settlements of the 1st to 36th nearby contracts with their days to expiry,
+  2007-01-02 to 2014-12-31 (R package RTL), as a panel of chosen nearby ranks (weekly
+  Tuesdays by default). Natural gas in particular has windows whose likelihood is
+  multi-modal, with degenerate local maxima (|ρ| → 1, a vanishing factor).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ __all__ = [
     "load_wti_ss2000",
     "load_wti_ss2000_contracts",
     "load_copper_schwartz97",
+    "load_natgas_rtl",
+    "load_brent_rtl",
+    "RTL_TENORS",
 ]
 
 _TENORS = ("F1", "F5", "F9", "F13", "F17")
@@ -139,3 +147,55 @@ def load_copper_schwartz97(ranks: int = 8) -> Bundled:
         warnings.filterwarnings("ignore", message=".*neither a contract nor a price.*")
         settle = _read_gz("schwartz97_copper_daily.csv.gz")
     return Bundled(settle, nearby_panel(settle, ranks))
+
+
+#: the nearby ranks (≈ months to expiry) of the benchmark panels: 1, 3, 6, 9, 12 and 24
+RTL_TENORS = (1, 3, 6, 9, 12, 24)
+
+
+def _load_rtl(name: str, prefix: str, commodity: str, ranks, weekday) -> Panel:
+    ranks = tuple(int(r) for r in ranks)
+    if not ranks or min(ranks) < 1 or max(ranks) > 36 or len(set(ranks)) != len(ranks):
+        raise ValueError(f"ranks must be distinct nearby ranks between 1 and 36, got {ranks}")
+    days = ("MON", "TUE", "WED", "THU", "FRI")
+    if weekday is not None and weekday not in days:
+        raise ValueError(f"weekday must be one of {days} or None (every day), got {weekday!r}")
+    pkg = resources.files(__name__)
+    with (pkg / f"rtl_{name}_futures_daily_prices_2007_2014.csv.gz").open("rb") as fh:
+        prices = pd.read_csv(fh, compression="gzip", parse_dates=["date"])
+    with (pkg / f"rtl_{name}_futures_daily_ttm_days_2007_2014.csv.gz").open("rb") as fh:
+        ttm_days = pd.read_csv(fh, compression="gzip", parse_dates=["date"])
+    if not prices["date"].equals(ttm_days["date"]):  # pragma: no cover - bundled data
+        raise ValueError(f"the bundled {name} price and ttm files have different dates")
+    if weekday is not None:
+        keep = (prices["date"].dt.day_of_week == days.index(weekday)).to_numpy()
+        prices, ttm_days = prices[keep], ttm_days[keep]
+    cols = [f"{prefix}{r:02d}" for r in ranks]
+    F = prices[cols].to_numpy(float)
+    d = ttm_days[[f"{c}_ttm_days" for c in cols]].to_numpy(float)
+    dates = pd.DatetimeIndex(prices["date"])
+    mask = np.isfinite(F) & (F > 0)
+    # the contract behind a cell is named by its expiry day (the source gives no tickers)
+    expiry = dates.values[:, None] + d.astype("timedelta64[D]")
+    contracts = np.char.add(f"{commodity}@", np.datetime_as_string(expiry, unit="D"))
+    dt = np.diff(dates.values).astype("timedelta64[D]").astype(float) / 365.0
+    return Panel(dates, F, d / 365.0, None, contracts.astype(object), cols, dt, mask, commodity)
+
+
+def load_natgas_rtl(ranks: tuple[int, ...] = RTL_TENORS, weekday: str | None = "TUE") -> Panel:
+    """NYMEX natural gas (Henry Hub, USD/MMBtu) futures by nearby rank, 2007-2014.
+
+    Daily settlements of the 1st to 36th nearby contracts and each one's calendar days to
+    expiry, from the R package RTL (risk tool library), 2,018 trading days from 2007-01-02 to
+    2014-12-31. Returns the ``ranks`` as tenors (default 1, 3, 6, 9, 12, 24: the calibration
+    benchmark's panel), sampled on one ``weekday`` (default Tuesday: 414 dates; ``None``: every
+    day), ttm = days / 365 (ACT/365), the contract behind each cell named by its expiry day.
+    30 cells of the source are empty (ranks 8-36 on one day) and are masked.
+    """
+    return _load_rtl("natgas", "NG", "NG", ranks, weekday)
+
+
+def load_brent_rtl(ranks: tuple[int, ...] = RTL_TENORS, weekday: str | None = "TUE") -> Panel:
+    """ICE Brent (USD/bbl) futures by nearby rank, 2007-2014: as :func:`load_natgas_rtl`
+    (2,066 trading days, 414 Tuesdays; 5 empty cells of the source, ranks 33-36, masked)."""
+    return _load_rtl("brent", "BRN", "BRN", ranks, weekday)
