@@ -7,9 +7,10 @@ local maxima sit on the boundary of the parameter space:
   this is common and is usually the real maximum (the fit is fine; its Wald s.e. for that
   s.d. is not);
 * a **degenerate model**: |ρ| → 1 (the two factors move as one), σ_X or σ_Y → 0 (a factor
-  vanishes) or κ → 0 (X is a second random walk, not identified against Y). On NYMEX natural
-  gas an L-BFGS run from the data-derived start ends at such a point 300 nats below the
-  maximum of the same window.
+  vanishes), κ → 0 (X is a second random walk, not identified against Y) or κ → ∞ (X decays
+  within hours: white noise beside the measurement noise). On NYMEX natural gas and ICE
+  Brent an L-BFGS run from the data-derived start can end at such a point hundreds of nats
+  below the maximum of the same window.
 
 The optimizers work in unconstrained coordinates (log for scales, arctanh for ρ), so a run
 that heads for a bound stops with a vanishing gradient and would call itself converged.
@@ -21,8 +22,8 @@ start, and :func:`multi_start` holds them as one batch that the fits ``vmap`` ov
 
 Thresholds (:data:`BOUND_TOL`): a scale (κ, σ_X, σ_Y, a noise s.d.) below ``1e-4`` (in
 ln F units per √year, per year for κ: 0.01% of the price, far below any exchange tick; the
-optimizers stop on the flat log-scale direction anywhere between 1e-4 and 1e-40), and
-1 − |ρ| below ``1e-6``.
+optimizers stop on the flat log-scale direction anywhere between 1e-4 and 1e-40), κ above
+``1e3`` per year (a half-life of 6 hours), and 1 − |ρ| below ``1e-6``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ __all__ = [
 BOUNDARY = 5
 BOUNDARY_MESSAGE = "stopped at a boundary of the parameter space (not an interior optimum)"
 #: a scale parameter below ``scale`` or a correlation with 1 − |ρ| below ``rho`` is at its bound
-BOUND_TOL = {"scale": 1e-4, "rho": 1e-6}
+BOUND_TOL = {"scale": 1e-4, "rho": 1e-6, "kappa_max": 1e3}
 #: the fields whose bound makes the two-factor model degenerate (escaped by the engine)
 DEGENERATE_FIELDS = ("kappa", "sigma_x", "sigma_y", "rho")
 _SCALES = ("kappa", "sigma_x", "sigma_y", "meas_sd", "spot_sd")
@@ -68,13 +69,17 @@ _SCALES = ("kappa", "sigma_x", "sigma_y", "meas_sd", "spot_sd")
 def at_bounds(p: Params) -> Params:
     """Per parameter (same tree as ``p``): True where it sits at a bound of its domain.
 
-    Pure and jittable (also on NumPy arrays): scales below ``BOUND_TOL["scale"]``,
-    1 − |ρ| below ``BOUND_TOL["rho"]``; drifts and risk premia have no bounds.
+    Pure and jittable (also on NumPy arrays): scales below ``BOUND_TOL["scale"]``, κ above
+    ``BOUND_TOL["kappa_max"]`` too, 1 − |ρ| below ``BOUND_TOL["rho"]``; drifts and risk
+    premia have no bounds.
     """
     out = {}
     for name, v in p._asdict().items():
         if v is None:
             out[name] = None
+        elif name == "kappa":  # κ → 0: X a second random walk; κ → ∞: X white noise
+            a = jnp.asarray(v)
+            out[name] = (a < BOUND_TOL["scale"]) | (a > BOUND_TOL["kappa_max"])
         elif name in _SCALES:
             out[name] = jnp.asarray(v) < BOUND_TOL["scale"]
         elif name == "rho":
@@ -113,6 +118,8 @@ def describe_bounds(p: Params, free=None, tenor_names=None) -> str:
             parts.append("spot_sd → 0 (the spot is priced exactly)")
         elif n == "rho":
             parts.append(f"rho → {'+' if float(np.asarray(p.rho)) > 0 else '-'}1 (one factor)")
+        elif n == "kappa" and float(np.asarray(p.kappa)) > 1.0:
+            parts.append("kappa → ∞ (X decays within hours: white noise, not a factor)")
         elif n == "kappa":
             parts.append("kappa → 0 (X is a second random walk)")
         else:

@@ -179,3 +179,33 @@ def test_panel_errors(cme):
         constant_maturity_panel(cme, [-1.0], commodity="CL")
     with pytest.raises(ValueError, match="no trade dates"):
         nearby_panel(cme, 2, commodity="CL", start="2030-01-01")
+
+
+@pytest.mark.parametrize(
+    ("load", "prefix", "n_days", "n_missing"),
+    [
+        (ssjax.datasets.load_natgas_rtl, "NG", 2018, 30),
+        (ssjax.datasets.load_brent_rtl, "BRN", 2066, 5),
+    ],
+)
+def test_bundled_rtl_panels(load, prefix, n_days, n_missing):
+    p = load()
+    assert p.F_mkt.shape == (414, 6) and p.tenor_names == [f"{prefix}{r:02d}" for r in RANKS]
+    assert (p.dates.day_of_week == 1).all() and p.dates[0] == pd.Timestamp("2007-01-02")
+    assert p.commodity == prefix and p.mask.all() and np.all(p.F_mkt > 0)
+    np.testing.assert_allclose(
+        p.dt, np.diff(p.dates.values).astype("timedelta64[D]").astype(float) / 365
+    )
+    # ttm is days to expiry / 365, increasing along the ranks; each cell names its expiry day
+    assert np.all(np.diff(p.ttm, axis=1) > 0) and np.all(p.ttm >= 0)
+    exp = pd.to_datetime([c.split("@")[1] for c in p.contracts[:, 0]])
+    np.testing.assert_allclose((exp - p.dates).days / 365, p.ttm[:, 0])
+    daily = load(ranks=tuple(range(1, 37)), weekday=None)
+    assert daily.F_mkt.shape == (n_days, 36) and int((~daily.mask).sum()) == n_missing
+    with pytest.raises(ValueError, match="ranks must be distinct"):
+        load(ranks=(1, 1))
+    with pytest.raises(ValueError, match="weekday must be one of"):
+        load(weekday="SUN")
+
+
+RANKS = ssjax.datasets.RTL_TENORS
