@@ -14,16 +14,18 @@ Windows of 104 dates ending every ``--step`` (default 4) dates. Paths:
 
 * ``engine``: ``KalmanEngine().fit`` on each window with its defaults (16 starts);
 * ``engine, 1 start``: ``KalmanEngine(n_starts=1)`` (the single fit from the data start);
-* ``cold``, ``warm``, ``warm, explore``, ``warm, fits only``: ``recalibrate`` on the whole
-  series with the documented settings (see ``PATHS``).
+* ``cold`` (4 starts per window, the default), ``cold, 1 start``, ``warm``,
+  ``warm, explore`` (plus 4 cold seeds per window), ``warm, fits only`` (``refine="none",
+  standard_errors=False``): ``recalibrate`` on the whole series (see ``PATHS``).
 
-Reference: ``KalmanEngine(n_starts=64, seed=1)`` on each window (a start design independent
-of the default's). The *best known* optimum of a window is the highest log-likelihood that
-any path or the reference reached; a path *misses* a window when it ends more than 1e-3
-below it. Each row also counts the fits that a path reports as converged while a free
-parameter is at a bound (must be 0) and its degenerate end points (κ, σ_X, σ_Y → 0 or
-|ρ| → 1). Times are wall-clock seconds of the path on the series, compilation included
-where the path first meets the shapes (the first series), in one process.
+Reference: ``KalmanEngine(n_starts=N, seed=1)`` (``--ref-starts``, default 64) on each
+window (a start design independent of the default's). The *best known* optimum of a window
+is the highest log-likelihood that any path or the reference reached; a path *misses* a
+window when it ends more than 1e-3 below it. Each row also counts the fits that a path
+reports as converged while a free parameter is at a bound (must be 0) and its degenerate end
+points (κ, σ_X, σ_Y → 0 or |ρ| → 1). Times are wall-clock seconds of the path on the series,
+compilation included where the path first meets the shapes (the first series), in one
+process.
 
 Usage::
 
@@ -63,9 +65,10 @@ SERIES = ("natgas", "brent", "wti", "copper")
 ENGINE_PATHS = {"engine": {}, "engine, 1 start": dict(n_starts=1)}
 #: recalibrate's documented configurations (keyword arguments beyond window/ends)
 PATHS = {
-    "cold": dict(warm_start=False),
+    "cold": dict(warm_start=False),  # 4 starts per window (the default)
+    "cold, 1 start": dict(warm_start=False, n_starts=1),
     "warm": dict(warm_start=True),
-    "warm, explore": dict(warm_start=True, explore=True),
+    "warm, explore": dict(warm_start=True, explore=True),  # 4 seeds per window
     "warm, fits only": dict(warm_start=True, refine="none", standard_errors=False),
 }
 
@@ -137,8 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--reuse", type=Path,
-        help="a windows.csv of an earlier run: its series/paths (and times) are read, not rerun",
+        help="a windows.csv of an earlier run: its series/paths in --reuse-paths (and their "
+        "times) are read, not rerun",
     )  # fmt: skip
+    ap.add_argument("--reuse-paths", nargs="+", default=["reference"])
     args = ap.parse_args(argv)
     if args.quick:
         args.series, args.step, args.ref_starts = ["natgas"], 16, 16
@@ -158,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: {T} dates x {panel.F_mkt.shape[1]} tenors, {ends.size} windows", flush=True)
         frames = {}
         for p in ["reference", *paths]:
-            prev = None if old is None else old[(old.series == name) & (old.path == p)]
+            prev = None
+            if old is not None and p in args.reuse_paths:
+                prev = old[(old.series == name) & (old.path == p)]
             if prev is not None and len(prev) == ends.size:
                 cols = ["end", "loglik", "converged", "optimum", "at_bound", "starts_at_best",
                         "degenerate", "seconds"]  # fmt: skip

@@ -69,7 +69,7 @@ BATCHES = (1, 10, 100, 1000)
 QUICK_BATCHES = (1, 10, 100)
 NOISE_SD = 1e-3  # multiplicative price noise of the copies WTI1.. (s.d., log scale)
 SEED = 20240607
-SM_SAMPLE = 8  # statsmodels fits timed per batch (spread over the batch)
+SM_SAMPLE = 16  # statsmodels fits timed per batch (spread over the batch)
 TARGET = 100.0  # required speed-up of a 1,000-window batch over the statsmodels loop
 LL_TOL = 1e-3  # log-likelihood agreement counted as "same optimum"
 SM_FIT = {"maxiter": 1000, "disp": False, "cov_type": "none"}
@@ -246,6 +246,67 @@ def fmt_diff(d: np.ndarray) -> str:
     return f"{np.median(d):+.1e} / {worst:+.1e}"
 
 
+REAL_STEP = 4
+REAL_SERIES = {
+    "natgas": ssjax.datasets.load_natgas_rtl,
+    "brent": ssjax.datasets.load_brent_rtl,
+}
+
+
+def real_section(args: argparse.Namespace) -> str:
+    """Every 104-week window (step REAL_STEP) of the natural gas and Brent panels: each ssjax
+    mode against a statsmodels loop over the same windows."""
+    rows = []
+    for name, load in REAL_SERIES.items():
+        panel = load()._replace(commodity=name)
+        ends = np.arange(WINDOW - 1, len(panel.dates), REAL_STEP)
+        n = ends.size
+        print(f"\n{name}: {n} windows", flush=True)
+        sm = [sm_fit_window(panel, int(e)) for e in ends]
+        ll_sm = np.array([f.loglik for f in sm])
+        sm_s = sum(f.seconds for f in sm)
+        sm_rate = n / sm_s
+        rows.append([name, "statsmodels loop", f"{n}", bvs.fmt_s(sm_s), "—",
+                     f"{sm_rate:.2f}", "1x", "0", "0", "—"])  # fmt: skip
+        for mode in ("cold", "warm", "warm-explore", "warm-fits"):
+            kw = dict(MODES[mode], chunk_size=min(args.chunk_size, n))
+            if kw["warm_start"]:
+                kw["chunk_size"] = n
+
+            def call(kw=kw) -> RollingResult:
+                return recalibrate(panel, window=WINDOW, ends=ends, progress=False, **kw)
+
+            first_s, _ = bvs.timed(call)
+            best_s, r = bvs.timed(call)
+            d = r.loglik[0] - ll_sm
+            rate = n / best_s
+            rows.append(
+                [
+                    name, f"`{mode}`", f"{n}", bvs.fmt_s(best_s), bvs.fmt_s(first_s),
+                    f"{rate:.1f}", f"{rate / sm_rate:.1f}x" + ("" if d.sum() >= -LL_TOL else
+                                                               " (WORSE OPTIMUM)"),
+                    f"{d.sum():+.3f}", f"{d.min():+.3g}",
+                    f"{int((d < -LL_TOL).sum())} / {int((d > LL_TOL).sum())}",
+                ]
+            )  # fmt: skip
+            print("  " + " | ".join(rows[-1][1:]), flush=True)
+    return table(
+        [
+            "series", "path", "windows", "time", "first call (compiles)", "fits/s",
+            "speed-up vs statsmodels", "Σ Δloglik vs statsmodels", "worst Δloglik",
+            f"windows below / above statsmodels by > {LL_TOL:g}",
+        ],
+        rows,
+    )  # fmt: skip
+
+
+def ratio_note(total: float, worst: float) -> str:
+    """Σ and worst Δloglik (ssjax − statsmodels) beside a speed ratio; a worse optimum is
+    said so (such a ratio is not a like-for-like speed-up)."""
+    mark = "" if total >= -LL_TOL else "; WORSE OPTIMUM"
+    return f"Σ Δ {total:+.3g}, worst {worst:+.2g}{mark}"
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -269,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--budget", type=int, default=100, help="cold mode: first-pass step budget")
     ap.add_argument("--no-filter", action="store_true", help="skip the parallel-filter part")
     ap.add_argument("--no-bundled", action="store_true", help="skip the all-windows section")
+    ap.add_argument("--no-real", action="store_true", help="skip the natural gas/Brent section")
     args = ap.parse_args(argv)
     cmd = "python experiments/bench_rolling.py" + "".join(
         " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
@@ -362,6 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sm_warn = sorted({x for _, _, f in sm for x in f.warnings})
         rates = {m: lay.n / run.best_s for m, run in runs.items()}
         by_n[lay.n] = dict({m: v / sm_rate for m, v in rates.items()}, n_req=n_req)
+        # the optimum each mode reached against statsmodels' on the sampled windows
+        d_mode = {
+            m: np.array([run.result.loglik[c, w] - f.loglik for c, w, f in sm])
+            for m, run in runs.items()
+        }
+        by_n[lay.n]["delta"] = {m: (float(d.sum()), float(d.min())) for m, d in d_mode.items()}
 
         rows_speed.append(
             [
@@ -373,7 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for m in runs
                 ],
                 f"{sm_rate:.2f} ({len(sm)} fits, {bvs.fmt_s(sm_s / len(sm))}/fit)",
-                " / ".join(f"{rates[m] / sm_rate:,.1f}x" for m in runs),
+                " / ".join(
+                    f"{rates[m] / sm_rate:,.1f}x ({ratio_note(*by_n[lay.n]['delta'][m])})"
+                    for m in runs
+                ),
             ]
         )
         rf = runs["warm-fits"].result
@@ -397,7 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "N windows", "copies x ends", "ssjax cold fits/s (best call; first call)",
         "ssjax warm fits/s (best call; first call)",
         "ssjax warm, fits only fits/s (best call; first call)",
-        "statsmodels loop fits/s (sample)", "speed-up cold / warm / warm fits only",
+        "statsmodels loop fits/s (sample)",
+        "speed-up cold / warm / warm fits only (Σ and worst Δloglik vs statsmodels on the "
+        "sampled windows)",
     ]  # fmt: skip
     acc_header = [
         "N windows", "cold 2nd-pass windows", "median steps cold / warm / warm fits only",
@@ -451,18 +524,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         print("\n" + t_bundled, flush=True)
 
+    t_real = "" if args.no_real else real_section(args)
+    if t_real:
+        print("\n" + t_real, flush=True)
+
     # target: a batch of (about) 1,000 windows at >= TARGET x the statsmodels loop
     big = [n for n, v in by_n.items() if v["n_req"] >= 1000]
     if big:
         n = max(big)
         sp = {m: by_n[n][m] for m in MODES if m in by_n[n]}
-        best_mode = max(sp, key=sp.get)
-        verdict = "MET" if sp[best_mode] >= TARGET else "NOT MET"
+        # only a mode at an equal-or-better optimum (summed over the sampled windows) counts
+        fair = {m: v for m, v in sp.items() if by_n[n]["delta"][m][0] >= -LL_TOL}
+        if fair:
+            best_mode = max(fair, key=fair.get)
+            verdict = "MET" if fair[best_mode] >= TARGET else "NOT MET"
+            best_txt = f"best at an equal-or-better optimum: {best_mode}, {fair[best_mode]:,.1f}x"
+        else:
+            verdict, best_txt = "NOT MET", "no mode reached statsmodels' optima"
         target_line = (
             f"Target (a batch of 1,000 window fits >= {TARGET:.0f}x the statsmodels loop's "
-            f"throughput): {verdict}: N = {n:,}, speed-up "
-            + ", ".join(f"{v:,.1f}x {m}" for m, v in sp.items())
-            + f" (best: {best_mode}, {sp[best_mode]:,.1f}x)."
+            f"throughput at an equal-or-better summed log-likelihood): {verdict}: N = {n:,}, "
+            "speed-up "
+            + ", ".join(
+                f"{v:,.1f}x {m} ({ratio_note(*by_n[n]['delta'][m])})" for m, v in sp.items()
+            )
+            + f" ({best_txt})."
         )
     else:
         target_line = (
@@ -619,6 +705,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "refinement. Time = one call after a first call of the same shapes.",
             "",
             t_bundled,
+            "",
+        ]
+    if t_real:
+        lines += [
+            "## Real panels: natural gas and Brent, every window against a statsmodels loop",
+            "",
+            f"NYMEX natural gas and ICE Brent 2007-2014 (bundled; Tuesdays, nearby ranks 1, 3, "
+            f"6, 9, 12, 24), windows of {WINDOW} weeks ending every {REAL_STEP} weeks. The "
+            "statsmodels loop fits every one of these windows from the same data-derived "
+            "start; Δloglik = ssjax − statsmodels per window (Σ over all windows, worst = "
+            "most negative). A speed-up counts only where Σ Δ >= 0 (marked otherwise). ssjax "
+            "time = a second call (compiles in the first, given apart).",
+            "",
+            t_real,
             "",
         ]
     if disagree:

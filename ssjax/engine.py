@@ -33,10 +33,12 @@ from .mle import (
 from .model import forward_curve
 from .optimum import (
     bound_names,
+    bound_vector,
     degenerate,
     describe_bounds,
     move_inside,
     multi_start,
+    pull_back,
     stack_params,
     start_design,
 )
@@ -180,6 +182,14 @@ class _Lanes(NamedTuple):
 AT_BEST_TOL = 1e-3
 #: rounds of restarts from a degenerate best end point (κ, σ_X, σ_Y or ρ at a bound)
 MAX_ESCAPES = 2
+#: rounds of restarts of the best end point with its boundary noise s.d.s raised
+MAX_POLISH = 2
+
+
+def _keep_fixed(p: Params, ref: Params, free: Array) -> Params:
+    """``p`` with every parameter held fixed (``free == 0``) at its value in ``ref``."""
+    v = jnp.where(jnp.asarray(free) > 0, flatten_params(p), flatten_params(ref))
+    return unflatten_params(v, p)
 
 
 @functools.partial(
@@ -526,12 +536,33 @@ class KalmanEngine:
             best = _pick(lanes)
             if not float(np.asarray(lanes.loglik)[best]) > ll_before + AT_BEST_TOL:
                 break
+        # an end point with a noise s.d. at its bound can sit on the flat boundary short of a
+        # better optimum that prices another tenor exactly: restart it with those s.d.s
+        # raised to a spread of floors (from near its optimum: a few steps each)
+        polishes = 0
+        while polishes < MAX_POLISH:
+            end = jax.tree.map(lambda a, i=best: jnp.asarray(a[i]), lanes.params)
+            if not bool(jnp.any(bound_vector(end, free_j)[5:])):
+                break
+            polishes += 1
+            floors = np.geomspace(0.003, 0.3, n_design) if n_design > 1 else np.full(1, 0.01)
+            inits = stack_params(
+                [_keep_fixed(pull_back(end, data_start, f), end, free_j) for f in floors]
+            )
+            ll_before = float(np.asarray(lanes.loglik)[best])
+            lanes = _concat(lanes, self._run_lanes(data_pad, inits, prior, free_j))
+            best = _pick(lanes)
+            if not float(np.asarray(lanes.loglik)[best]) > ll_before + AT_BEST_TOL:
+                break
         ll_all = np.asarray(lanes.loglik, float)
         ll_best = float(ll_all[best])
-        at_best = int(np.sum(np.isfinite(ll_all) & (ll_all >= ll_best - AT_BEST_TOL)))
+        design = ll_all[:n_design]  # the independent starts
+        at_best = int(np.sum(np.isfinite(design) & (design >= ll_best - AT_BEST_TOL)))
         r = self._result(lanes, best, data_pad, prior, free_j)
-        r.extra.update(n_starts=ll_all.size, starts_at_best=at_best, escape_rounds=escapes,
-                       start_logliks=ll_all)  # fmt: skip
+        r.extra.update(
+            n_starts=n_design, starts_at_best=at_best, escape_rounds=escapes,
+            polish_rounds=polishes, fits=ll_all.size, start_logliks=ll_all,
+        )  # fmt: skip
         best = r
         p = best.params
         ttm_fit = np.where(np.isfinite(ttm_np[sl]), ttm_np[sl], np.nan)

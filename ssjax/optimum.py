@@ -48,6 +48,7 @@ __all__ = [
     "bound_names",
     "describe_bounds",
     "move_inside",
+    "pull_back",
     "start_design",
     "multi_start",
     "offset_start",
@@ -147,6 +148,28 @@ def move_inside(
         return moved
     v = jnp.where(jnp.asarray(free) > 0, flatten_params(moved), flatten_params(p))
     return unflatten_params(v, p)
+
+
+def pull_back(p: Params, ref: Params, floor: float | Array) -> Params:
+    """``p`` moved off the boundary of the parameter space before it is used as a start.
+
+    Each noise s.d. (and σ_X) is raised to at least ``floor`` × its value in ``ref`` (a
+    data-derived start), and |ρ| is capped at ``1 − floor / 10``. The likelihood is flat in
+    log s.d. as an s.d. heads to zero, so an optimum with a tenor fitted exactly (s.d. ≈ 1e-10)
+    used as a start pins that tenor: L-BFGS sees no gradient to leave it even where the next
+    window's optimum has the s.d. well above zero. ``floor = 0`` leaves ``p`` unchanged.
+    """
+
+    def lo(a, b):
+        return None if a is None else jnp.maximum(a, floor * b)
+
+    lim = 1.0 - 0.1 * jnp.minimum(floor, 1.0)
+    return p._replace(
+        sigma_x=lo(p.sigma_x, ref.sigma_x),
+        meas_sd=lo(p.meas_sd, ref.meas_sd),
+        spot_sd=lo(p.spot_sd, ref.spot_sd),
+        rho=jnp.where(floor > 0, jnp.clip(p.rho, -lim, lim), p.rho),
+    )
 
 
 class StartDesign(NamedTuple):

@@ -175,6 +175,14 @@ class KalmanFit:
             l2, v2 = head[i + 1] if i + 1 < len(head) else ("", "")
             lines.append(f"{l1:<20}{v1:>22}   {l2:<20}{v2:>21}")
         lines.append(f"{'Status:':<20}{self.status}")
+        rounds = [
+            f"{self.extra[k]} {label}"
+            for k, label in (("escape_rounds", "from a degenerate point"),
+                             ("polish_rounds", "with boundary s.d.s raised"))
+            if self.extra.get(k)
+        ]  # fmt: skip
+        if rounds:
+            lines.append(f"{'Restart rounds:':<20}{'; '.join(rounds)}")
         if self.at_bound:
             lines.append(f"{'At a bound:':<20}{self.bound_text}")
         lines.append("-" * width)

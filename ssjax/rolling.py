@@ -23,6 +23,10 @@ How the batch runs (jitted; one compiled program per window shape and chunk size
   the lanes run in vmapped groups of exactly ``vector_width`` (``lax.map`` over the groups),
   so a lane's floating-point path is the same whatever the device count and chunk size: the
   results equal a one-device run exactly;
+* **starts and escapes**: cold mode (and ``explore``) can fit ``n_starts`` points per
+  window as lanes of the same batch (:func:`ssjax.optimum.start_design`) and keeps the best;
+  in every mode a fit that ends at a degenerate point (κ, σ_X or σ_Y → 0, κ → ∞, |ρ| → 1) is
+  refitted from it moved inside, and a warm start never starts from such a point;
 * **refinement** (``refine``): a window's likelihood is often multi-modal (which tenors end
   up fitted exactly, s.d. → 0), and a fit stops at the optimum its path reaches. After the
   fits, each window is refitted from its neighbours' optima where those score higher on its
@@ -67,7 +71,7 @@ from .inference import parameter_uncertainty
 from .mle import FTOL, GTOL, STATUS_MESSAGES, check_fit_options, fit_mle, stopped
 from .mle import default_start as _default_start
 from .model import forward_curve
-from .optimum import bound_vector, move_inside, offset_start, start_design
+from .optimum import bound_vector, move_inside, offset_start, pull_back, start_design
 from .panels import StackedPanels, stack_panels
 from .params import Params, flatten_params, param_names, unflatten_params
 
@@ -134,28 +138,6 @@ class WindowFit(NamedTuple):
     stopped: Array  # the stopping rule fired: interior optimum or boundary (mle.stopped)
     num_steps: Array  # optimizer steps (MLE) or EM iterations
     status: Array  # the method's status code
-
-
-def pull_back(p: Params, ref: Params, floor: float | Array) -> Params:
-    """``p`` moved off the boundary of the parameter space before it is used as a start.
-
-    Each noise s.d. (and σ_X) is raised to at least ``floor`` × its value in ``ref`` (a
-    data-derived start), and |ρ| is capped at ``1 − floor / 10``. The likelihood is flat in
-    log s.d. as an s.d. heads to zero, so an optimum with a tenor fitted exactly (s.d. ≈ 1e-10)
-    used as a start pins that tenor: L-BFGS sees no gradient to leave it even where the next
-    window's optimum has the s.d. well above zero. ``floor = 0`` leaves ``p`` unchanged.
-    """
-
-    def lo(a, b):
-        return None if a is None else jnp.maximum(a, floor * b)
-
-    lim = 1.0 - 0.1 * jnp.minimum(floor, 1.0)
-    return p._replace(
-        sigma_x=lo(p.sigma_x, ref.sigma_x),
-        meas_sd=lo(p.meas_sd, ref.meas_sd),
-        spot_sd=lo(p.spot_sd, ref.spot_sd),
-        rho=jnp.where(floor > 0, jnp.clip(p.rho, -lim, lim), p.rho),
-    )
 
 
 def escape_boundary(
@@ -723,7 +705,7 @@ def recalibrate(
     refine: str = "neighbours",
     explore: bool = False,
     max_refine_rounds: int = 100,
-    n_starts: int = 1,
+    n_starts: int = 4,
     seed: int = 0,
 ) -> RollingResult:
     """Fit Θ on rolling windows of every commodity.
@@ -784,9 +766,11 @@ def recalibrate(
             if it ends higher; rounds repeat until no window improves (a better optimum
             travels one window per round). First, every fit that started from its
             data-derived start (all of them in cold mode; in warm mode each commodity's first
-            and, with ``explore``, the seeds kept) is restarted once from its own end point
-            with every boundary s.d. raised (such a fit can stop on the flat boundary short
-            of the optimum). ``"past"``: only
+            and, with ``explore``, the seeds kept), and every fit that ended with a noise s.d.
+            at its bound, is restarted once from its own end point with every boundary s.d.
+            raised (such a fit can stop on the flat boundary short of the optimum, or keep
+            the previous window's exactly-priced tenor where this window prices another
+            one exactly). ``"past"``: only
             window w−1's optimum is tried, so which optimum a window reports never depends
             on later data (the estimate is the window's MLE either way; use it for strictly
             causal backtests). ``"none"``: the fits as they end. Refined windows are flagged
@@ -800,10 +784,12 @@ def recalibrate(
             exploring finds it, at the cost of a cold run.
 
         n_starts, seed: starting points per window of every fit from data-derived starts
-            (cold mode, and ``explore``'s seeds): the window's data-derived start and
-            ``n_starts − 1`` points spread around it (:func:`ssjax.optimum.start_design`,
+            (cold mode, and ``explore``'s seeds; default 4): the window's data-derived start
+            and ``n_starts − 1`` points spread around it (:func:`ssjax.optimum.start_design`,
             shuffled by ``seed``), all fitted as lanes of the same vmapped batch; the best
-            is kept. Whatever the mode, a fit that ends at a degenerate point (κ, σ_X or σ_Y
+            is kept. ``n_starts=1`` is one fit per window from its data-derived start (the
+            path of a standalone ``KalmanEngine(n_starts=1)`` fit).
+            Whatever the mode, a fit that ends at a degenerate point (κ, σ_X or σ_Y
             → 0, |ρ| → 1) is refitted from it moved inside (ρ at −0.5, 0 and 0.5) and the
             better result kept (``info["escaped"]``).
 
@@ -1225,8 +1211,8 @@ def _run_warm(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_
             # carry after them is the carry after the last real window
             res = jax.tree.map(lambda a: a[:C, :nw].reshape((C * nw,) + a.shape[2:]), res)
             r = _fit_arrays(res)
-            carry = np.asarray(jax.vmap(flatten_params)(_host(p_last)), np.float64)
-            have = np.asarray(_host(h_last))
+            carry = np.array(jax.vmap(flatten_params)(_host(p_last)), np.float64)
+            have = np.array(_host(h_last))
             # lanes in commodity-major order within the chunk
             lane_c = np.repeat(np.arange(C), nw).astype(np.int32)
             lane_e = np.tile(ends[w_idx], C).astype(np.int32)
@@ -1337,8 +1323,15 @@ def _refine(
         if store is not None and store.has("refine", r):
             diff = store.read("refine", r, shapes)
         else:
-            if r == 0:  # the fits from data-derived starts, once again from their end points
-                tgt = np.flatnonzero(ok & from_data)
+            if r == 0:
+                # once again from their own end points with every boundary s.d. raised: the
+                # fits from data-derived starts, and every fit that ended with a noise s.d.
+                # at its bound (a warm path can keep a tenor pinned at ~0 where the window's
+                # optimum prices another tenor exactly instead)
+                pinned = np.asarray(jax.vmap(bound_vector)(_unflat_params(vec, template)))[
+                    :, 5:
+                ].any(axis=1)
+                tgt = np.flatnonzero(ok & (from_data | pinned))
                 src = tgt
             else:  # gate: the window's log-likelihood at its neighbours' optima
                 tgt_l, src_l = [], []
