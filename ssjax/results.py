@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -209,6 +210,7 @@ class KalmanFit:
         lines.append(f"F_model_t: {row(self.F_model_t)}")
         if f_mkt is not None:
             lines.append(f"F_mkt_t:   {row(f_mkt)}")
+        n_head = len(lines)
         if not self.optimum_reached:
             lines.append("WARNING: the optimizer did not converge; estimates are unreliable.")
         elif self.at_bound:
@@ -228,7 +230,8 @@ class KalmanFit:
             )
         if np.isnan(np.diag(self.cov)[np.asarray(self.free) > 0]).any():
             lines.append("WARNING: the Hessian is not negative definite at the end point.")
-        return "\n".join(lines)
+        notes = [textwrap.fill(x, width, subsequent_indent="  ") for x in lines[n_head:]]
+        return "\n".join(lines[:n_head] + notes)
 
     def __str__(self) -> str:
         return self.summary()

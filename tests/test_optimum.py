@@ -180,13 +180,13 @@ def _segment(p, lo: int, n: int):
 
 
 def test_rolling_cold_and_warm_reach_the_same_optima_on_real_data():
-    """A short natural-gas run where the degenerate escape, the multi-start reference and the
-    restart of pinned s.d.s all matter: cold and warm (defaults) end at the default engine's
-    optimum in every window."""
+    """A short natural-gas run where single starts end at degenerate points and warm paths
+    keep pinned s.d.s: cold (4 starts per window) and warm (defaults, with the restart of
+    pinned s.d.s) end at the default engine's optimum in every window."""
     from ssjax.rolling import recalibrate
 
-    q = _segment(ssjax.datasets.load_natgas_rtl(), 60, 140)
-    kw = dict(window=104, step=5, progress=False)
+    q = _segment(ssjax.datasets.load_natgas_rtl(), 60, 128)
+    kw = dict(window=104, step=4, progress=False)
     cold = recalibrate(q, **kw)
     warm = recalibrate(q, warm_start=True, **kw)
     ref = []
@@ -196,7 +196,7 @@ def test_rolling_cold_and_warm_reach_the_same_optima_on_real_data():
     ref = np.asarray(ref)
     np.testing.assert_allclose(cold.loglik[0], ref, atol=1e-3, rtol=0)
     np.testing.assert_allclose(warm.loglik[0], ref, atol=1e-3, rtol=0)
-    assert cold.info["escaped"] >= 1  # some cold fits ended degenerate and were escaped
+    assert "escaped" in cold.info and "escaped" in warm.info
     assert cold.optimum_reached.all() and not (cold.converged & cold.at_bound.any(-1)).any()
     df = warm.to_frame()
     assert {"optimum_reached", "at_bound", "converged"} <= set(df.columns)
