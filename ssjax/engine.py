@@ -530,11 +530,8 @@ class KalmanEngine:
             end = jax.tree.map(lambda a, i=best: jnp.asarray(a[i]), lanes.params)
             rhos = np.linspace(-0.6, 0.6, n_design) if n_design > 1 else np.zeros(1)
             inits = stack_params([move_inside(end, data_start, r, free_j) for r in rhos])
-            more = self._run_lanes(data_pad, inits, prior, free_j)
-            ll_before = float(np.asarray(lanes.loglik)[best])
-            lanes = _concat(lanes, more)
-            best = _pick(lanes)
-            if not float(np.asarray(lanes.loglik)[best]) > ll_before + AT_BEST_TOL:
+            lanes, best, improved = self._restart(lanes, best, inits, data_pad, prior, free_j)
+            if not improved:
                 break
         # an end point with a noise s.d. at its bound can sit on the flat boundary short of a
         # better optimum that prices another tenor exactly: restart it with those s.d.s
@@ -549,10 +546,8 @@ class KalmanEngine:
             inits = stack_params(
                 [_keep_fixed(pull_back(end, data_start, f), end, free_j) for f in floors]
             )
-            ll_before = float(np.asarray(lanes.loglik)[best])
-            lanes = _concat(lanes, self._run_lanes(data_pad, inits, prior, free_j))
-            best = _pick(lanes)
-            if not float(np.asarray(lanes.loglik)[best]) > ll_before + AT_BEST_TOL:
+            lanes, best, improved = self._restart(lanes, best, inits, data_pad, prior, free_j)
+            if not improved:
                 break
         ll_all = np.asarray(lanes.loglik, float)
         ll_best = float(ll_all[best])
@@ -626,6 +621,15 @@ class KalmanEngine:
             em_accelerate=self.em_accelerate, ecme=self.em_variant == "ECME",
         )  # fmt: skip
         return jax.tree.map(np.asarray, out)
+
+    def _restart(
+        self, lanes: _Lanes, best: int, inits: Params, data: MarketData, prior: Prior, free: Array
+    ) -> tuple[_Lanes, int, bool]:
+        """Fit ``inits`` as more lanes; the new best lane, and whether it beats the old best."""
+        ll_before = float(np.asarray(lanes.loglik)[best])
+        lanes = _concat(lanes, self._run_lanes(data, inits, prior, free))
+        best = _pick(lanes)
+        return lanes, best, float(np.asarray(lanes.loglik)[best]) > ll_before + AT_BEST_TOL
 
     def _result(self, lanes: _Lanes, i: int, data: MarketData, prior: Prior, free: Array) -> _Calib:
         """Lane ``i`` of a batch as the shell reports it."""

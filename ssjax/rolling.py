@@ -987,6 +987,18 @@ def _run_post(
     return _host(out)
 
 
+def _fit_kw(config: dict, width: int) -> dict:
+    """The static settings of a window fit program, from the run's config."""
+    return dict(
+        window=config["window"],
+        method=config["method"],
+        width=width,
+        gradient=config["gradient"],
+        filter_method=config["filter_method"],
+        floor=config["warm_floor"],
+    )
+
+
 def _best_per_window(r: dict, K: int) -> np.ndarray:
     """Index (into the lanes of ``r``, K consecutive lanes per window) of each window's best
     fit: the highest log-likelihood among the lanes that stopped, else among the finite."""
@@ -1053,14 +1065,7 @@ def _run_cold(
     store = None
     if out_dir is not None:
         store = _ChunkStore(out_dir, _digest(stack, config), config, n_chunks)
-    kw = dict(
-        window=window,
-        method=method,
-        width=width,
-        gradient=config["gradient"],
-        filter_method=config["filter_method"],
-        floor=config["warm_floor"],
-    )
+    kw = _fit_kw(config, width)
     first = _program("cold", mesh, max_steps=config["budget"], **kw)
     full = _program("cold", mesh, max_steps=config["max_steps"], **kw)
     dtype = stack.log_f.dtype
@@ -1159,28 +1164,9 @@ def _run_warm(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_
     store = None
     if out_dir is not None:
         store = _ChunkStore(out_dir, _digest(stack, config), config, n_chunks)
-    prog = _program(
-        "warm",
-        mesh,
-        window=window,
-        method=method,
-        max_steps=config["max_steps"],
-        width=width_c,
-        gradient=config["gradient"],
-        filter_method=config["filter_method"],
-        floor=config["warm_floor"],
-    )
-    full = _program(
-        "cold",
-        mesh,
-        window=window,
-        method=method,
-        max_steps=config["max_steps"],
-        width=width,
-        gradient=config["gradient"],
-        filter_method=config["filter_method"],
-        floor=config["warm_floor"],
-    )  # the escapes from degenerate end points
+    prog = _program("warm", mesh, max_steps=config["max_steps"], **_fit_kw(config, width_c))
+    # the escapes from degenerate end points
+    full = _program("cold", mesh, max_steps=config["max_steps"], **_fit_kw(config, width))
     unit = width * n_dev
     n = flatten_params(template).shape[0]
     carry = np.broadcast_to(np.asarray(flatten_params(template)), (Cp, n)).copy()
@@ -1297,8 +1283,7 @@ def _refine(
     unit = width * n_dev
     cap = -(-config["chunk_size"] // unit) * unit
     window, dtype = config["window"], stack.log_f.dtype
-    kw = dict(window=window, method=config["method"], width=width, gradient=config["gradient"],
-              filter_method=config["filter_method"], floor=config["warm_floor"])  # fmt: skip
+    kw = _fit_kw(config, width)
     fit = _program("cold", mesh, max_steps=config["max_steps"], **kw)
     # the restart of a fit from its own end point raises every boundary s.d. (L-BFGS from a
     # data-derived start can stop on the flat boundary short of the optimum)
