@@ -14,9 +14,11 @@ Windows of 104 dates ending every ``--step`` (default 4) dates. Paths:
 
 * ``engine``: ``KalmanEngine().fit`` on each window with its defaults (16 starts);
 * ``engine, 1 start``: ``KalmanEngine(n_starts=1)`` (the single fit from the data start);
-* ``cold`` (4 starts per window, the default), ``cold, 1 start``, ``warm``,
-  ``warm, explore`` (plus 4 cold seeds per window), ``warm, fits only`` (``refine="none",
-  standard_errors=False``): ``recalibrate`` on the whole series (see ``PATHS``).
+* ``cold`` (4 starts per window, the default), ``cold, 1 start``, ``warm`` (the defaults:
+  seeds of 4 starts on every 16th window and the last, then the neighbours' refinement),
+  ``warm, no seeds`` (``explore=0``), ``warm, explore`` (seeds on every window),
+  ``warm, fits only`` (``refine="none", standard_errors=False``: no seeds, no refinement):
+  ``recalibrate`` on the whole series (see ``PATHS``).
 
 Reference: ``KalmanEngine(n_starts=N, seed=1)`` (``--ref-starts``, default 64) on each
 window (a start design independent of the default's). The *best known* optimum of a window
@@ -63,12 +65,15 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_optimum"
 SERIES = ("natgas", "brent", "wti", "copper")
 #: KalmanEngine settings fitted window by window
 ENGINE_PATHS = {"engine": {}, "engine, 1 start": dict(n_starts=1)}
+#: the ``RollingResult.info`` entries the results list per rolling run
+INFO_KEYS = ("escaped", "explore_windows", "explore_better", "refine_rounds", "refine_changed")
 #: recalibrate's documented configurations (keyword arguments beyond window/ends)
 PATHS = {
     "cold": dict(warm_start=False),  # 4 starts per window (the default)
     "cold, 1 start": dict(warm_start=False, n_starts=1),
-    "warm": dict(warm_start=True),
-    "warm, explore": dict(warm_start=True, explore=True),  # 4 seeds per window
+    "warm": dict(warm_start=True),  # seeds on every 16th window and the last
+    "warm, no seeds": dict(warm_start=True, explore=0),
+    "warm, explore": dict(warm_start=True, explore=True),  # seeds on every window
     "warm, fits only": dict(warm_start=True, refine="none", standard_errors=False),
 }
 
@@ -144,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "times) are read, not rerun",
     )  # fmt: skip
     ap.add_argument("--reuse-paths", nargs="+", default=["reference"])
+    ap.add_argument("--note", default="", help="a provenance paragraph for the results")
     args = ap.parse_args(argv)
     if args.quick:
         args.series, args.step, args.ref_starts = ["natgas"], 16, 16
@@ -228,12 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary.to_csv(args.out / "summary.csv", index=False)
     tot.to_csv(args.out / "totals.csv", index=False)
     info_lines = [
-        f"- {name} / {p}: "
-        + ", ".join(
-            f"{k} {v}"
-            for k, v in info.items()
-            if k in ("escaped", "explore_better", "refine_rounds", "refine_changed")
-        )
+        f"- {name} / {p}: " + ", ".join(f"{k} {v}" for k, v in info.items() if k in INFO_KEYS)
         for (name, p), info in infos.items()
     ]
     wall = time.perf_counter() - t_script
@@ -248,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
             f"Reference: {args.ref_starts} starts (seed 1). Windows every {args.step} dates.",
             "",
+            *([args.note, ""] if args.note else []),
             "## All series",
             "",
             markdown_table(tot, index=False),

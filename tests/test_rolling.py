@@ -380,16 +380,17 @@ def test_escape_boundary_keeps_the_raised_sds_the_likelihood_wants():
 def test_bundled_wti_cold_and_warm_reach_the_same_optima(wti):
     """The issue's check on the bundled data: 165 windows of 104 weeks. Cold (each window
     from its data-derived start, then refined) and warm (window w from window w-1's optimum,
-    with cold seeds, then refined) end at the same optimum in every window."""
+    with its default seeds on every 16th window, then refined) end at the same optimum in
+    every window."""
     kw = dict(window=104, standard_errors=False)
     cold = recalibrate(wti, **kw)
-    warm = recalibrate(wti, warm_start=True, explore=True, chunk_size=165, **kw)
+    warm = recalibrate(wti, warm_start=True, chunk_size=165, **kw)
     assert cold.optimum_reached.all() and warm.optimum_reached.all()
     assert cold.info["refine_complete"] and warm.info["refine_complete"]
     np.testing.assert_allclose(warm.loglik, cold.loglik, rtol=0, atol=1e-3)
     # the plain warm path (no cold seeds) follows its optimum and misses a better one on a
     # stretch of windows; it is never above the cold result
-    plain = recalibrate(wti, warm_start=True, chunk_size=165, **kw)
+    plain = recalibrate(wti, warm_start=True, explore=0, chunk_size=165, **kw)
     assert (plain.loglik <= cold.loglik + 1e-3).all()
     assert (plain.loglik < cold.loglik - 1e-3).sum() <= 40
     # and without moving warm starts off the boundary it stays pinned far lower
