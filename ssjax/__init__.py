@@ -4,7 +4,9 @@ Differentiable Kalman filtering and calibration of commodity futures curves, and
 pipeline from model-vs-market mispricing to trading orders.
 
 Importing ssjax turns on JAX's float64 mode (``jax_enable_x64``): fits run in float64 by
-default. Arrays you pass as float32 stay float32 (the filter runs in either precision).
+default. Arrays you pass as float32 stay float32 (the filter runs in either precision). It also
+turns on a persistent XLA compilation cache in the user's cache folder, so that later processes
+reuse the compiled programs (:mod:`ssjax.compile_cache`; ``SSJAX_CACHE_DIR=off`` turns it off).
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from __future__ import annotations
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+from . import compile_cache  # noqa: E402
+
+compile_cache._enable_default()
 
 from . import datasets, diagnostics, drift, options, sensitivity  # noqa: E402
 from .data import MarketData, dt_from_dates, make_market_data  # noqa: E402

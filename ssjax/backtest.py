@@ -33,9 +33,9 @@ between dates (rebalanced to the target, no drift), as in the trading module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from .compile_cache import compile_log
 from .data import MarketData, make_market_data, pad_dates
 from .datasets import Panel
 from .diagnostics import _joint
@@ -56,6 +57,7 @@ from .filter import kalman_filter, log_likelihood_terms
 from .mle import default_start, fit_mle, status_message, stopped
 from .model import forward_curve
 from .params import Params, flatten_params, unflatten_params
+from .progress import progress_bar
 from .trading import Order, TradeEngine, TradingConfig, prepare_trading_inputs, residual_variances
 
 __all__ = [
@@ -644,7 +646,7 @@ def calibrate_walk_forward(
     start: int | None = None,
     risk_premium: bool = False,
     shared_noise: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     standard_errors: bool = False,
 ) -> CalibrationPath:
     """The calibrations of :func:`walk_forward`, alone (same arguments, same results).
@@ -682,7 +684,10 @@ def calibrate_walk_forward(
         return pad_dates(d, T)
 
     cal_dates = list(range(start, T, recalibrate_every))
-    cache0 = fit_mle._cache_size()
+    # what the loop compiles (a second calibration of the same padded shape compiles nothing)
+    watch = contextlib.ExitStack()
+    clog = watch.enter_context(compile_log())
+    bar = watch.enter_context(progress_bar(len(cal_dates), "calibrations", progress, "fit"))
     F_model = np.full((T, M), np.nan)
     innov = np.full((T, M), np.nan)
     filt_var = np.full((T, M), np.nan)
@@ -770,21 +775,15 @@ def calibrate_walk_forward(
                 "seconds": secs,
             }
         )
-        if progress:
-            print(
-                f"calibration {k + 1}/{len(cal_dates)} {dates[tc]:%Y-%m-%d} (t={tc}, "
-                f"{tc + 1} dates): loglik={loglik:.3f} steps={int(r.num_steps)} "
-                f"converged={bool(r.converged)} status={status_message(int(r.status))} "
-                f"{secs:.2f}s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    cache1 = fit_mle._cache_size()
+        bar.set_postfix_str(
+            f"{dates[tc]:%Y-%m-%d}: loglik {loglik:.2f}, {int(r.num_steps)} steps, "
+            + ("optimum" if stopped(r.status) else "NO optimum")
+        )
+        bar.update(1)
+    watch.close()
     info = {
-        "fit_mle_cache_before": cache0,
-        "fit_mle_cache_after": cache1,
-        "fit_mle_compiles": cache1 - cache0,
+        "fit_mle_compiles": sum("fit_mle" in name for name, _ in clog.lowerings),
+        "compile_seconds": clog.seconds,
         "seconds": time.perf_counter() - t_begin,
     }
     return CalibrationPath(
@@ -812,7 +811,7 @@ def walk_forward(
     start: int | None = None,
     risk_premium: bool = False,
     shared_noise: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     standard_errors: bool = False,
     calibration: CalibrationPath | None = None,
 ) -> BacktestResult:
@@ -830,7 +829,8 @@ def walk_forward(
         warm_start: start each fit from the previous Θ (else from the data-derived start).
         start: first trading date index (default ``min_window``).
         risk_premium, shared_noise: model variants (as in :class:`ssjax.KalmanEngine`).
-        progress: print one line per calibration to stderr.
+        progress: a progress bar of the calibrations (``None``: when stderr is a terminal or
+            in a notebook; see :mod:`ssjax.progress`).
         standard_errors: also record each calibration's outer-product-of-gradients standard
             errors (``se_<θ>`` columns of ``params``; one compile, then one forward-mode
             Jacobian of the per-date log-likelihood per calibration),

@@ -24,6 +24,7 @@ observations (``predicted_*[0]`` is the prior ``x0``, ``P0``); ``filtered_*[t]``
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -239,6 +240,7 @@ def _run(p: Params, data: MarketData, prior: Prior, keep_path: bool, unroll: int
     return col, loglik_t, out
 
 
+@functools.partial(jax.jit, static_argnames=("unroll",))
 def log_likelihood_data(
     p: Params, data: MarketData, prior: Prior | None = None, *, unroll: int = 4
 ) -> Array:
@@ -251,6 +253,7 @@ def log_likelihood_data(
     return jnp.sum(log_likelihood_terms(p, data, prior, unroll=unroll))
 
 
+@functools.partial(jax.jit, static_argnames=("unroll",))
 def log_likelihood_terms(
     p: Params, data: MarketData, prior: Prior | None = None, *, unroll: int = 1
 ) -> Array:
@@ -259,6 +262,7 @@ def log_likelihood_terms(
     return _run(p, data, prior, keep_path=False, unroll=unroll)[1]
 
 
+@functools.partial(jax.jit, static_argnames=("batch_size",))
 def log_likelihood_batch(
     params: Params,
     data: MarketData,
@@ -311,6 +315,7 @@ def _sym(a11, a12, a22):
     return jnp.stack([jnp.stack([a11, a12], -1), jnp.stack([a12, a22], -1)], -2)
 
 
+@functools.partial(jax.jit, static_argnames=("unroll",))
 def kalman_filter(
     p: Params, data: MarketData, prior: Prior | None = None, *, unroll: int = 1
 ) -> FilterResult:

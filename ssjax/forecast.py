@@ -27,8 +27,6 @@ ln F̂_{t+h,i} = ln F_{t,i}, the tenor's current price), the usual naive benchma
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +42,7 @@ from .filter import Prior, default_prior, kalman_filter
 from .model import measurement, transition
 from .nested import fit_nested, prior_cov
 from .params import Params
+from .progress import progress_bar
 from .stats import diebold_mariano, newey_west_lags
 
 __all__ = [
@@ -160,7 +159,7 @@ def walk_forward_forecasts(
     window_length: int | None = None,
     risk_premium: bool = False,
     engine_options: dict | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Out-of-sample h-step forecasts of every tenor's log price, re-estimating as it goes.
 
@@ -176,7 +175,8 @@ def walk_forward_forecasts(
             ``window_length`` dates, default ``min_window``).
         risk_premium: fit the 2000 paper's risk-premium form of each model.
         engine_options: further :class:`ssjax.KalmanEngine` options.
-        progress: print a line per re-estimation to stderr.
+        progress: a progress bar of the re-estimations (``None``: when stderr is a terminal
+            or in a notebook; see :mod:`ssjax.progress`).
 
     Returns:
         Long DataFrame, one row per (model, h, origin, tenor) with a target observed:
@@ -226,8 +226,8 @@ def walk_forward_forecasts(
             conv[:] = True
         else:
             prior = _filter_prior(model, data)
+            bar = progress_bar(len(refits), f"forecast fits ({model})", progress, "fit")
             for k, r in enumerate(refits):
-                t0 = time.perf_counter()
                 stop = refits[k + 1] if k + 1 < len(refits) else T - 1
                 lo = 0 if window == "expanding" else r + 1 - wlen
                 fit = fit_nested(
@@ -243,13 +243,12 @@ def walk_forward_forecasts(
                     fc[h][1][r:stop] = v_h[r:stop]
                 fit_date[r:stop] = r
                 conv[r:stop] = fit.optimum_reached
-                if progress:
-                    print(
-                        f"[forecast] {model} fit to {dates[r].date()} ({r + 1 - lo} dates) "
-                        f"loglik {fit.loglik:.2f} {'ok' if fit.optimum_reached else 'NO optimum'}"
-                        f" {time.perf_counter() - t0:.1f}s",
-                        file=sys.stderr,
-                    )
+                bar.set_postfix_str(
+                    f"{dates[r].date()}: loglik {fit.loglik:.2f}, "
+                    + ("optimum" if fit.optimum_reached else "NO optimum")
+                )
+                bar.update(1)
+            bar.close()
         for h in hs:
             mean, var = fc[h]
             origins = np.arange(min_window - 1, T - h)

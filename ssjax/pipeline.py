@@ -321,7 +321,7 @@ def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
             warm_start=bool(b["warm_start"]),
             risk_premium=m["risk_premium"],
             shared_noise=m["shared_noise"],
-            progress=not quiet,
+            progress=False if quiet else None,
             standard_errors=True,
         )
 

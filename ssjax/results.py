@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ._lazy import scipy_stats as stats
 from .filter import FilterResult
 from .params import Params, param_names
 from .smoother import SmootherResult

@@ -49,7 +49,6 @@ import functools
 import hashlib
 import json
 import os
-import sys
 import time
 import uuid
 from collections import Counter
@@ -77,6 +76,7 @@ from .model import forward_curve
 from .optimum import bound_vector, move_inside, offset_start, pull_back, start_design
 from .panels import StackedPanels, stack_panels
 from .params import Params, flatten_params, param_names, unflatten_params
+from .progress import progress_bar
 
 __all__ = [
     "RollingResult",
@@ -625,29 +625,22 @@ def _shapes(arrays: dict[str, np.ndarray]) -> dict[str, tuple]:
 
 
 class _Progress:
-    """One status line on stderr: chunks done, fits done and fits per second."""
+    """A progress bar of the fits (``ssjax.progress``): chunks done and fits per second."""
 
-    def __init__(self, n_chunks: int, n_fits: int, enabled: bool, label: str):
-        self.n_chunks, self.n_fits, self.enabled, self.label = n_chunks, n_fits, enabled, label
-        self.t0 = time.perf_counter()
-        self.chunks = self.fits = self.fitted = 0
+    def __init__(self, n_chunks: int, n_fits: int, enabled: bool | None, label: str):
+        self.n_chunks = n_chunks
+        self.chunks = 0
+        self.bar = progress_bar(n_fits, label, enabled, unit="fit")
+        self.bar.set_postfix_str(f"chunk 1/{n_chunks}: compiling on a first call")
 
     def update(self, fits: int, computed: bool) -> None:
         self.chunks += 1
-        self.fits += fits
-        self.fitted += fits if computed else 0
-        if not self.enabled:
-            return
-        el = time.perf_counter() - self.t0
-        rate = self.fitted / el if el > 0 else 0.0
-        frac = self.chunks / max(self.n_chunks, 1)
-        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
-        end = "\n" if self.chunks == self.n_chunks else ""
-        sys.stderr.write(
-            f"\r[{self.label}] [{bar}] chunk {self.chunks}/{self.n_chunks} | "
-            f"{self.fits}/{self.n_fits} fits | {rate:,.1f} fits/s | {el:,.1f} s{end}"
-        )
-        sys.stderr.flush()
+        self.bar.update(fits)
+        if self.chunks < self.n_chunks:
+            self.bar.set_postfix_str(f"chunk {self.chunks + 1}/{self.n_chunks}")
+        else:
+            self.bar.set_postfix_str("")
+            self.bar.close()
 
 
 # --------------------------------------------------------------------------------------
@@ -743,7 +736,8 @@ def recalibrate(
             ``jax.distributed.initialize()``).
         out_dir: a folder for per-chunk Parquet files; a rerun of the same call (same data
             and settings) reads the finished chunks instead of fitting them again.
-        progress: print a progress line on stderr (default: when stderr is a terminal).
+        progress: show a progress bar (``tqdm.auto``; default ``None``: when stderr is a
+            terminal or in a notebook; see :mod:`ssjax.progress`).
         gradient, filter_method: the MLE's gradient (``"autodiff"`` or ``"fisher"``) and
             filter (``"sequential"``, ``"parallel"`` or ``"auto"``); see
             :func:`ssjax.mle.fit_mle`. Ignored by ``method="EM"``. The default ``"auto"`` is
@@ -848,7 +842,6 @@ def recalibrate(
     dtype = jnp.dtype(dtype)
     if dtype not in (jnp.dtype(jnp.float64), jnp.dtype(jnp.float32)):
         raise ValueError(f"dtype must be float64 or float32, got {dtype}")
-    progress = sys.stderr.isatty() if progress is None else progress
     mesh = _mesh(devices)
     n_dev = mesh.devices.size
 

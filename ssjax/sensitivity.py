@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 from jax import Array
 from jax.typing import ArrayLike
-from scipy import stats
 
+from ._lazy import scipy_stats as stats
 from .data import MarketData
 from .filter import Prior, default_prior, kalman_filter, log_likelihood_data
 from .model import forward_curve, measurement

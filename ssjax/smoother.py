@@ -107,6 +107,7 @@ def _split(means, covs):
     return (means[:, 0], means[:, 1], covs[:, 0, 0], covs[:, 0, 1], covs[:, 1, 1])
 
 
+@jax.jit
 def rts_smoother(
     p: Params,
     data: MarketData,

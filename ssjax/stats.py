@@ -40,7 +40,8 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
+
+from ._lazy import scipy_stats as stats
 
 __all__ = [
     "DieboldMarianoResult",

@@ -7,16 +7,16 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 
-# Share compiled XLA programs between the xdist workers of ONE test run: many test files fit
-# the bundled panel with the same programs, and each worker would otherwise compile them
-# again. The folder is keyed by the run's id (a fresh one per run: nothing carries over from
-# an earlier run); tracing still happens, so the trace-count tests are unaffected.
-_run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-if _run_id and os.environ.get("SSJAX_TEST_SHARED_CACHE", "1") == "1":
-    jax.config.update(
-        "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), f"ssjax-xla-{_run_id}")
-    )
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# The tests never use the user's persistent XLA cache (ssjax turns one on at import, see
+# ssjax.compile_cache): they get their own, shared by the xdist workers of ONE run (many test
+# files fit the bundled panel with the same programs, and each worker would otherwise compile
+# them again). The folder is keyed by the run's id (a fresh one per run: nothing carries over
+# from an earlier run); tracing still happens, so the trace-count tests are unaffected.
+_run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+if os.environ.get("SSJAX_TEST_SHARED_CACHE", "1") == "1":
+    os.environ["SSJAX_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"ssjax-xla-{_run_id}")
+else:
+    os.environ["SSJAX_CACHE_DIR"] = ""
 
 import ssjax  # noqa: E402
 
