@@ -258,6 +258,7 @@ def real_section(args: argparse.Namespace) -> str:
     mode against a statsmodels loop over the same windows."""
     rows = []
     for name, load in REAL_SERIES.items():
+        jax.clear_caches()  # see main()
         panel = load()._replace(commodity=name)
         ends = np.arange(WINDOW - 1, len(panel.dates), REAL_STEP)
         n = ends.size
@@ -358,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     disagree: dict[tuple[int, int], str] = {}
     notes: list[str] = []
     for n_req in batches:
+        # drop the previous shapes' executables: each one holds its own mapped code pages, and
+        # a long run of many shapes hit the kernel's map limit (LLVM "Cannot allocate memory")
+        jax.clear_caches()
         lay = layout(n_req, T, WINDOW)
         panels = {f"WTI{k}": panels_all[f"WTI{k}"] for k in range(lay.K)}
         repeats = 1 if (args.quick or lay.n >= 1000) else (2 if lay.n >= 100 else 3)
@@ -488,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ---- the bundled panel, every window: cold vs warm vs warm with cold seeds ---------------
     t_bundled = ""
     if not args.no_bundled:
+        jax.clear_caches()
         n_w = T - WINDOW + 1
         lay_b = Layout(n_w, 1, n_w, np.arange(WINDOW - 1, T))
         pan_b = {"WTI0": panels_all["WTI0"]}

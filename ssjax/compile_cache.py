@@ -102,30 +102,34 @@ def _enable_default() -> None:
 _TRACE = "/jax/core/compile/jaxpr_trace_duration"
 _LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 _COMPILE = "/jax/core/compile/backend_compile_duration"
+_HITS = "/jax/compilation_cache/cache_hits"
+_MISSES = "/jax/compilation_cache/cache_misses"
 
 
 @dataclass
 class CompileLog:
     """What JAX traced, lowered to XLA and compiled inside :func:`compile_log`.
 
-    Each list holds ``(function name, seconds)``. A lowering is a new executable (compiled by
-    XLA or read from the persistent cache); ``compiles`` are the XLA compilations proper
-    (cache misses).
+    Each list holds ``(function name, seconds)``. A lowering is a new executable; ``backend``
+    holds its XLA step, a compilation or a load from the persistent cache (``cache_hits``
+    counts the loads, ``cache_misses`` the programs compiled and written to the cache).
     """
 
     traces: list[tuple[str, float]] = field(default_factory=list)
     lowerings: list[tuple[str, float]] = field(default_factory=list)
-    compiles: list[tuple[str, float]] = field(default_factory=list)
+    backend: list[tuple[str, float]] = field(default_factory=list)
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     @property
     def seconds(self) -> float:
         """Seconds spent tracing, lowering and compiling."""
-        return sum(s for _, s in self.traces + self.lowerings + self.compiles)
+        return sum(s for _, s in self.traces + self.lowerings + self.backend)
 
     def by_function(self) -> dict[str, tuple[int, float]]:
         """``{name: (lowerings, seconds traced + lowered + compiled)}``, slowest first."""
         out: dict[str, list] = {}
-        for name, s in self.traces + self.lowerings + self.compiles:
+        for name, s in self.traces + self.lowerings + self.backend:
             out.setdefault(name, [0, 0.0])[1] += s
         for name, _ in self.lowerings:
             out[name][0] += 1
@@ -146,14 +150,22 @@ def compile_log() -> Iterator[CompileLog]:
         1
     """
     log = CompileLog()
-    where = {_TRACE: log.traces, _LOWER: log.lowerings, _COMPILE: log.compiles}
+    where = {_TRACE: log.traces, _LOWER: log.lowerings, _COMPILE: log.backend}
 
     def listener(event: str, duration: float, **kw: object) -> None:
         if event in where:
             where[event].append((str(kw.get("fun_name", "?")), float(duration)))
 
+    def counter(event: str, **kw: object) -> None:
+        if event == _HITS:
+            log.cache_hits += 1
+        elif event == _MISSES:
+            log.cache_misses += 1
+
     jax.monitoring.register_event_duration_secs_listener(listener)
+    jax.monitoring.register_event_listener(counter)
     try:
         yield log
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+        jax.monitoring.unregister_event_listener(counter)

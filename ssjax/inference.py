@@ -37,6 +37,7 @@ def _loglik_t_flat(vec: Array, like: Params, data: MarketData, prior: Prior) -> 
     return log_likelihood_terms(unflatten_params(vec, like), data, prior)
 
 
+@jax.jit
 def parameter_uncertainty(
     p: Params, data: MarketData, prior: Prior | None = None, free: Array | None = None
 ) -> Uncertainty:

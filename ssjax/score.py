@@ -99,6 +99,7 @@ def _loglik_bwd(res, g):
 _loglik.defvjp(_loglik_fwd, _loglik_bwd)
 
 
+@jax.jit
 def log_likelihood_fisher(p: Params, data: MarketData, prior: Prior | None = None) -> Array:
     """The exact log-likelihood (same value as :func:`ssjax.filter.log_likelihood_data`)
     whose reverse-mode gradient comes from Fisher's identity (see the module docstring).
