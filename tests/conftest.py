@@ -21,6 +21,19 @@ else:
 import ssjax  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Every XLA CPU executable keeps its own mapped code pages; a worker that runs many modules
+    accumulated enough of them to reach the kernel's limit on memory maps (vm.max_map_count),
+    and LLVM then crashed the worker inside a compile. Later modules reload what they need
+    from the run's persistent cache (above), so this costs little time.
+    """
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def wti():
     """The bundled weekly WTI panel (ACT/365 maturities)."""
