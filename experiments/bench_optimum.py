@@ -38,13 +38,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
+# times include compilations: no persistent compilation cache unless SSJAX_CACHE_DIR is set
+os.environ.setdefault("SSJAX_CACHE_DIR", "off")
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

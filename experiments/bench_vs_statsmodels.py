@@ -33,6 +33,9 @@ import os
 # numpy import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# first-call times are reported as "compiles included": no persistent compilation cache
+# (ssjax turns one on at import) unless the caller sets SSJAX_CACHE_DIR
+os.environ.setdefault("SSJAX_CACHE_DIR", "off")
 
 import argparse
 import datetime as _dt
