@@ -106,3 +106,34 @@ def test_fits(small):
     _second_call_lowers_nothing(lambda p: fit_em(data, p, max_iters=5).loglik)
     eng = ssjax.KalmanEngine(n_starts=2)
     _second_call_lowers_nothing(lambda p: eng.fit(F, ttm, dt=dt, theta0=p).loglik)
+
+
+def test_rolling_and_walk_forward(wti):
+    """A second ``recalibrate`` and a second ``walk_forward`` of the same shapes (other
+    prices) lower no program."""
+    from ssjax.backtest import walk_forward
+    from ssjax.rolling import recalibrate
+
+    def head(panel, n, wiggle=0.0):
+        # other prices: a small multiplicative pattern over dates and tenors (a constant
+        # factor would leave the log-likelihood unchanged: it shifts Y only)
+        F = panel.F_mkt[:n] * (
+            1.0 + wiggle * np.sin(np.arange(panel.F_mkt[:n].size)).reshape(panel.F_mkt[:n].shape)
+        )
+        return panel._replace(
+            dates=panel.dates[:n], F_mkt=F, ttm=panel.ttm[:n],
+            contracts=panel.contracts[:n], dt=panel.dt[: n - 1], mask=panel.mask[:n],
+        )  # fmt: skip
+
+    kw = dict(window=60, step=20, n_starts=1, standard_errors=False, progress=False)
+    a = recalibrate(head(wti, 120), **kw)
+    with compile_log() as log:
+        b = recalibrate(head(wti, 120, 0.002), **kw)
+    assert log.lowerings == [], log.by_function()
+    assert not np.allclose(a.loglik, b.loglik)
+    wk = dict(min_window=80, recalibrate_every=20, progress=False)
+    walk_forward(head(wti, 110), **wk)
+    with compile_log() as log:
+        r = walk_forward(head(wti, 110, 0.002), **wk)
+    assert log.lowerings == [], log.by_function()
+    assert r.info["fit_mle_compiles"] == 0
