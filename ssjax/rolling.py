@@ -1349,9 +1349,7 @@ def _refine(
                 # fits from data-derived starts, and every fit that ended with a noise s.d.
                 # at its bound (a warm path can keep a tenor pinned at ~0 where the window's
                 # optimum prices another tenor exactly instead)
-                pinned = np.asarray(jax.vmap(bound_vector)(_unflat_params(vec, template)))[
-                    :, 5:
-                ].any(axis=1)
+                pinned = _pin_keys(vec, template) != 0
                 tgt = np.flatnonzero(ok & (from_data | pinned))
                 src = tgt
             else:  # gate: the window's log-likelihood at its neighbours' optima
