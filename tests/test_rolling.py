@@ -218,9 +218,9 @@ def test_killed_run_resumes_to_the_same_result(small_panels, small_cold, tmp_pat
         assert [p.name for p in out.glob("refine-*.parquet")] == ["refine-00000.parquet"]
     (out / "chunk-00002.parquet.tmp-deadbeef").write_bytes(b"half a file")  # a torn write
     resumed = recalibrate(small_panels, warm_start=warm, out_dir=out, **kw)
-    if kw.get("explore"):  # the cold seeds were written as chunks of their own and read back
-        assert len(list(out.glob("explore-*.parquet"))) == resumed.info["explore_chunks"]
-        assert resumed.info["explore_chunks_computed"] == 0
+    if kw.get("explore"):  # the seeds' outcome was written as a file of its own and read back
+        assert len(list(out.glob("explore-*.parquet"))) == 1
+        assert resumed.info["explore_computed"] == 0
     n_done = 2 if when == "fits" else resumed.info["chunks"]
     assert resumed.info["chunks_computed"] == resumed.info["chunks"] - n_done
     _same_result(resumed, ref)
