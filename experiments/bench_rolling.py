@@ -134,6 +134,8 @@ MODES = {
     # the defaults: refinement from the neighbouring windows, standard errors
     "cold": dict(warm_start=False),
     "warm": dict(warm_start=True),
+    # warm without the standard errors (statsmodels' loop computes none: cov_type="none")
+    "warm-nose": dict(warm_start=True, standard_errors=False),
     # like for like with the statsmodels loop (a fit per window, nothing else)
     "warm-fits": dict(warm_start=True, refine="none", standard_errors=False),
     # warm path plus cold seeds (explore), then refined
@@ -272,7 +274,7 @@ def real_section(args: argparse.Namespace) -> str:
         sm_rate = n / sm_s
         rows.append([name, "statsmodels loop", f"{n}", bvs.fmt_s(sm_s), "—",
                      f"{sm_rate:.2f}", "1x", "0", "0", "—"])  # fmt: skip
-        for mode in ("cold", "warm", "warm-explore", "warm-fits"):
+        for mode in ("cold", "warm", "warm-nose", "warm-explore", "warm-fits"):
             kw = dict(MODES[mode], chunk_size=min(args.chunk_size, n))
             if kw["warm_start"]:
                 kw["chunk_size"] = n
@@ -370,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats = 1 if (args.quick or lay.n >= 1000) else (2 if lay.n >= 100 else 3)
         print(f"\nN = {lay.n} ({lay.describe()} windows), ssjax best of {repeats}:", flush=True)
         runs: dict[str, SsjaxRun] = {}
-        for mode in ("cold", "warm", "warm-fits"):
+        for mode in ("cold", "warm", "warm-nose", "warm-fits"):
             runs[mode] = run = run_ssjax(panels, lay, mode, repeats, args)
             r = run.result
             print(
@@ -474,10 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     speed_header = [
         "N windows", "copies x ends", "ssjax cold fits/s (best call; first call)",
         "ssjax warm fits/s (best call; first call)",
+        "ssjax warm, no s.e. fits/s (best call; first call)",
         "ssjax warm, fits only fits/s (best call; first call)",
         "statsmodels loop fits/s (sample)",
-        "speed-up cold / warm / warm fits only (Σ and worst Δloglik vs statsmodels on the "
-        "sampled windows)",
+        "speed-up cold / warm / warm no s.e. / warm fits only (Σ and worst Δloglik vs "
+        "statsmodels on the sampled windows)",
     ]  # fmt: skip
     acc_header = [
         "N windows", "cold 2nd-pass windows", "median steps cold / warm / warm fits only",
@@ -666,7 +669,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "- **ssjax warm**: `recalibrate(..., warm_start=True)` with its defaults: each copy's "
         "windows in order, window w from window w−1's optimum moved off the boundary "
         "(`warm_floor=0.01`; `lax.scan` over windows, `vmap` over copies), then the "
-        "neighbours' refinement and standard errors.",
+        "seeds (every 16th window and the last probed from 4 data-derived starts, "
+        "refitted where a probe ends above the warm fit), the neighbours' refinement and "
+        "standard errors.",
+        "- **ssjax warm, no s.e.**: the same with `standard_errors=False` (like the "
+        "statsmodels loop, which computes none).",
         '- **ssjax warm, fits only**: `warm_start=True, refine="none", '
         "standard_errors=False`: one fit per window and nothing else, like the statsmodels "
         "loop.",

@@ -904,12 +904,13 @@ def recalibrate(
     if warm_start and stride:
         # the seeds: every stride-th window and the last, probed from data-derived starts
         sel = np.unique(np.concatenate([np.arange(0, W, stride), [W - 1]]))
+        t1 = time.perf_counter()
         flat, post, better, einfo = _explore(
             stack, stack_dev, template, ends, valid, sel, mesh, n_dev, config, out_dir, flat,
             post,
         )  # fmt: skip
         from_data |= better
-        info.update(einfo)
+        info.update(einfo, explore_seconds=time.perf_counter() - t1)
     refined = np.zeros(C * W, bool)
     if refine != "none" and max_refine_rounds > 0:
         t1 = time.perf_counter()
@@ -1268,13 +1269,16 @@ def _run_warm(stack, stack_dev, template, ends, valid, mesh, n_dev, config, out_
 # --------------------------------------------------------------------------------------
 # Refinement: better optima from the neighbouring windows
 # --------------------------------------------------------------------------------------
-def _batched(prog, stack_dev, mesh, unit: int, cap: int, cs, es, payload, extra=()) -> list:
-    """``prog`` over lanes (cs, es, payload) in calls of power-of-two sizes (whole groups)."""
+def _batched(
+    prog, stack_dev, mesh, unit: int, cap: int, cs, es, payload, extra=(), pow2: bool = True
+) -> list:
+    """``prog`` over lanes (cs, es, payload) in calls of power-of-two sizes (whole groups;
+    ``pow2=False``: the fewest whole groups, one compiled shape more per size met)."""
     outs = []
     n = cs.size
     for a in range(0, n, cap):
         b = min(a + cap, n)
-        nb = _bucket(b - a, cap, unit)
+        nb = _bucket(b - a, cap, unit) if pow2 else -(-(b - a) // unit) * unit
         idx = np.concatenate([np.arange(a, b), np.full(nb - (b - a), a)])
         args = (cs[idx], es[idx], jax.tree.map(lambda x, i=idx: np.asarray(x)[i], payload))
         args = args + tuple(jax.tree.map(lambda x, i=idx: np.asarray(x)[i], e) for e in extra)
@@ -1456,8 +1460,10 @@ def _explore(
             )
             off = _offsets(start_design(K, config["seed"]), starts, dtype)
             extra = (np.zeros(lanes.size, bool), off)
+            # padded to whole groups only: the probes are one call per run whose size
+            # depends on the run's layout (a padded lane costs as much as a real one)
             parts = _batched(probe, stack_dev, mesh, unit, cap * K, lane_c[lanes],
-                             lane_e[lanes], dummy, extra=extra)  # fmt: skip
+                             lane_e[lanes], dummy, extra=extra, pow2=False)  # fmt: skip
             parts = [_flat_fit(p) for p in parts]
             res = {k: np.concatenate([p[k] for p in parts]) for k in ("params", "loglik")}
             ll = np.where(np.isfinite(res["loglik"]), res["loglik"], -np.inf).reshape(-1, K)
