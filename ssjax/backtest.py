@@ -74,7 +74,6 @@ __all__ = [
     "walk_forward",
 ]
 
-_default_start_jit = jax.jit(default_start, static_argnames=("risk_premium", "spot"))
 _filter_jit = jax.jit(kalman_filter)
 
 
@@ -705,7 +704,7 @@ def calibrate_walk_forward(
         if warm_start and theta is not None:
             init = theta
         else:
-            init = _default_start_jit(data_t, risk_premium=risk_premium)
+            init = default_start(data_t, risk_premium=risk_premium)
             if shared_noise:
                 init = init._replace(meas_sd=jnp.median(init.meas_sd))
         init = _as_numpy_params(init)

@@ -262,9 +262,6 @@ def _grad_norm(p: Params, data: MarketData, prior: Prior, free: Array) -> Array:
     return jnp.max(jnp.abs(g * free))
 
 
-_default_start_jit = jax.jit(default_start, static_argnames=("risk_premium", "spot"))
-
-
 @functools.partial(jax.jit, static_argnames=("smoothed",))
 def _post_fit(p: Params, data: MarketData, prior: Prior, free: Array, ttm: Array, smoothed: bool):
     """Everything computed at the optimum, in one compiled program."""
@@ -402,7 +399,7 @@ class KalmanEngine:
 
     # ---- helpers ----------------------------------------------------------------------
     def _start(self, data: MarketData, theta0: Params | dict | None) -> Params:
-        start = _default_start_jit(data, risk_premium=self.risk_premium)
+        start = default_start(data, risk_premium=self.risk_premium)
         if self.shared_noise:
             start = start._replace(meas_sd=jnp.median(start.meas_sd))
         if theta0 is None:

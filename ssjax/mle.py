@@ -336,6 +336,7 @@ def free_mask(init: Params, fixed: dict[str, bool] | None) -> np.ndarray | None:
     return np.concatenate(parts)
 
 
+@functools.partial(jax.jit, static_argnames=("risk_premium", "spot"))
 def default_start(
     data: MarketData, *, risk_premium: bool = False, spot: bool | None = None
 ) -> Params:

@@ -106,6 +106,16 @@ def test_fits(small):
     _second_call_lowers_nothing(lambda p: fit_em(data, p, max_iters=5).loglik)
     eng = ssjax.KalmanEngine(n_starts=2)
     _second_call_lowers_nothing(lambda p: eng.fit(F, ttm, dt=dt, theta0=p).loglik)
+    # the data-derived start, called eagerly as the README does: its first call on a new shape
+    # lowers one program (not one per array operation: 67 in a new process before it was
+    # jitted), and a second call none
+    data37 = ssjax.make_market_data(F[:37], ttm[:37], dt=dt[:36])
+    with compile_log() as log:
+        jax.block_until_ready(ssjax.default_start(data37))
+    assert len(log.lowerings) == 1, log.by_function()
+    _second_call_lowers_nothing(
+        lambda p: ssjax.default_start(ssjax.make_market_data(F * p.kappa, ttm, dt=dt)).kappa
+    )
 
 
 def test_rolling_and_walk_forward(wti):
