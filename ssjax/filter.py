@@ -71,6 +71,7 @@ class FilterResult(NamedTuple):
     spot_innovation_vars: Array | None = None  # [T]
 
 
+@jax.jit
 def default_prior(data: MarketData) -> Prior:
     """The default prior: x0 = [0, mean observed ln F at the first date], P0 = I₂.
 

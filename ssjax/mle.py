@@ -306,6 +306,7 @@ def fit_mle(
     )
 
 
+@jax.jit
 def stopped(status: ArrayLike) -> Array:
     """True where a fit's stopping rule fired: an interior optimum (``converged``) or a
     ``BOUNDARY`` end point (MLE and EM status codes alike); False for a step budget run out

@@ -26,6 +26,7 @@ All functions here handle ONE date (or one step); callers ``vmap`` over dates an
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
@@ -103,6 +104,7 @@ def log_forward(p: Params, state: ArrayLike, ttm: ArrayLike) -> Array:
     return b * state[..., 0] + state[..., 1] + A
 
 
+@jax.jit
 def forward_curve(p: Params, state: ArrayLike, ttm: ArrayLike) -> Array:
     """F(t, t+Δ) = exp(ln F) for one date: ``state`` [2], ``ttm`` [M] → [M].
 

@@ -67,6 +67,7 @@ DEGENERATE_FIELDS = ("kappa", "sigma_x", "sigma_y", "rho")
 _SCALES = ("kappa", "sigma_x", "sigma_y", "meas_sd", "spot_sd")
 
 
+@jax.jit
 def at_bounds(p: Params) -> Params:
     """Per parameter (same tree as ``p``): True where it sits at a bound of its domain.
 
@@ -90,6 +91,7 @@ def at_bounds(p: Params) -> Params:
     return Params(**out)
 
 
+@jax.jit
 def bound_vector(p: Params, free: Array | None = None) -> Array:
     """:func:`at_bounds` flattened like :func:`ssjax.params.flatten_params`; fixed
     parameters (``free == 0``) never count (a restriction held at 0 is not an end point)."""
@@ -97,6 +99,7 @@ def bound_vector(p: Params, free: Array | None = None) -> Array:
     return flags if free is None else flags & (jnp.asarray(free) > 0)
 
 
+@jax.jit
 def degenerate(p: Params, free: Array | None = None) -> Array:
     """True where a free κ, σ_X, σ_Y or ρ is at its bound (the model is degenerate there)."""
     flags = bound_vector(p, free)
@@ -128,6 +131,7 @@ def describe_bounds(p: Params, free=None, tenor_names=None) -> str:
     return "; ".join(parts)
 
 
+@jax.jit
 def move_inside(
     p: Params, ref: Params, rho: float | Array = 0.0, free: Array | None = None
 ) -> Params:
@@ -150,6 +154,7 @@ def move_inside(
     return unflatten_params(v, p)
 
 
+@jax.jit
 def pull_back(p: Params, ref: Params, floor: float | Array) -> Params:
     """``p`` moved off the boundary of the parameter space before it is used as a start.
 
@@ -231,6 +236,7 @@ def offset_start(start: Params, log_scale: Array, rho: Array, keep_rho: Array) -
     )
 
 
+@jax.jit
 def multi_start(start: Params, design: StartDesign) -> Params:
     """The design's starts around ``start`` as one batch (leading axis n). Jittable in
     ``start`` (the design is a constant), so a vmapped fit can derive them per window."""

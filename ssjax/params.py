@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
@@ -176,11 +177,13 @@ def param_names(p: Params, tenor_names=None) -> list[str]:
     return names
 
 
+@jax.jit
 def flatten_params(p: Params) -> Array:
     """Concatenate the leaves of ``p`` (in field order) into one vector."""
     return jnp.concatenate([jnp.ravel(v) for v in p if v is not None])
 
 
+@jax.jit
 def unflatten_params(vec: Array, like: Params) -> Params:
     """Inverse of :func:`flatten_params` given a template with the same structure."""
     out, i = {}, 0
