@@ -1364,44 +1364,15 @@ def _refine(
                         src_l.append(s_[gate])
                 tgt = np.concatenate(tgt_l) if tgt_l else np.zeros(0, int)
                 src = np.concatenate(src_l) if src_l else np.zeros(0, int)
-            diff = {k: np.zeros((0,) + tuple(trail), dt) for k, (trail, dt) in shapes.items()}
-            if tgt.size:
-                inits = _unflat_params(vec[src].astype(dtype), template)
-                prog = restart if r == 0 else fit
-                use = (np.ones(tgt.size, bool), _zero_offsets(tgt.size, dtype))
-                parts = _batched(prog, stack_dev, mesh, unit, cap, lane_c[tgt], lane_e[tgt], inits,
-                                 extra=use)  # fmt: skip
-                parts = [_flat_fit(p) for p in parts]  # _batched brought them to the host
-                res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-                refits += tgt.size
-                # the best refit of each window, kept if it stopped at an optimum and is higher
-                best: dict[int, int] = {}
-                for i in range(tgt.size):
-                    t = int(tgt[i])
-                    if not (res["stopped"][i] and np.isfinite(res["loglik"][i])):
-                        continue
-                    cur = res["loglik"][best[t]] if t in best else fitd["loglik"][t]
-                    if res["loglik"][i] > cur + (0.0 if t in best else REFINE_ACCEPT):
-                        best[t] = i
-                if best:
-                    lanes = np.array(sorted(best), np.int64)
-                    pick = np.array([best[t] for t in lanes])
-                    pp = _batched_post(stack_dev, lane_c[lanes], lane_e[lanes],
-                                       res["params"][pick], template, mesh, config, dtype,
-                                       unit, cap)  # fmt: skip
-                    diff = {"lane": lanes}
-                    diff.update({f"fit/{k}": res[k][pick] for k in res})
-                    diff.update({f"post/{k}": v for k, v in pp.items()})
+            prog = restart if r == 0 else fit
+            diff = _refit_diff(prog, tgt, vec[src], fitd["loglik"][tgt], stack_dev, mesh, unit,
+                               cap, lane_c, lane_e, template, config, shapes)  # fmt: skip
+            refits += tgt.size
             if store is not None:
                 store.write("refine", r, diff)
         rounds += 1
-        lanes = np.asarray(diff["lane"], np.int64)
+        lanes = _apply_diff(diff, vec, fitd, post)
         if lanes.size:
-            for k in ("loglik", "stopped", "num_steps", "status"):
-                fitd[k][lanes] = diff[f"fit/{k}"]
-            vec[lanes] = diff["fit/params"]
-            for k in post:
-                post[k][lanes] = diff[f"post/{k}"]
             refined[lanes] = True
             changed_total += lanes.size
         elif r > 0:  # a round of neighbours that changed nothing: done
@@ -1450,10 +1421,11 @@ def _explore(
         kw = _fit_kw(config, width)
         probe = _program("cold", mesh, max_steps=config["budget"], **kw)
         fit = _program("cold", mesh, max_steps=config["max_steps"], **kw)
-        diff = {k: np.zeros((0,) + tuple(trail), dt) for k, (trail, dt) in shapes.items()}
         lanes = np.repeat(seeds, K)
         starts = np.tile(np.arange(K), seeds.size)
         n_probed = lanes.size
+        tgt, src_vec = np.zeros(0, np.int64), None
+        cur = np.nan_to_num(np.asarray(flat["loglik"], float)[seeds], nan=-np.inf)
         if lanes.size:
             dummy = jax.tree.map(
                 lambda a: np.broadcast_to(np.asarray(a), (lanes.size,) + a.shape), template
@@ -1468,47 +1440,19 @@ def _explore(
             res = {k: np.concatenate([p[k] for p in parts]) for k in ("params", "loglik")}
             ll = np.where(np.isfinite(res["loglik"]), res["loglik"], -np.inf).reshape(-1, K)
             pick = np.arange(seeds.size) * K + np.argmax(ll, axis=1)
-            cur = np.nan_to_num(np.asarray(flat["loglik"], float)[seeds], nan=-np.inf)
             gate = res["loglik"][pick] > cur + REFINE_GATE
-            tgt, src = seeds[gate], pick[gate]
-            n_refit = tgt.size
-            if tgt.size:
-                inits = _unflat_params(res["params"][src].astype(dtype), template)
-                use = (np.ones(tgt.size, bool), _zero_offsets(tgt.size, dtype))
-                parts = _batched(fit, stack_dev, mesh, unit, cap, lane_c[tgt], lane_e[tgt],
-                                 inits, extra=use)  # fmt: skip
-                parts = [_flat_fit(p) for p in parts]
-                ref = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-                keep = (
-                    ref["stopped"]
-                    & np.isfinite(ref["loglik"])
-                    & (ref["loglik"] > cur[gate] + REFINE_ACCEPT)
-                )
-                if keep.any():
-                    lanes_k = tgt[keep]
-                    pp = _batched_post(stack_dev, lane_c[lanes_k], lane_e[lanes_k],
-                                       ref["params"][keep], template, mesh, config, dtype,
-                                       unit, cap)  # fmt: skip
-                    diff = {"lane": lanes_k.astype(np.int64)}
-                    diff.update({f"fit/{k}": v[keep] for k, v in ref.items()})
-                    diff.update({f"post/{k}": v for k, v in pp.items()})
+            tgt, src_vec, cur = seeds[gate], res["params"][pick[gate]], cur[gate]
+        n_refit = tgt.size
+        diff = _refit_diff(fit, tgt, src_vec, cur, stack_dev, mesh, unit, cap, lane_c, lane_e,
+                           template, config, shapes)  # fmt: skip
         if store is not None:
             store.write("explore", 0, diff)
+    vec = np.array(jax.vmap(flatten_params)(flat["params"]), np.float64)
+    fitd = {k: np.array(flat[k]) for k in ("loglik", "stopped", "num_steps", "status")}
+    post = {k: np.array(v) for k, v in post.items()}
     better = np.zeros(C * W, bool)
-    lanes_k = np.asarray(diff["lane"], np.int64)
-    if lanes_k.size:
-        take = np.zeros(C * W, bool)
-        take[lanes_k] = True
-        vec = np.array(jax.vmap(flatten_params)(flat["params"]), np.float64)
-        vec[lanes_k] = diff["fit/params"]
-        fitd = {k: np.array(flat[k]) for k in ("loglik", "stopped", "num_steps", "status")}
-        for k in fitd:
-            fitd[k][lanes_k] = diff[f"fit/{k}"]
-        flat = dict(fitd, params=_unflat_params(vec, template))
-        post = {k: np.array(v) for k, v in post.items()}
-        for k in post:
-            post[k][lanes_k] = diff[f"post/{k}"]
-        better = take
+    better[_apply_diff(diff, vec, fitd, post)] = True
+    flat = dict(fitd, params=_unflat_params(vec, template))
     info = {
         "explore_windows": int(seeds.size),
         "explore_probes": int(n_probed),
@@ -1517,6 +1461,69 @@ def _explore(
         "explore_computed": computed,
     }
     return flat, post, better, info
+
+
+def _refit_diff(
+    prog,
+    tgt,
+    inits_flat,
+    cur,
+    stack_dev,
+    mesh,
+    unit,
+    cap,
+    lane_c,
+    lane_e,
+    template,
+    config,
+    shapes,
+) -> dict:
+    """Refit lanes ``tgt`` (a window may appear more than once) from the flat parameters
+    ``inits_flat`` with ``prog``, and keep, per window, the best refit that stopped at an
+    optimum above ``cur`` (the window's current log-likelihood, aligned with ``tgt``) by more
+    than ``REFINE_ACCEPT``. Returns the change as ``{"lane", "fit/…", "post/…"}`` (no rows
+    when nothing improved), the form in which ``out_dir`` stores it."""
+    diff = {k: np.zeros((0,) + tuple(trail), dt) for k, (trail, dt) in shapes.items()}
+    if len(tgt) == 0:
+        return diff
+    dtype = np.dtype(config["dtype"])
+    inits = _unflat_params(np.asarray(inits_flat).astype(dtype), template)
+    use = (np.ones(len(tgt), bool), _zero_offsets(len(tgt), dtype))
+    parts = _batched(prog, stack_dev, mesh, unit, cap, lane_c[tgt], lane_e[tgt], inits,
+                     extra=use)  # fmt: skip
+    parts = [_flat_fit(p) for p in parts]  # _batched brought them to the host
+    res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    best: dict[int, int] = {}
+    for i in range(len(tgt)):
+        t = int(tgt[i])
+        if not (res["stopped"][i] and np.isfinite(res["loglik"][i])):
+            continue
+        bar = res["loglik"][best[t]] if t in best else cur[i] + REFINE_ACCEPT
+        if res["loglik"][i] > bar:
+            best[t] = i
+    if not best:
+        return diff
+    lanes = np.array(sorted(best), np.int64)
+    pick = np.array([best[t] for t in lanes])
+    pp = _batched_post(stack_dev, lane_c[lanes], lane_e[lanes], res["params"][pick], template,
+                       mesh, config, dtype, unit, cap)  # fmt: skip
+    diff = {"lane": lanes}
+    diff.update({f"fit/{k}": res[k][pick] for k in res})
+    diff.update({f"post/{k}": v for k, v in pp.items()})
+    return diff
+
+
+def _apply_diff(diff: dict, vec: np.ndarray, fitd: dict, post: dict) -> np.ndarray:
+    """Write a refit diff (see :func:`_refit_diff`) into the flat parameters ``vec`` and the
+    host arrays ``fitd`` and ``post`` (in place); returns the lanes it changed."""
+    lanes = np.asarray(diff["lane"], np.int64)
+    if lanes.size:
+        vec[lanes] = diff["fit/params"]
+        for k in fitd:
+            fitd[k][lanes] = diff[f"fit/{k}"]
+        for k in post:
+            post[k][lanes] = diff[f"post/{k}"]
+    return lanes
 
 
 def _pin_keys(vec: np.ndarray, template: Params) -> np.ndarray:
