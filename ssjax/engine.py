@@ -184,12 +184,24 @@ AT_BEST_TOL = 1e-3
 MAX_ESCAPES = 2
 #: rounds of restarts of the best end point with its boundary noise s.d.s raised
 MAX_POLISH = 2
+#: rounds of restarts that price another tenor exactly (see ``KalmanEngine.fit``)
+MAX_SWITCH = 2
+#: the switch round's starts: the best end point pulled back to these floors ...
+SWITCH_FLOORS = (1.0, 0.3)
+#: ... with one tenor's noise s.d. set to this fraction of its data-derived start
+SWITCH_PIN = 0.1
 
 
 def _keep_fixed(p: Params, ref: Params, free: Array) -> Params:
     """``p`` with every parameter held fixed (``free == 0``) at its value in ``ref``."""
     v = jnp.where(jnp.asarray(free) > 0, flatten_params(p), flatten_params(ref))
     return unflatten_params(v, p)
+
+
+@jax.jit
+def _pin_sd(p: Params, ref: Params, j: Array) -> Params:
+    """``p`` with noise s.d. ``j`` at ``SWITCH_PIN`` × its value in ``ref``."""
+    return p._replace(meas_sd=p.meas_sd.at[j].set(SWITCH_PIN * ref.meas_sd[j]))
 
 
 @functools.partial(
@@ -546,6 +558,28 @@ class KalmanEngine:
             lanes, best, improved = self._restart(lanes, best, inits, data_pad, prior, free_j)
             if not improved:
                 break
+        # the likelihood of a window is often multi-modal in which tenor is priced exactly
+        # (its s.d. at ~0): an end point with one pinned can sit below the mode that pins
+        # another, out of the polish's reach (copper, 104 weeks ending 2001-10-19, 7.2 nats).
+        # Restart from it pulled back, with each free tenor's s.d. in turn set near zero
+        switches = 0
+        M_sd = int(np.size(start.meas_sd))
+        while switches < MAX_SWITCH and n_design > 1 and M_sd > 1:
+            end = jax.tree.map(lambda a, i=best: jnp.asarray(a[i]), lanes.params)
+            if not bool(jnp.any(bound_vector(end, free_j)[5 : 5 + M_sd])):
+                break
+            switches += 1
+            inits = self._switch_starts(end, data_start, free_j, M_sd)
+            improved = False
+            for a in range(0, len(inits), n_design):
+                part = inits[a : a + n_design]
+                part = part + [part[-1]] * (n_design - len(part))  # one compiled lane count
+                lanes, best, up = self._restart(
+                    lanes, best, stack_params(part), data_pad, prior, free_j, strict=True
+                )
+                improved |= up
+            if not improved:
+                break
         ll_all = np.asarray(lanes.loglik, float)
         ll_best = float(ll_all[best])
         design = ll_all[:n_design]  # the independent starts
@@ -553,7 +587,8 @@ class KalmanEngine:
         r = self._result(lanes, best, data_pad, prior, free_j)
         r.extra.update(
             n_starts=n_design, starts_at_best=at_best, escape_rounds=escapes,
-            polish_rounds=polishes, fits=ll_all.size, start_logliks=ll_all,
+            polish_rounds=polishes, switch_rounds=switches, fits=ll_all.size,
+            start_logliks=ll_all,
         )  # fmt: skip
         best = r
         p = best.params
@@ -619,14 +654,37 @@ class KalmanEngine:
         )  # fmt: skip
         return jax.tree.map(np.asarray, out)
 
+    @staticmethod
+    def _switch_starts(end: Params, data_start: Params, free: Array, M: int) -> list[Params]:
+        """Starts of a switch round: ``end`` pulled back to each of ``SWITCH_FLOORS`` with
+        one free tenor's noise s.d. at ``SWITCH_PIN`` × its data-derived start."""
+        free_sd = np.asarray(free)[5 : 5 + M] > 0
+        out = []
+        for f in SWITCH_FLOORS:
+            base = _keep_fixed(pull_back(end, data_start, f), end, free)
+            out += [_pin_sd(base, data_start, j) for j in np.flatnonzero(free_sd)]
+        return out
+
     def _restart(
-        self, lanes: _Lanes, best: int, inits: Params, data: MarketData, prior: Prior, free: Array
+        self,
+        lanes: _Lanes,
+        best: int,
+        inits: Params,
+        data: MarketData,
+        prior: Prior,
+        free: Array,
+        strict: bool = False,
     ) -> tuple[_Lanes, int, bool]:
-        """Fit ``inits`` as more lanes; the new best lane, and whether it beats the old best."""
+        """Fit ``inits`` as more lanes; the new best lane, and whether it beats the old best
+        by more than ``AT_BEST_TOL`` (``strict``: only then is the best lane replaced; the
+        same optimum reached again can sit nearer the boundary, a noise s.d. at 1e-12
+        instead of 1e-7, where the Hessian is no longer finite)."""
         ll_before = float(np.asarray(lanes.loglik)[best])
+        old = best
         lanes = _concat(lanes, self._run_lanes(data, inits, prior, free))
         best = _pick(lanes)
-        return lanes, best, float(np.asarray(lanes.loglik)[best]) > ll_before + AT_BEST_TOL
+        improved = float(np.asarray(lanes.loglik)[best]) > ll_before + AT_BEST_TOL
+        return lanes, best if improved or not strict else old, improved
 
     def _result(self, lanes: _Lanes, i: int, data: MarketData, prior: Prior, free: Array) -> _Calib:
         """Lane ``i`` of a batch as the shell reports it."""

@@ -179,7 +179,8 @@ class KalmanFit:
         rounds = [
             f"{self.extra[k]} {label}"
             for k, label in (("escape_rounds", "from a degenerate point"),
-                             ("polish_rounds", "with boundary s.d.s raised"))
+                             ("polish_rounds", "with boundary s.d.s raised"),
+                             ("switch_rounds", "pricing another tenor exactly"))
             if self.extra.get(k)
         ]  # fmt: skip
         if rounds:
