@@ -73,8 +73,10 @@ IV_STATUS = {
     2: "invalid input (non-positive or non-finite price, F, K or tau, or non-finite rate)",
     3: "price below the discounted intrinsic value (no-arbitrage lower bound)",
     4: "price at or above the no-arbitrage upper bound (D·F for a call, D·K for a put)",
+    5: "price at the lower bound to within rounding (time value below 8 ulps of the "
+    "discounted intrinsic value, or a zero price): the price does not determine the volatility",
 }
-_OK, _MAXITER, _INVALID, _BELOW, _ABOVE = 0, 1, 2, 3, 4
+_OK, _MAXITER, _INVALID, _BELOW, _ABOVE, _AT_LOWER = 0, 1, 2, 3, 4, 5
 _S_MAX = 50.0  # largest total standard deviation σ√τ the solver searches
 
 
@@ -418,7 +420,7 @@ class ImpliedVol(NamedTuple):
     """Result of :func:`implied_vol` (arrays of the broadcast input shape).
 
     Attributes:
-        vol: Black-76 implied volatility; NaN where ``status`` is 2, 3 or 4.
+        vol: Black-76 implied volatility; NaN where ``status`` is 2, 3, 4 or 5.
         converged: True where the solver met ``tol`` (status 0).
         status: an :data:`IV_STATUS` code.
         iterations: Newton/bisection iterations used per element.
@@ -474,8 +476,13 @@ def implied_vol(
     Returns:
         :class:`ImpliedVol`. Prices outside the no-arbitrage bounds, D·max(±(F−K), 0) ≤ price
         < D·F (calls) or D·K (puts), or non-positive/non-finite inputs get status 3/4/2 and
-        NaN vol; a price equal to the lower bound (to a few ulps) gets vol 0. Use
-        :func:`implied_vol_checked` for a ``ValueError`` naming the offending prices.
+        NaN vol. A price at the lower bound to within rounding (time value at most 8 ε times
+        the discounted intrinsic value: deep in the money, or a short or low-volatility
+        option; or a price of 0) gets status 5 and NaN vol, not converged: any volatility
+        from 0 up to where the time value shows in the price reprices it, so the price
+        carries no volatility (such options are usually quoted on the other side of
+        parity). Use :func:`implied_vol_checked` for a
+        ``ValueError`` naming the prices outside the bounds (status 5 is not an error).
     """
     dt = _dtype(price, F, K, tau, rate)
     price, F, K, tau, rate = jnp.broadcast_arrays(*_cast(dt, price, F, K, tau, rate))
@@ -497,7 +504,10 @@ def implied_vol(
     slack = 8.0 * eps * D * jnp.maximum(Fs, Ks)
     below = ~invalid & (price < lower - slack)
     above = ~invalid & ~below & (price >= upper)
-    at_lower = ~invalid & ~below & ~above & (price <= lower)
+    # a time value within rounding of the intrinsic value (deep in the money, short or low
+    # vol), or a zero price: every volatility from 0 up to where the time value shows in the
+    # price reprices it
+    at_lower = ~invalid & ~below & ~above & (price - lower <= 8.0 * eps * lower)
     failed = invalid | below | above
     solve = ~failed & ~at_lower
 
@@ -517,7 +527,7 @@ def implied_vol(
     lo0 = jnp.zeros_like(s0)
     hi0 = jnp.full_like(s0, _S_MAX)
     it0 = jnp.zeros(s0.shape, jnp.int32)
-    conv0 = at_lower
+    conv0 = jnp.zeros(s0.shape, bool)
     done0 = ~solve
 
     def cond(c):
@@ -551,10 +561,15 @@ def implied_vol(
     status = jnp.where(
         invalid,
         _INVALID,
-        jnp.where(below, _BELOW, jnp.where(above, _ABOVE, jnp.where(conv, _OK, _MAXITER))),
+        jnp.where(
+            below,
+            _BELOW,
+            jnp.where(
+                above, _ABOVE, jnp.where(at_lower, _AT_LOWER, jnp.where(conv, _OK, _MAXITER))
+            ),
+        ),
     ).astype(jnp.int32)
-    vol = jnp.where(at_lower, 0.0, s / jnp.sqrt(ts))
-    vol = jnp.where(failed, jnp.nan, vol)
+    vol = jnp.where(failed | at_lower, jnp.nan, s / jnp.sqrt(ts))
     return ImpliedVol(vol, conv & ~failed, status, it)
 
 

@@ -11,6 +11,7 @@ from scipy.stats import norm
 
 import ssjax
 from ssjax.options import (
+    IV_STATUS,
     black76,
     futures_option_price,
     futures_option_price_from_state,
@@ -281,15 +282,51 @@ def test_implied_vol_round_trip_over_strikes_and_expiries():
     KK, TT, VV, CC = (a.ravel() for a in np.meshgrid(K, tau, vol, [True, False], indexing="ij"))
     price = np.asarray(BLACK_B(F0, KK, TT, VV, RATE, CC))
     res = jax.tree.map(np.asarray, IV_B(price, F0, KK, TT, RATE, CC))
-    assert np.all(res.status == 0) and np.all(res.converged)
+    # time value lost to rounding (deep in the money at low vol): status 5, NaN, not converged
+    lower = np.exp(-RATE * TT) * np.maximum(np.where(CC, F0 - KK, KK - F0), 0)
+    tv = price - lower
+    lost = tv <= 8 * np.finfo(float).eps * lower
+    assert 0 < lost.sum() < 0.1 * len(price)
+    np.testing.assert_array_equal(res.status, np.where(lost, 5, 0))
+    np.testing.assert_array_equal(res.converged, ~lost)
+    assert np.all(np.isnan(res.vol[lost])) and np.all(np.isfinite(res.vol[~lost]))
     assert res.iterations.max() <= 12
-    back = np.asarray(BLACK_B(F0, KK, TT, res.vol, RATE, CC))
+    back = np.asarray(BLACK_B(F0, KK, TT, np.where(lost, 0.0, res.vol), RATE, CC))
     np.testing.assert_allclose(back, price, rtol=1e-10, atol=1e-10)
     # the vol itself where the price carries it (time value not lost to rounding)
-    tv = price - np.exp(-RATE * TT) * np.maximum(np.where(CC, F0 - KK, KK - F0), 0)
     ok = (tv > 1e-6 * price) & (price > 1e-200)
     assert ok.sum() > 0.8 * len(price)
     np.testing.assert_allclose(res.vol[ok], VV[ok], rtol=1e-10)
+
+
+def test_implied_vol_says_when_the_time_value_is_lost_to_rounding():
+    """Random options, many deep in the money: none comes back "converged" with vol 0; those
+    whose time value is below rounding get status 5 (NaN), every other one its vol back."""
+    rng = np.random.default_rng(7)
+    n = 4000
+    F = rng.uniform(20.0, 120.0, n)
+    K = F * np.exp(rng.uniform(-1.5, 1.5, n))
+    tau = rng.uniform(0.01, 2.0, n)
+    vol = rng.uniform(0.03, 0.8, n)
+    call = rng.random(n) < 0.5
+    price = np.asarray(jax.jit(black76)(F, K, tau, vol, RATE, call))
+    res = jax.tree.map(np.asarray, IV(price, F, K, tau, RATE, call))
+    lower = np.exp(-RATE * tau) * np.maximum(np.where(call, F - K, K - F), 0)
+    tv = price - lower
+    eps = np.finfo(float).eps
+    lost = tv <= 8 * eps * lower
+    assert lost.sum() > 10  # the case exists in this sample
+    # exactly these (up to the rounding of the threshold itself)
+    assert np.all(np.isin(res.status, (0, 5)))
+    assert np.all(res.status[tv <= 4 * eps * lower] == 5)
+    assert np.all(res.status[tv > 16 * eps * lower] == 0)
+    assert not np.any(res.converged & (res.vol == 0))
+    five = res.status == 5
+    assert np.all(np.isnan(res.vol[five])) and not np.any(res.converged[five])
+    assert np.all(np.isfinite(res.vol[~five])) and np.all(res.converged[~five])
+    assert IV_STATUS[5].startswith("price at the lower bound to within rounding")
+    ok = tv > 1e-6 * price
+    np.testing.assert_allclose(res.vol[ok], vol[ok], rtol=1e-9)
 
 
 def test_implied_vol_rejects_arbitrage_violations():
@@ -300,11 +337,11 @@ def test_implied_vol_rejects_arbitrage_violations():
     tau = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0])
     call = np.array([True, True, True, False, False, True, True])
     res = jax.tree.map(np.asarray, IV(price, F0, K, tau, RATE, call))
-    np.testing.assert_array_equal(res.status, [0, 3, 4, 2, 4, 2, 0])
-    bad = np.array([False, True, True, True, True, True, False])
+    np.testing.assert_array_equal(res.status, [0, 3, 4, 2, 4, 2, 5])
+    bad = np.array([False, True, True, True, True, True, True])
     assert np.all(np.isnan(res.vol[bad])) and np.all(np.isfinite(res.vol[~bad]))
     np.testing.assert_array_equal(res.converged, ~bad)
-    assert float(res.vol[6]) == 0.0  # a price exactly at intrinsic has zero vol
+    # a price at intrinsic (no time value) does not determine a vol: status 5, NaN
     with pytest.raises(ValueError, match=r"5 price\(s\) violate") as err:
         implied_vol_checked(price, F0, K, tau, RATE, call)
     msg = str(err.value)
