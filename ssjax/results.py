@@ -16,6 +16,9 @@ from .filter import FilterResult
 from .params import Params, param_names
 from .smoother import SmootherResult
 
+#: ``summary()`` notes misspecification when a robust s.e. exceeds the Hessian's by this factor
+ROBUST_RATIO_NOTE = 1.5
+
 __all__ = ["KalmanFit"]
 
 
@@ -130,17 +133,46 @@ class KalmanFit:
     def bic(self) -> float:
         return -2 * self.loglik + math.log(self.nobs) * self.n_params
 
+    @cached_property
+    def near_bound(self) -> list[str]:
+        """Free parameters not at a bound whose 95% Wald interval (Hessian or robust s.e.,
+        the wider) reaches past the edge of their domain (κ, σ_X, σ_Y or a noise s.d. below
+        0, |ρ| above 1): the normal approximation behind their s.e. is poor there."""
+        vals = self.param_values
+        se = np.fmax(self.std_err.to_numpy(), self.std_err_robust.to_numpy())
+        free = np.asarray(self.free) > 0
+        out = []
+        for i, name in enumerate(self.names):
+            if not free[i] or name in self.at_bound or not np.isfinite(se[i]):
+                continue
+            v, half = float(vals.iloc[i]), 1.959964 * float(se[i])
+            positive = name in ("kappa", "sigma_x", "sigma_y", "spot_sd") or name.startswith(
+                "meas_sd"
+            )
+            if (positive and v - half <= 0.0) or (name == "rho" and abs(v) + half >= 1.0):
+                out.append(name)
+        return out
+
+    @cached_property
+    def robust_ratio(self) -> pd.Series:
+        """Robust over Hessian standard error per free parameter (about 1 when the model is
+        well specified; well above 1 says the information-matrix equality fails)."""
+        r = self.std_err_robust / self.std_err
+        return r[np.asarray(self.free) > 0].rename("robust/hessian")
+
     # ---- tables -----------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
-        """Parameters with standard errors, z, p-values, 95% intervals, robust s.e. and
+        """Parameters with standard errors, z, p-values, 95% intervals, robust s.e.,
         ``at_bound`` (True where the estimate sits at a bound of its domain: its Wald numbers
-        do not hold there)."""
+        do not hold there) and ``near_bound`` (its Wald interval reaches past the bound:
+        see :attr:`near_bound`)."""
         df = pd.concat(
             [self.param_values, self.std_err, self.tvalues, self.pvalues, self.conf_int(),
              self.std_err_robust],
             axis=1,
         )  # fmt: skip
         df["at_bound"] = [n in self.at_bound for n in df.index]
+        df["near_bound"] = [n in self.near_bound for n in df.index]
         return df
 
     def summary(self) -> str:
@@ -195,7 +227,7 @@ class KalmanFit:
         lines.append("-" * width)
         for name, row in df.iterrows():
             vals = row.to_numpy()
-            label = f"{name} *" if row["at_bound"] else name
+            label = f"{name} *" if row["at_bound"] else f"{name} †" if row["near_bound"] else name
             lines.append(
                 f"{label:<16}{vals[0]:>11.5f}{vals[1]:>11.5f}{vals[2]:>9.2f}{vals[3]:>8.3f}"
                 f"{vals[4]:>11.5f}{vals[5]:>11.5f}{vals[6]:>11.5f}"
@@ -222,6 +254,22 @@ class KalmanFit:
                 + ", ".join(self.at_bound)
                 + ") are not valid there, and a likelihood-ratio test of such a parameter needs "
                 "the boundary mixture (ssjax.stats)."
+            )
+        if self.near_bound:
+            lines.append(
+                "NOTE: near a bound (marked †: "
+                + ", ".join(self.near_bound)
+                + "): the 95% Wald interval reaches past the edge of the parameter's domain, "
+                "so its standard error and interval are rough; a likelihood-ratio (profile) "
+                "interval is safer."
+            )
+        ratio = self.robust_ratio.drop(index=self.at_bound, errors="ignore").dropna()
+        if len(ratio) and ratio.max() > ROBUST_RATIO_NOTE:
+            lines.append(
+                f"NOTE: the robust standard errors are up to {ratio.max():.1f}x the Hessian "
+                f"ones ({ratio.idxmax()}): the information-matrix equality fails, a sign that "
+                "the Gaussian model is misspecified for these data (fat tails, changing "
+                "volatility); read the robust column."
             )
         if self.n_starts > 1 and self.starts_at_best < 2:
             lines.append(

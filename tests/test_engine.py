@@ -56,8 +56,20 @@ def test_standard_errors_and_summary(fit):
         assert word in text
     assert str(fit) == text
     assert "KalmanFit(method='MLE'" in repr(fit)
-    assert fit.to_frame().shape == (10, 8)
+    assert fit.to_frame().shape == (10, 9)
     assert fit.to_frame()["at_bound"].tolist() == [False] * 8 + [True, False]
+    # at a bound (*) and near one (†: the 95% Wald interval, Hessian or robust, reaches
+    # below zero) are marked, and the misspecification the robust s.e.s show is said
+    frame = fit.to_frame()
+    lo = frame["coef"] - 1.959964 * np.fmax(frame["std_err"], frame["std_err_robust"])
+    near = (lo <= 0) & frame.index.str.startswith(("kappa", "sigma", "meas_sd")) & ~frame.at_bound
+    assert frame["near_bound"].tolist() == near.tolist() and near.any()
+    assert fit.near_bound == frame.index[near].tolist()
+    for name in fit.near_bound:
+        assert f"{name} †" in text
+    assert "meas_sd[F13] *" in text and "marked *: meas_sd[F13]" in text.replace("\n  ", " ")
+    ratio = fit.robust_ratio
+    assert ratio.max() > 1.5 and f"up to {ratio.max():.1f}x the Hessian" in text
     assert "meas_sd[F13] *" in text and "At a bound:" in text and "not an interior" in text
 
 

@@ -13,12 +13,15 @@
   2007-01-02 to 2014-12-31 (R package RTL), as a panel of chosen nearby ranks (weekly
   Tuesdays by default). Natural gas in particular has windows whose likelihood is
   multi-modal, with degenerate local maxima (|ρ| → 1, a vanishing factor).
+* :func:`load_ss2000_published` — the numbers Schwartz and Smith (2000) print for their
+  futures data (Tables 2, 3 and 4), to compare a reproduction with.
 """
 
 from __future__ import annotations
 
+import json
 from importlib import resources
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,6 +34,7 @@ __all__ = [
     "load_copper_schwartz97",
     "load_natgas_rtl",
     "load_brent_rtl",
+    "load_ss2000_published",
     "RTL_TENORS",
 ]
 
@@ -199,3 +203,22 @@ def load_brent_rtl(ranks: tuple[int, ...] = RTL_TENORS, weekday: str | None = "T
     """ICE Brent (USD/bbl) futures by nearby rank, 2007-2014: as :func:`load_natgas_rtl`
     (2,066 trading days, 414 Tuesdays; 5 empty cells of the source, ranks 33-36, masked)."""
     return _load_rtl("brent", "BRN", "BRN", ranks, weekday)
+
+
+def load_ss2000_published() -> dict[str, Any]:
+    """The published numbers of Schwartz and Smith (2000) for their futures data.
+
+    Schwartz, E. S. and Smith, J. E. (2000), Short-Term Variations and Long-Term Dynamics in
+    Commodity Prices, Management Science 46(7), 893-911: Table 2 (estimates and standard
+    errors in the paper's parameterisation: ``kappa``, ``sigma_chi``, ``lambda_chi``,
+    ``mu_xi``, ``sigma_xi``, ``mu_star_xi``, ``rho_xi_chi`` and ``measurement_error_sd``
+    ``s1_1mo`` … ``s5_17mo``; ``se`` ``None`` where none is printed), Table 3 (fit errors by
+    tenor: ``mean``, ``sd``, ``mae``) and Table 4 (log-likelihoods of GBM, the one-factor
+    mean-reverting and the two-factor model). Percentages of the paper are decimals. The
+    paper's description of its data is under ``data_in_paper``.
+
+    Returns:
+        The JSON document as a dict (a fresh copy on every call).
+    """
+    text = resources.files(__name__).joinpath("ss2000_published.json").read_text("utf-8")
+    return json.loads(text)
