@@ -50,20 +50,23 @@ def load_panels() -> dict[str, ssjax.datasets.Panel]:
 
 
 def param_table(fits: dict) -> pd.DataFrame:
-    """Θ (SE) per model; held parameters shown as held."""
+    """Θ (Hessian SE; robust SE) per model; held parameters shown as held, estimates at a
+    bound of the parameter space marked *."""
     rows = {}
     for name, fit in fits.items():
-        vals, se = fit.param_values, fit.std_err
+        vals, se, rob = fit.param_values, fit.std_err, fit.std_err_robust
         free = pd.Series(np.asarray(fit.free) > 0, index=vals.index)
         col = {}
         for k in vals.index:
             if k.startswith("meas_sd") or k in PARAMS:
-                s = se[k]
                 if not free[k]:
                     col[k] = f"{vals[k]:.4g} held"
                 else:  # NaN: the Hessian is singular there (an s.d. at zero, say)
-                    err = f"{s:.2g}" if np.isfinite(s) else "n/a"
-                    col[k] = f"{vals[k]:.4g} ({err})"
+                    err = "; ".join(
+                        f"{x:.2g}" if np.isfinite(x) else "n/a" for x in (se[k], rob[k])
+                    )
+                    star = " *" if k in fit.at_bound else ""
+                    col[k] = f"{vals[k]:.4g}{star} ({err})"
         rows[NESTED_MODELS[name].label] = col
     out = pd.DataFrame(rows)
     out.index.name = "parameter"
@@ -118,9 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run.table(
             f"params_{key}",
             param_table(fits),
-            title=f"{key.upper()}: Θ (standard error)",
-            note="n/a: the Hessian is singular at the optimum (a noise s.d. at zero), so the "
-            "inverse-Hessian standard errors are undefined.",
+            title=f"{key.upper()}: Θ (Hessian standard error; robust standard error)",
+            note="Robust = sandwich H⁻¹ J H⁻¹ with per-date scores; where it is well above the "
+            "Hessian's the Gaussian model is misspecified for these data. * = at a bound of "
+            "the parameter space (a noise s.d. → 0): a Wald s.e. is not valid there. n/a: the "
+            "Hessian is singular at the optimum, so the standard errors are undefined.",
         )
         # is the two-factor optimum the best one? refit from random starts around the default
         multi = ssjax.KalmanEngine(n_starts=args.starts).fit(

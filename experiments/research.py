@@ -249,8 +249,8 @@ def _comparison_text(
     col = "Two-factor (Schwartz–Smith)"
     for key, par in params.items():
         out.append(
-            f"{key.upper()} two-factor κ = {par.loc['kappa', col]}, ρ = {par.loc['rho', col]}; "
-            f"longest mean maturity {max_ttm[key]:.2f} years."
+            f"{key.upper()} two-factor κ = {par.loc['kappa', col]}, ρ = {par.loc['rho', col]} "
+            f"(Hessian s.e.; robust s.e.); longest mean maturity {max_ttm[key]:.2f} years."
         )
     for key, r in starts.iterrows():
         out.append(
@@ -259,7 +259,7 @@ def _comparison_text(
             f"(largest parameter difference {r['max_abs_param_diff']:.2g})."
         )
     cu = params.get("copper")
-    if cu is not None and "-0.9" in str(cu.loc["rho", col]):
+    if cu is not None and str(cu.loc["rho", col]).startswith("-0.9"):
         out.append(
             "On copper the correlation is near −1: with maturities this short a slow mean "
             "reversion is hard to separate from the random walk, so the two factors nearly "

@@ -529,19 +529,25 @@ class KalmanEngine:
         lanes = self._run_lanes(data_pad, starts, prior, free_j)
         n_design = int(np.shape(lanes.loglik)[0])
         best = _pick(lanes)
-        escapes = 0
-        # a degenerate best end point (a factor gone, |ρ| = 1) is escaped from, not accepted:
-        # its degenerate coordinates are moved back inside, ρ spread over both signs
-        while escapes < MAX_ESCAPES and bool(
-            degenerate(jax.tree.map(lambda a, i=best: a[i], lanes.params), free_j)
-        ):
-            escapes += 1
-            end = jax.tree.map(lambda a, i=best: jnp.asarray(a[i]), lanes.params)
-            rhos = np.linspace(-0.6, 0.6, n_design) if n_design > 1 else np.zeros(1)
-            inits = stack_params([move_inside(end, data_start, r, free_j) for r in rhos])
-            lanes, best, improved = self._restart(lanes, best, inits, data_pad, prior, free_j)
-            if not improved:
-                break
+
+        def escape(lanes: _Lanes, best: int) -> tuple[_Lanes, int, int]:
+            # a degenerate best end point (a factor gone, |ρ| = 1) is escaped from, not
+            # accepted: its degenerate coordinates are moved back inside, ρ spread over both
+            # signs (it stays only where nothing inside is higher)
+            rounds = 0
+            while rounds < MAX_ESCAPES and bool(
+                degenerate(jax.tree.map(lambda a, i=best: a[i], lanes.params), free_j)
+            ):
+                rounds += 1
+                end = jax.tree.map(lambda a, i=best: jnp.asarray(a[i]), lanes.params)
+                rhos = np.linspace(-0.6, 0.6, n_design) if n_design > 1 else np.zeros(1)
+                inits = stack_params([move_inside(end, data_start, r, free_j) for r in rhos])
+                lanes, best, improved = self._restart(lanes, best, inits, data_pad, prior, free_j)
+                if not improved:
+                    break
+            return lanes, best, rounds
+
+        lanes, best, escapes = escape(lanes, best)
         # an end point with a noise s.d. at its bound can sit on the flat boundary short of a
         # better optimum that prices another tenor exactly: restart it with those s.d.s
         # raised to a spread of floors (from near its optimum: a few steps each)
@@ -560,7 +566,7 @@ class KalmanEngine:
                 break
         # the likelihood of a window is often multi-modal in which tenor is priced exactly
         # (its s.d. at ~0): an end point with one pinned can sit below the mode that pins
-        # another, out of the polish's reach (copper, 104 weeks ending 2001-10-19, 7.2 nats).
+        # another, out of the polish's reach (copper, 104 weeks ending 2004-10-19, 7.2 nats).
         # Restart from it pulled back, with each free tenor's s.d. in turn set near zero
         switches = 0
         M_sd = int(np.size(start.meas_sd))
@@ -580,6 +586,9 @@ class KalmanEngine:
                 improved |= up
             if not improved:
                 break
+            # a better mode found this way can be a degenerate end point: escape it too
+            lanes, best, more = escape(lanes, best)
+            escapes += more
         ll_all = np.asarray(lanes.loglik, float)
         ll_best = float(ll_all[best])
         design = ll_all[:n_design]  # the independent starts
