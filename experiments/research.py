@@ -146,8 +146,6 @@ def _reproduction_text(
             else ": a different optimum. "
         )
     )
-    parts.append(_gaps_text(gaps))
-    parts.append(_table4_text(t4))
     p_fix, p_act = lr.loc["fixed", "p_value"], lr.loc["act365", "p_value"]
     verdict = "is not rejected" if min(p_fix, p_act) > 0.05 else "is rejected at 5%"
     parts.append(
@@ -155,7 +153,7 @@ def _reproduction_text(
         f"{lr.loc['fixed', 'lr']:.2f}, p = {p_fix:.2f} with fixed maturities; "
         f"{lr.loc['act365', 'lr']:.2f}, p = {p_act:.2f} with actual ones)."
     )
-    return "".join(parts)
+    return "".join(parts) + "\n\n" + _gaps_text(gaps) + "\n\n" + _table4_text(t4)
 
 
 def _significance(z_ours: float, z_paper: float) -> str:
@@ -181,7 +179,7 @@ def _gaps_text(g: pd.DataFrame) -> str:
     def triple(i: str) -> str:
         r = ours.loc[i]
         return (
-            f"σ_ξ {r['sigma_y']:.3f} ({r[cols[0]]:+.1f}), ρ {r['ρ (s.e.)'].split()[0]} "
+            f"σ_ξ {r['σ_ξ (s.e.)'].split()[0]} ({r[cols[0]]:+.1f}), ρ {r['ρ (s.e.)'].split()[0]} "
             f"({r[cols[1]]:+.1f}), μ*_ξ {r['μ*_ξ (s.e.)'].split()[0]} ({r[cols[2]]:+.1f})"
         )
 
