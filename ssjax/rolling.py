@@ -91,7 +91,7 @@ _AXIS = "batch"
 #: how many times each batched program was traced (a retrace is a recompilation)
 TRACE_COUNTS: Counter = Counter()
 _MANIFEST = "manifest.json"
-_FORMAT_VERSION = 3
+_FORMAT_VERSION = 4  # 4: robust standard errors in the post-fit numbers
 REFINE_MODES = ("neighbours", "past", "none")
 #: warm mode's default ``explore`` (with a refinement): seeds on every 16th window and the last
 EXPLORE_STRIDE = 16
@@ -289,10 +289,12 @@ def _post_body(stack, cs, ends, params, *, window, width, standard_errors):
     def one(c, e, p):
         data = window_data(stack, c, e, window)
         prior = default_prior(data)
-        if standard_errors:  # from the exact Hessian (the costliest part of this pass)
-            std_err = jnp.sqrt(jnp.diagonal(parameter_uncertainty(p, data, prior).cov))
+        if standard_errors:  # exact Hessian and sandwich (the costliest part of this pass)
+            unc = parameter_uncertainty(p, data, prior)
+            std_err = jnp.sqrt(jnp.diagonal(unc.cov))
+            std_err_robust = jnp.sqrt(jnp.diagonal(unc.cov_robust))
         else:
-            std_err = jnp.full_like(flatten_params(p), jnp.nan)
+            std_err = std_err_robust = jnp.full_like(flatten_params(p), jnp.nan)
         filt = kalman_filter(p, data, prior)
         state = filt.filtered_means[-1]
         f_t = forward_curve(p, state, data.ttm[-1])
@@ -305,6 +307,7 @@ def _post_body(stack, cs, ends, params, *, window, width, standard_errors):
         nan = jnp.asarray(jnp.nan, u.dtype)
         return {
             "std_err": std_err,
+            "std_err_robust": std_err_robust,
             "state_t": state,
             "F_model_t": f_t,
             # mean squared standardized innovation (1 if the model is well specified)
@@ -438,6 +441,9 @@ class RollingResult:
     optimum_reached: np.ndarray | None = None
     #: [C, W, n_params] free parameters at a bound of their domain (ssjax.optimum.at_bounds)
     at_bound: np.ndarray | None = None
+    #: [C, W, n_params] robust (sandwich) standard errors, like ``std_err``; well above
+    #: ``std_err`` where the Gaussian model is misspecified for the window's data
+    std_err_robust: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.refined is None:
@@ -446,6 +452,8 @@ class RollingResult:
             self.optimum_reached = np.asarray(self.converged, bool).copy()
         if self.at_bound is None:
             self.at_bound = np.zeros(np.shape(self.std_err), bool)
+        if self.std_err_robust is None:
+            self.std_err_robust = np.full(np.shape(self.std_err), np.nan)
 
     def bound_text(self, c: int, w: int) -> str:
         """The parameters of window ``w`` of commodity ``c`` that ended at a bound."""
@@ -490,6 +498,12 @@ class RollingResult:
                 r = {"commodity": self.commodities[c], "window_end": self.end_dates[w]}
                 r.update(dict(zip(names, flat[c, w], strict=True)))
                 r.update({f"se_{n}": s for n, s in zip(names, self.std_err[c, w], strict=True)})
+                r.update(
+                    {
+                        f"se_robust_{n}": s
+                        for n, s in zip(names, self.std_err_robust[c, w], strict=True)
+                    }
+                )
                 r.update(
                     loglik=self.loglik[c, w],
                     converged=bool(self.converged[c, w]),
@@ -944,6 +958,7 @@ def recalibrate(
         end_index=ends,
         params=params,
         std_err=blank(post["std_err"]),
+        std_err_robust=blank(post["std_err_robust"]),
         loglik=blank(flat["loglik"]),
         converged=grid(np.isin(flat["status"], (GTOL, FTOL))).astype(bool) & valid,
         optimum_reached=grid(flat["stopped"]).astype(bool) & valid,
@@ -1161,7 +1176,8 @@ def _cold_shapes(template: Params, stack: MarketData) -> dict[str, tuple]:
     return {
         "fit/params": ((n,), f8), "fit/loglik": ((), f8), "fit/stopped": ((), b1),
         "fit/num_steps": ((), i4), "fit/status": ((), i4),
-        "post/std_err": ((n,), f8), "post/state_t": ((2,), f8), "post/F_model_t": ((M,), f8),
+        "post/std_err": ((n,), f8), "post/std_err_robust": ((n,), f8),
+        "post/state_t": ((2,), f8), "post/F_model_t": ((M,), f8),
         "post/mean_nis": ((), f8), "post/innov_mean": ((M,), f8), "post/innov_sd": ((M,), f8),
         "post/nobs": ((M,), i4),
     }  # fmt: skip

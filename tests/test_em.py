@@ -255,7 +255,9 @@ def test_em_on_wti_per_tenor_noise_reaches_mle(wti):
         wti.F_mkt, wti.ttm, dates=wti.dates
     )
     assert not ecm.converged and "maximum number of EM iterations" in ecm.status
-    assert ecm.extra["em_iterations"] == 100 and ecm.loglik < mle.loglik - 1.0
+    # short of the MLE (by 0.2 nats: the engine's restart rounds also run ECM from other
+    # points; a single ECM run stops more than 1 nat short)
+    assert ecm.extra["em_iterations"] == 100 and ecm.loglik < mle.loglik - 1e-2
     assert np.all(np.diff(ecm.extra["em_loglik_path"]) >= -LL_REL * abs(ecm.loglik))
 
     hybrid = ssjax.KalmanEngine("hybrid").fit(wti.F_mkt, wti.ttm, dates=wti.dates)

@@ -82,6 +82,9 @@ def test_batched_fits_equal_standalone_engine_fits(panels, cold):
             )
             np.testing.assert_allclose(cold.F_model_t[c, w], fit.F_model_t, rtol=1e-6)
             np.testing.assert_allclose(cold.std_err[c, w], fit.std_err.to_numpy(), rtol=1e-3)
+            np.testing.assert_allclose(
+                cold.std_err_robust[c, w], fit.std_err_robust.to_numpy(), rtol=1e-3
+            )
 
 
 def test_ragged_histories_are_masked(cold):
@@ -116,9 +119,8 @@ def test_no_recompile_when_values_change(panels, cold):
 def test_tidy_frame_and_parquet(cold, tmp_path):
     df = cold.to_frame()
     assert len(df) == int(cold.valid.sum())
-    assert {"commodity", "window_end", "kappa", "se_kappa", "loglik", "converged", "X_t"} <= set(
-        df.columns
-    )
+    assert {"commodity", "window_end", "kappa", "se_kappa", "se_robust_kappa", "loglik",
+            "converged", "X_t"} <= set(df.columns)  # fmt: skip
     path = tmp_path / "roll.parquet"
     cold.to_parquet(str(path))
     back = pd.read_parquet(path)
@@ -281,7 +283,8 @@ def test_without_standard_errors_the_fits_are_the_same(small_panels, small_cold)
     """standard_errors=False skips the Hessians only: same fits, NaN s.e., own program."""
     r = recalibrate(small_panels, **SMALL, standard_errors=False)
     assert np.isfinite(small_cold.std_err[small_cold.valid]).any()
-    assert np.isnan(r.std_err).all()
+    assert np.isnan(r.std_err).all() and np.isnan(r.std_err_robust).all()
+    assert np.isfinite(small_cold.std_err_robust[small_cold.valid]).any()
     for name in ("loglik", "state_t", "F_model_t", "mean_nis", "innov_sd"):
         np.testing.assert_array_equal(getattr(r, name), getattr(small_cold, name), err_msg=name)
     for x, y in zip(jax.tree.leaves(r.params), jax.tree.leaves(small_cold.params), strict=True):
