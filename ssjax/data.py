@@ -14,10 +14,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array
+from jax import Array, lax
 from jax.typing import ArrayLike
 
-__all__ = ["MarketData", "make_market_data", "dt_from_dates"]
+__all__ = ["MarketData", "make_market_data", "dt_from_dates", "window_data"]
 
 DAYS_PER_YEAR = 365.0
 
@@ -239,4 +239,22 @@ def pad_dates(data: MarketData, n_dates: int) -> MarketData:
         dt=dt,
         log_s=pad(data.log_s),
         mask_s=pad(data.mask_s, False),
+    )
+
+
+def window_data(stack: MarketData, c: Array, end: Array, window: int) -> MarketData:
+    """The window of ``window`` dates ending at index ``end`` of commodity ``c`` (jittable)."""
+    start = jnp.asarray(end) - (window - 1)
+    zero = jnp.zeros_like(start)
+
+    def cut(a, length):
+        a = a[c]
+        sizes = (length,) + a.shape[1:]
+        return lax.dynamic_slice(a, (start,) + (zero,) * (a.ndim - 1), sizes)
+
+    return MarketData(
+        log_f=cut(stack.log_f, window),
+        ttm=cut(stack.ttm, window),
+        mask=cut(stack.mask, window),
+        dt=lax.dynamic_slice(stack.dt[c], (start,), (window - 1,)),
     )

@@ -45,8 +45,10 @@ import numpy as np
 import pandas as pd
 from jax.typing import ArrayLike
 
+from .data import window_data
 from .diagnostics import _joint
 from .filter import default_prior, kalman_filter
+from .panels import as_stacked, market_stack
 
 __all__ = [
     "ParameterJumps",
@@ -234,8 +236,6 @@ def wilson_hilferty(q: ArrayLike, n: ArrayLike) -> np.ndarray:
 # Out-of-sample innovation scores of a rolling run
 # --------------------------------------------------------------------------------------
 def _oos_one(stack, c, end, p, *, window):
-    from .rolling import window_data
-
     data = window_data(stack, c, end, window)
     filt = kalman_filter(p, data, default_prior(data))
     v = jnp.where(data.mask, filt.innovation_vars, 1.0)
@@ -277,9 +277,7 @@ def innovation_scores(result: Any, panels: Any) -> pd.DataFrame:
         result: a :class:`ssjax.rolling.RollingResult`.
         panels: the panels the run was given (a Panel, a dict of Panels or StackedPanels).
     """
-    from .rolling import _market_stack, _stack
-
-    sp = _stack(panels)
+    sp = as_stacked(panels)
     if list(sp.commodities) != list(result.commodities) or len(sp.dates) != len(result.dates):
         raise ValueError(
             "panels do not match the rolling result (other commodities or dates): pass the "
@@ -287,7 +285,7 @@ def innovation_scores(result: Any, panels: Any) -> pd.DataFrame:
         )
     if not np.array_equal(np.asarray(sp.dates), np.asarray(result.dates)):
         raise ValueError("panels: their dates differ from the rolling result's")
-    stack = _market_stack(sp, jnp.float64)
+    stack = market_stack(sp, jnp.float64)
     ends = np.asarray(result.end_index)
     window = int(result.window)
     C, W = np.shape(result.loglik)

@@ -21,12 +21,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .datasets import Panel
+from .data import MarketData
 
 __all__ = [
+    "Panel",
+    "as_stacked",
+    "market_stack",
     "nearby_panel",
     "constant_maturity_panel",
     "select_dates",
@@ -34,6 +38,20 @@ __all__ = [
     "StackedPanels",
     "panel_to_long",
 ]
+
+
+class Panel(NamedTuple):
+    """A tenor panel as the engines take it, with its labels."""
+
+    dates: pd.DatetimeIndex  # [T]
+    F_mkt: np.ndarray  # [T, M] prices
+    ttm: np.ndarray  # [T, M] years
+    S: np.ndarray | None  # [T] spot (or None)
+    contracts: np.ndarray  # [T, M] contract code behind each cell
+    tenor_names: list[str]
+    dt: np.ndarray  # [T-1] years between dates (ACT/365)
+    mask: np.ndarray | None = None  # [T, M] True = observed (None: the finite prices)
+    commodity: str | None = None
 
 
 def _one_commodity(settle: pd.DataFrame, commodity: str | None) -> tuple[pd.DataFrame, str]:
@@ -281,4 +299,37 @@ def panel_to_long(panel: Panel) -> pd.DataFrame:
             "settlement_price": panel.F_mkt[t, m],
             "ttm": panel.ttm[t, m],
         }
+    )
+
+
+def as_stacked(panels: Panel | StackedPanels | Mapping[str, Panel]) -> StackedPanels:
+    """One :class:`Panel`, a dict of panels or a :class:`StackedPanels`, as stacked panels."""
+    if isinstance(panels, StackedPanels):
+        return panels
+    if isinstance(panels, Panel):
+        return stack_panels({panels.commodity or "C0": panels})
+    if isinstance(panels, Mapping):
+        return stack_panels(panels)
+    raise ValueError("panels must be a Panel, a dict of Panels or a StackedPanels")
+
+
+def market_stack(sp: StackedPanels, dtype) -> MarketData:
+    """The stacked panels as one :class:`ssjax.data.MarketData` with a leading commodity
+    axis (``log_f``, ``ttm``, ``mask`` [C, T, M], ``dt`` [C, T-1]); an observed price that is
+    not positive and finite is an error naming the commodity, date and tenor."""
+    C = len(sp.commodities)
+    F = np.where(sp.mask, sp.F_mkt, 1.0)
+    bad = sp.mask & ~(np.isfinite(sp.F_mkt) & (np.where(sp.mask, sp.F_mkt, 1.0) > 0))
+    if bad.any():
+        c, t, m = np.argwhere(bad)[0]
+        raise ValueError(
+            f"F_mkt: {int(bad.sum())} observed prices are non-positive or non-finite, e.g. "
+            f"commodity {sp.commodities[c]!r}, date {sp.dates[t].date()}, tenor {m}"
+        )
+    dt = np.broadcast_to(sp.dt, (C, sp.dt.shape[0]))
+    return MarketData(
+        log_f=jnp.asarray(np.where(sp.mask, np.log(F), 0.0), dtype),
+        ttm=jnp.asarray(np.nan_to_num(sp.ttm), dtype),  # unmasked too: forwards at the end
+        mask=jnp.asarray(sp.mask),
+        dt=jnp.asarray(dt, dtype),
     )

@@ -65,8 +65,7 @@ from jax import Array, lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .data import MarketData, pad_dates
-from .datasets import Panel
+from .data import MarketData, pad_dates, window_data
 from .em import EM_STATUS_MESSAGES, fit_em
 from .filter import default_prior, kalman_filter, log_likelihood_data
 from .inference import parameter_uncertainty
@@ -74,7 +73,7 @@ from .mle import FTOL, GTOL, STATUS_MESSAGES, check_fit_options, fit_mle, stoppe
 from .mle import default_start as _default_start
 from .model import forward_curve
 from .optimum import bound_vector, move_inside, offset_start, pull_back, start_design
-from .panels import StackedPanels, stack_panels
+from .panels import Panel, StackedPanels, as_stacked, market_stack
 from .params import Params, flatten_params, param_names, unflatten_params
 from .progress import progress_bar
 
@@ -104,24 +103,6 @@ REFINE_ACCEPT = 1e-4
 # --------------------------------------------------------------------------------------
 # The one-window case (pure, jittable) and its batched forms
 # --------------------------------------------------------------------------------------
-def window_data(stack: MarketData, c: Array, end: Array, window: int) -> MarketData:
-    """The window of ``window`` dates ending at index ``end`` of commodity ``c`` (jittable)."""
-    start = jnp.asarray(end) - (window - 1)
-    zero = jnp.zeros_like(start)
-
-    def cut(a, length):
-        a = a[c]
-        sizes = (length,) + a.shape[1:]
-        return lax.dynamic_slice(a, (start,) + (zero,) * (a.ndim - 1), sizes)
-
-    return MarketData(
-        log_f=cut(stack.log_f, window),
-        ttm=cut(stack.ttm, window),
-        mask=cut(stack.mask, window),
-        dt=lax.dynamic_slice(stack.dt[c], (start,), (window - 1,)),
-    )
-
-
 def _padded_window(stack: MarketData, c: Array, end: Array, window: int) -> MarketData:
     """The window padded with masked dates like :class:`ssjax.KalmanEngine` pads a fit.
 
@@ -660,35 +641,6 @@ class _Progress:
 # --------------------------------------------------------------------------------------
 # The shell
 # --------------------------------------------------------------------------------------
-def _stack(panels: Panel | StackedPanels | dict[str, Panel]) -> StackedPanels:
-    if isinstance(panels, StackedPanels):
-        return panels
-    if isinstance(panels, Panel):
-        return stack_panels({panels.commodity or "C0": panels})
-    if isinstance(panels, dict):
-        return stack_panels(panels)
-    raise ValueError("panels must be a Panel, a dict of Panels or a StackedPanels")
-
-
-def _market_stack(sp: StackedPanels, dtype) -> MarketData:
-    C = len(sp.commodities)
-    F = np.where(sp.mask, sp.F_mkt, 1.0)
-    bad = sp.mask & ~(np.isfinite(sp.F_mkt) & (np.where(sp.mask, sp.F_mkt, 1.0) > 0))
-    if bad.any():
-        c, t, m = np.argwhere(bad)[0]
-        raise ValueError(
-            f"F_mkt: {int(bad.sum())} observed prices are non-positive or non-finite, e.g. "
-            f"commodity {sp.commodities[c]!r}, date {sp.dates[t].date()}, tenor {m}"
-        )
-    dt = np.broadcast_to(sp.dt, (C, sp.dt.shape[0]))
-    return MarketData(
-        log_f=jnp.asarray(np.where(sp.mask, np.log(F), 0.0), dtype),
-        ttm=jnp.asarray(np.nan_to_num(sp.ttm), dtype),  # unmasked too: forwards at the end
-        mask=jnp.asarray(sp.mask),
-        dt=jnp.asarray(dt, dtype),
-    )
-
-
 def _params_template(stack: MarketData, window: int) -> Params:
     """A start of the right structure (the leaves' shapes are what matters)."""
     return _default_start(window_data(stack, jnp.asarray(0), jnp.asarray(window - 1), window))
@@ -843,7 +795,7 @@ def recalibrate(
 
         padded = -(-window // PAD_MULTIPLE) * PAD_MULTIPLE
         filter_method = "sequential" if gradient == "fisher" else choose_method(padded)
-    sp = _stack(panels)
+    sp = as_stacked(panels)
     T = len(sp.dates)
     if window < 3 or window > T:
         raise ValueError(f"window must be between 3 and the number of dates {T}, got {window}")
@@ -864,7 +816,7 @@ def recalibrate(
     n_dev = mesh.devices.size
 
     C = len(sp.commodities)
-    stack = _market_stack(sp, dtype)
+    stack = market_stack(sp, dtype)
     if ends is None:
         ends = np.arange(window - 1, T, step)
     else:

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from ..panels import Panel
+
 __all__ = [
     "Panel",
     "Bundled",
@@ -39,20 +41,6 @@ __all__ = [
 ]
 
 _TENORS = ("F1", "F5", "F9", "F13", "F17")
-
-
-class Panel(NamedTuple):
-    """A tenor panel as the engines take it, with its labels."""
-
-    dates: pd.DatetimeIndex  # [T]
-    F_mkt: np.ndarray  # [T, M] prices
-    ttm: np.ndarray  # [T, M] years
-    S: np.ndarray | None  # [T] spot (or None)
-    contracts: np.ndarray  # [T, M] contract code behind each cell
-    tenor_names: list[str]
-    dt: np.ndarray  # [T-1] years between dates (ACT/365)
-    mask: np.ndarray | None = None  # [T, M] True = observed (None: the finite prices)
-    commodity: str | None = None
 
 
 def load_wti_ss2000(maturities: str = "act365") -> Panel:
