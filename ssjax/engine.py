@@ -260,6 +260,14 @@ def _pick(lanes: _Lanes) -> int:
     return int(np.argmax(np.where(pool, ll, -np.inf)))
 
 
+def _starts_at_best(lanes: _Lanes, best: int, n_design: int) -> int:
+    """How many of the first ``n_design`` lanes (the independent starts) ended within
+    ``AT_BEST_TOL`` of lane ``best``'s log-likelihood."""
+    ll = np.asarray(lanes.loglik, float)
+    design = ll[:n_design]
+    return int(np.sum(np.isfinite(design) & (design >= ll[best] - AT_BEST_TOL)))
+
+
 def _concat(a: _Lanes, b: _Lanes) -> _Lanes:
     return jax.tree.map(lambda x, y: np.concatenate([np.asarray(x), np.asarray(y)]), a, b)
 
@@ -574,8 +582,7 @@ class KalmanEngine:
         # fit (~1.5 s on the bundled panel) on every such call
         switches = 0
         M_sd = int(np.size(start.meas_sd))
-        ll_design = np.asarray(lanes.loglik, float)[:n_design]
-        split = np.sum(ll_design >= float(np.asarray(lanes.loglik)[best]) - AT_BEST_TOL) < n_design
+        split = _starts_at_best(lanes, best, n_design) < n_design
         while switches < MAX_SWITCH and split and M_sd > 1:
             end = jax.tree.map(lambda a, i=best: jnp.asarray(a[i]), lanes.params)
             if not bool(jnp.any(bound_vector(end, free_j)[5 : 5 + M_sd])):
@@ -596,9 +603,7 @@ class KalmanEngine:
             lanes, best, more = escape(lanes, best)
             escapes += more
         ll_all = np.asarray(lanes.loglik, float)
-        ll_best = float(ll_all[best])
-        design = ll_all[:n_design]  # the independent starts
-        at_best = int(np.sum(np.isfinite(design) & (design >= ll_best - AT_BEST_TOL)))
+        at_best = _starts_at_best(lanes, best, n_design)
         r = self._result(lanes, best, data_pad, prior, free_j)
         r.extra.update(
             n_starts=n_design, starts_at_best=at_best, escape_rounds=escapes,
