@@ -1,7 +1,7 @@
-"""Benchmark ssjax's structured EM (``ssjax.em.fit_em``) against its MLE (``ssjax.fit_mle``).
+"""Benchmark ssjax's structured EM (``ssjax.fit.em.fit_em``) against its MLE (``ssjax.fit_mle``).
 
 EM here keeps the Schwartz–Smith structure (every iterate is a valid two-factor model, the
-fixed point is the MLE); see ``ssjax/em.py``. What is measured, from the data-derived start
+fixed point is the MLE); see ``ssjax/fit/em.py``. What is measured, from the data-derived start
 (``ssjax.default_start``):
 
 * on three problems — the bundled weekly WTI panel (per-tenor measurement s.d.s), the same
@@ -59,9 +59,9 @@ import numpy as np
 import optax
 
 import ssjax
-import ssjax.em as ssem
-import ssjax.mle as ssmle
-from ssjax.em import fit_em
+import ssjax.fit.em as ssem
+import ssjax.fit.mle as ssmle
+from ssjax.fit.em import fit_em
 
 try:
     import pykalman
@@ -592,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "All fits start from `ssjax.default_start` (shared s.d.: the median of its s.d.s).",
         "",
         f"Methods: MLE = `ssjax.fit_mle` (L-BFGS on the exact likelihood, default stopping "
-        f"rules); EM = `ssjax.em.fit_em` (structured EM, tol 1e-10 relative, "
+        f"rules); EM = `ssjax.fit.em.fit_em` (structured EM, tol 1e-10 relative, "
         f"max_iters {max_iters}; ECM: closed-form s.d.s and L-BFGS steps on Q; ECME, the "
         f"default: closed-form s.d.s, then L-BFGS steps on the observed ℓ for the structural "
         f"parameters and then the s.d.s); accelerated = SQUAREM (an iteration is 3 EM steps "

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 import ssjax
-from ssjax.parallel_filter import choose_method
+from ssjax.core.parallel_filter import choose_method
 from ssjax.rolling import recalibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -17,7 +17,7 @@ Tasks:
 * ``fit``: ``ssjax.fit_mle`` from the data-derived start (the bare fit, no standard errors);
 * ``engine``: ``KalmanEngine().fit`` (16 starts, exact-Hessian and robust standard errors,
   states, forwards); the compile table below comes from this task;
-* ``main``: the main job, ``ssjax --output-dir DIR --quiet`` (``ssjax.cli.main`` in the
+* ``main``: the main job, ``ssjax --output-dir DIR --quiet`` (``ssjax.app.cli.main`` in the
   child process); its compile table is given too.
 
 statsmodels: ``fit(maxiter=1000, cov_type="none")`` (like ``fit``) and ``fit(maxiter=1000,
@@ -90,7 +90,7 @@ def child_ssjax(task: str) -> dict:
     if task == "import":
         return out
     if task == "main":  # the main job, as `ssjax --output-dir DIR --quiet` runs it
-        from ssjax.cli import main as cli_main
+        from ssjax.app.cli import main as cli_main
 
         with tempfile.TemporaryDirectory() as d, compile_log() as log:
             rc = cli_main(["--output-dir", d, "--quiet"])
@@ -181,7 +181,7 @@ def sm_inputs(path: Path) -> None:
     import numpy as np
 
     import ssjax
-    from ssjax.params import flatten_params, param_names
+    from ssjax.core.params import flatten_params, param_names
 
     panel = ssjax.datasets.load_wti_ss2000()
     data = ssjax.make_market_data(panel.F_mkt, panel.ttm, dt=panel.dt)

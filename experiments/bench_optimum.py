@@ -56,9 +56,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import ssjax  # noqa: E402
-from ssjax.optimum import DEGENERATE_FIELDS, at_bounds  # noqa: E402
+from ssjax.analysis.runs import markdown_table  # noqa: E402
+from ssjax.fit.optimum import DEGENERATE_FIELDS, at_bounds  # noqa: E402
 from ssjax.rolling import recalibrate  # noqa: E402
-from ssjax.runs import markdown_table  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_comparison import copper_weekly  # noqa: E402

@@ -3,7 +3,7 @@
 Same model, same data, same prior; three ways to run the filter:
 
 * sequential: ``ssjax.log_likelihood_data`` (one ``lax.scan`` over the dates, unroll 4);
-* parallel, associative: ``ssjax.parallel_filter.log_likelihood_parallel`` with
+* parallel, associative: ``ssjax.core.parallel_filter.log_likelihood_parallel`` with
   ``lax.associative_scan`` (Särkkä & García-Fernández 2021; O(T) work, O(log T) depth);
 * parallel, doubling: the same elements and operator combined by recursive doubling in a
   ``fori_loop`` (O(T log T) work, O(log T) depth, one compiled combination).
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ssjax
-from ssjax.parallel_filter import choose_method, log_likelihood_parallel
+from ssjax.core.parallel_filter import choose_method, log_likelihood_parallel
 
 TOL = 1e-8  # required relative agreement (value and each gradient entry) with the sequential
 GRAD_ATOL_FRAC = 1e-12  # gradient entries near zero: absolute slack, fraction of the largest
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Simulated daily panels (dt = 1/252), {M} rolling tenors (1-24 months), "
         f"{P_MISSING:.0%} of the prices missing at random, default prior; parameters "
         f"{THETA}. Sequential: `ssjax.log_likelihood_data` (`lax.scan`, unroll 4). Parallel: "
-        "`ssjax.parallel_filter.log_likelihood_parallel` (Särkkä & García-Fernández 2021 "
+        "`ssjax.core.parallel_filter.log_likelihood_parallel` (Särkkä & García-Fernández 2021 "
         'elements on the collapsed 2-dimensional observations), `scan="associative"` '
         '(`lax.associative_scan`, O(T) work) and `scan="doubling"` (recursive doubling in a '
         "`fori_loop`, O(T log T) work). Gradients: reverse mode with respect to every "
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table,
         "",
         f"Mode: {'--quick' if args.quick else 'full'}; total script time {total:.1f} s. "
-        f"`ssjax.parallel_filter.log_likelihood_auto` picks `{choose_method(5000)}` on this "
+        f"`ssjax.core.parallel_filter.log_likelihood_auto` picks `{choose_method(5000)}` on this "
         "machine at T = 5,000 (parallel only on a GPU/TPU backend from 1,000 dates).",
         "",
         "## Machine",

@@ -59,8 +59,8 @@ import jax
 import numpy as np
 
 import ssjax
+from ssjax.core.params import flatten_params, param_names
 from ssjax.datasets import Panel
-from ssjax.params import flatten_params, param_names
 from ssjax.rolling import RollingResult, recalibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

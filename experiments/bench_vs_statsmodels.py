@@ -54,7 +54,7 @@ import scipy
 import statsmodels
 
 import ssjax
-from ssjax.params import flatten_params, param_names, unflatten_params
+from ssjax.core.params import flatten_params, param_names, unflatten_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sm_model import SchwartzSmithSM  # noqa: E402
@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             t, res = timed(lambda kw=kw: sm_fit(**kw))
             best = min(best, t)
         fits[key] = (best, res)
-    status_j = ssjax.mle.status_message(int(res_j.status))
+    status_j = ssjax.fit.mle.status_message(int(res_j.status))
     print(
         f"(c) fit: ssjax {fmt_s(t_j)} (compile {fmt_s(t_compile_fit)}), {steps_j} steps, "
         f"loglik {ll_fit_j:.6f}, {status_j}"
@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res_f = block(ff_c(data, start))
     t_ff = best_of(lambda: block(ff_c(data, start)), rep_fast)
     t_s_long = fits["long"][0]
-    status_f = ssjax.mle.status_message(int(res_f.status))
+    status_f = ssjax.fit.mle.status_message(int(res_f.status))
     rows.append(
         Row(
             '(c\') the same fit, `fit_mle(..., gradient="fisher")`, vs the long statsmodels fit',

@@ -1,9 +1,9 @@
 """In-sample model comparison: GBM, one-factor mean reverting and the two-factor model.
 
 Each model is fitted by the same exact-likelihood engine as a restriction of the two-factor
-state space (``ssjax.nested``): GBM switches X off, the mean-reverting model switches Y's
+state space (``ssjax.fit.nested``): GBM switches X off, the mean-reverting model switches Y's
 randomness and drift off. Compared by log-likelihood, AIC, BIC and likelihood-ratio tests
-against the two-factor model (boundary χ² mixture, see ``ssjax.nested``), on
+against the two-factor model (boundary χ² mixture, see ``ssjax.fit.nested``), on
 
 * the bundled weekly WTI panel (Schwartz–Smith 2000 data, ACT/365 maturities), and
 * the bundled COMEX copper panel (schwartz97 data), sampled weekly on Tuesdays (as the WTI
@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 import ssjax
-from ssjax.nested import NESTED_MODELS, compare_nested, fit_nested
-from ssjax.panels import nearby_panel
-from ssjax.runs import RunFolder, panel_hash
+from ssjax.analysis.runs import RunFolder, panel_hash
+from ssjax.data.panels import nearby_panel
+from ssjax.fit.nested import NESTED_MODELS, compare_nested, fit_nested
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "model_comparison"
 MODELS = ("gbm", "mean_reverting", "two_factor")

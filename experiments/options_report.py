@@ -34,9 +34,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import ssjax  # noqa: E402
-from ssjax import options as O  # noqa: E402
-from ssjax.runs import markdown_table as md  # noqa: E402
-from ssjax.runs import panel_hash  # noqa: E402
+from ssjax.analysis import options as O  # noqa: E402
+from ssjax.analysis.runs import markdown_table as md  # noqa: E402
+from ssjax.analysis.runs import panel_hash  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "options"
 FUTURES = (0.25, 0.5, 1.0, 2.0, 3.0)  # futures times to maturity Δ (years)

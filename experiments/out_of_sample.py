@@ -4,9 +4,9 @@ For the bundled weekly WTI panel and the bundled copper panel (weekly, Tuesdays,
 nearby contracts), every ``refit_every`` weeks each model is re-estimated on the data up to
 that week (expanding window from ``min_window`` weeks), the filter runs with those
 parameters, and every week until the next re-estimation forecasts each tenor's log price
-h = 1 and 4 weeks ahead (``ssjax.forecast.walk_forward_forecasts``). Models: the no-change
+h = 1 and 4 weeks ahead (``ssjax.analysis.forecast.walk_forward_forecasts``). Models: the no-change
 random walk (ln F̂_{t+h,i} = ln F_{t,i}), GBM, the one-factor mean-reverting model and the
-two-factor model (``ssjax.nested``).
+two-factor model (``ssjax.fit.nested``).
 
 Writes to the run folder (default ``experiments/results/out_of_sample``):
 
@@ -38,13 +38,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from model_comparison import load_panels  # noqa: E402
 
-from ssjax.forecast import (  # noqa: E402
+from ssjax.analysis.forecast import (  # noqa: E402
     FORECAST_MODELS,
     forecast_accuracy,
     forecast_dm_tests,
     walk_forward_forecasts,
 )
-from ssjax.runs import RunFolder, panel_hash  # noqa: E402
+from ssjax.analysis.runs import RunFolder, panel_hash  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "out_of_sample"
 

@@ -44,10 +44,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import ssjax  # noqa: E402
-from ssjax.diagnostics import fit_error_table  # noqa: E402
-from ssjax.nested import NESTED_MODELS, fit_nested  # noqa: E402
-from ssjax.runs import RunFolder, panel_hash  # noqa: E402
-from ssjax.stats import likelihood_ratio_test  # noqa: E402
+from ssjax.analysis.diagnostics import fit_error_table  # noqa: E402
+from ssjax.analysis.runs import RunFolder, panel_hash  # noqa: E402
+from ssjax.fit.nested import NESTED_MODELS, fit_nested  # noqa: E402
+from ssjax.fit.stats import likelihood_ratio_test  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "reproduce_ss2000"
 

@@ -32,10 +32,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import ssjax  # noqa: E402
-from ssjax import sensitivity as S  # noqa: E402
-from ssjax.params import param_names  # noqa: E402
-from ssjax.runs import markdown_table as md  # noqa: E402
-from ssjax.runs import panel_hash  # noqa: E402
+from ssjax.analysis import sensitivity as S  # noqa: E402
+from ssjax.analysis.runs import markdown_table as md  # noqa: E402
+from ssjax.analysis.runs import panel_hash  # noqa: E402
+from ssjax.core.params import param_names  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sensitivity"
 PROFILE = ("kappa", "sigma_x", "rho")
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for name in PROFILE:
         k = names.index(name)
-        v = float(np.asarray(ssjax.params.flatten_params(p))[k])
+        v = float(np.asarray(ssjax.core.params.flatten_params(p))[k])
         grid = v + se[k] * np.linspace(-3, 3, args.grid)
         if name == "rho":
             grid = np.clip(grid, -0.99, 0.99)

@@ -1,6 +1,6 @@
 """Trading report: walk-forward backtests of the mispricing strategy over a grid of settings.
 
-Runs :func:`ssjax.backtest.walk_forward` (expanding-window MLE recalibrated every 13 dates
+Runs :func:`ssjax.trading.backtest.walk_forward` (expanding-window MLE recalibrated every 13 dates
 after a 104-date warm-up, filtered states only, fills on actual contracts, rolls and costs
 booked) for every sizing mode × entry threshold z_in × cost level, on
 
@@ -29,7 +29,7 @@ The grid:
 The default configuration (the library's defaults z_in = 2, z_out = 0.5, at 1 tick per side)
 is always in the grid; its equity curves are plotted.
 
-Conventions (those of :func:`ssjax.backtest.compute_metrics`): P&L is per unit of capital
+Conventions (those of :func:`ssjax.trading.backtest.compute_metrics`): P&L is per unit of capital
 (weights are signed notional per unit capital; futures are unfunded, so P&L is an excess
 return and no risk-free rate is subtracted), additive (no compounding). Sharpe = mean / s.d.
 (ddof = 1) of the net P&L per period × √(periods per year), periods per year = 1 / mean step
@@ -38,7 +38,7 @@ included). ``max_drawdown``: largest fall of the cumulative net P&L from its run
 units of capital). ``turnover``: Σ|Δw| per year, roll closes included. ``n_trades``: fills,
 roll closes included; ``entries``: times a tenor went from flat to a position.
 
-Written to a :class:`ssjax.runs.RunFolder`:
+Written to a :class:`ssjax.analysis.runs.RunFolder`:
 
 * ``sweep.csv`` / ``.md``: one row per panel × sizing × z_in × cost;
 * ``summary.csv`` / ``.md``: per panel × sizing: the default configuration and the spread of
@@ -77,10 +77,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from model_comparison import copper_weekly  # noqa: E402
 
 import ssjax  # noqa: E402
-from ssjax.backtest import BacktestResult, calibrate_walk_forward, walk_forward  # noqa: E402
+from ssjax.analysis.runs import RunFolder, panel_hash  # noqa: E402
 from ssjax.datasets import Panel  # noqa: E402
-from ssjax.runs import RunFolder, panel_hash  # noqa: E402
-from ssjax.trading import TradeEngine, TradingConfig  # noqa: E402
+from ssjax.trading.backtest import BacktestResult, calibrate_walk_forward, walk_forward  # noqa: E402
+from ssjax.trading.engine import TradeEngine, TradingConfig  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "trading"
 

@@ -15,50 +15,89 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from . import compile_cache  # noqa: E402
+from ssjax import compile_cache  # noqa: E402
 
 compile_cache._enable_default()
 
-from . import datasets, diagnostics, drift, options, sensitivity  # noqa: E402
-from .data import MarketData, dt_from_dates, make_market_data  # noqa: E402
-from .engine import (  # noqa: E402
-    KalmanEngine,
-    ModelForward,
-    compute_model_forward,
-    log_likelihood,
-    model_forwards,
-)
-from .filter import (  # noqa: E402
+from ssjax import analysis, core, data, datasets, fit, rolling, trading  # noqa: E402
+from ssjax._version import __version__  # noqa: E402
+from ssjax.core import (  # noqa: E402
     FilterResult,
+    MarketData,
+    Params,
     Prior,
+    Simulation,
+    SmootherResult,
     default_prior,
+    dt_from_dates,
+    forward_curve,
+    from_unconstrained,
     kalman_filter,
+    log_forward,
     log_likelihood_batch,
     log_likelihood_data,
+    log_likelihood_fisher,
     log_likelihood_terms,
+    make_market_data,
+    make_params,
+    measurement,
+    rts_smoother,
+    simulate,
+    to_unconstrained,
+    transition,
 )
-from .inference import Uncertainty, parameter_uncertainty  # noqa: E402
-from .mle import MLEResult, default_start, fit_mle  # noqa: E402
-from .model import forward_curve, log_forward, measurement, transition  # noqa: E402
-from .params import Params, from_unconstrained, make_params, to_unconstrained  # noqa: E402
-from .results import KalmanFit  # noqa: E402
-from .score import log_likelihood_fisher  # noqa: E402
-from .simulate import Simulation, simulate  # noqa: E402
-from .smoother import SmootherResult, rts_smoother  # noqa: E402
-
-__version__ = "0.1.0"
+from ssjax.data import (  # noqa: E402
+    Panel,
+    ParquetStore,
+    nearby_panel,
+    read_settlements,
+)
+from ssjax.fit import (  # noqa: E402
+    FitStatus,
+    KalmanEngine,
+    KalmanFit,
+    MLEResult,
+    ModelForward,
+    Uncertainty,
+    compute_model_forward,
+    default_start,
+    fit_mle,
+    log_likelihood,
+    model_forwards,
+    parameter_uncertainty,
+)
+from ssjax.rolling import RollingResult, recalibrate  # noqa: E402
+from ssjax.trading import (  # noqa: E402
+    Order,
+    TradeEngine,
+    TradingConfig,
+    prepare_trading_inputs,
+    walk_forward,
+)
 
 __all__ = [
+    # the layers
+    "core",
+    "data",
+    "datasets",
+    "fit",
+    "rolling",
+    "analysis",
+    "trading",
+    # calibrate a curve
     "KalmanEngine",
     "KalmanFit",
+    "FitStatus",
     "compute_model_forward",
     "ModelForward",
-    "log_likelihood",
-    "log_likelihood_batch",
-    "log_likelihood_data",
-    "log_likelihood_fisher",
-    "log_likelihood_terms",
     "model_forwards",
+    "log_likelihood",
+    "fit_mle",
+    "MLEResult",
+    "default_start",
+    "Uncertainty",
+    "parameter_uncertainty",
+    # the numerical core
     "MarketData",
     "make_market_data",
     "dt_from_dates",
@@ -70,23 +109,31 @@ __all__ = [
     "default_prior",
     "FilterResult",
     "kalman_filter",
+    "log_likelihood_batch",
+    "log_likelihood_data",
+    "log_likelihood_fisher",
+    "log_likelihood_terms",
     "SmootherResult",
     "rts_smoother",
-    "MLEResult",
-    "fit_mle",
-    "default_start",
-    "Uncertainty",
-    "parameter_uncertainty",
     "forward_curve",
     "log_forward",
     "measurement",
     "transition",
     "Simulation",
     "simulate",
-    "datasets",
-    "diagnostics",
-    "drift",
-    "options",
-    "sensitivity",
+    # data
+    "Panel",
+    "nearby_panel",
+    "read_settlements",
+    "ParquetStore",
+    # rolling recalibration
+    "recalibrate",
+    "RollingResult",
+    # trading
+    "prepare_trading_inputs",
+    "TradingConfig",
+    "TradeEngine",
+    "Order",
+    "walk_forward",
     "__version__",
 ]

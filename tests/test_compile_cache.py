@@ -114,7 +114,7 @@ def test_import_does_not_pull_in_the_heavy_optional_modules():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == ""
-    assert ssjax.results.stats.norm.ppf(0.975) == pytest.approx(1.959963985)
+    assert ssjax.fit.results.stats.norm.ppf(0.975) == pytest.approx(1.959963985)
 
 
 def test_progress_bars_show_only_when_asked_or_watched(monkeypatch):

@@ -47,8 +47,8 @@ def test_results_section_matches_the_committed_run_folders(monkeypatch):
                  "### Out of sample", "### Trading report"):  # fmt: skip
         assert head in text
     assert "nan" not in text.lower().replace("nans", "")
-    # the README carries exactly this section (regenerate with experiments/research.py)
-    readme = (EXP.parent / "README.md").read_text()
+    # docs/results.md carries exactly this section (regenerate with experiments/research.py)
+    readme = (EXP.parent / "docs" / "results.md").read_text()
     inside = readme.split(research.BEGIN, 1)[1].split(research.END, 1)[0]
     assert inside.strip() == text.strip()
     t2 = pd.read_csv(EXP / "results" / "reproduce_ss2000" / "table2_values.csv", index_col=0)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ssjax
-from ssjax import forecast, options, sensitivity
+from ssjax.analysis import forecast, options, sensitivity
 from ssjax.compile_cache import compile_log
 
 P1 = dict(kappa=1.5, sigma_x=0.3, sigma_y=0.16, rho=0.3, mu=0.01)
@@ -101,7 +101,7 @@ def test_fits(small):
     F, ttm, dt = small
     data = ssjax.make_market_data(F, ttm, dt=dt)
     _second_call_lowers_nothing(lambda p: ssjax.fit_mle(data, p, max_steps=20).loglik)
-    from ssjax.em import fit_em
+    from ssjax.fit.em import fit_em
 
     _second_call_lowers_nothing(lambda p: fit_em(data, p, max_iters=5).loglik)
     eng = ssjax.KalmanEngine(n_starts=2)
@@ -121,8 +121,8 @@ def test_fits(small):
 def test_rolling_and_walk_forward(wti):
     """A second ``recalibrate`` and a second ``walk_forward`` of the same shapes (other
     prices) lower no program."""
-    from ssjax.backtest import walk_forward
     from ssjax.rolling import recalibrate
+    from ssjax.trading.backtest import walk_forward
 
     def head(panel, n, wiggle=0.0):
         # other prices: a small multiplicative pattern over dates and tenors (a constant

@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from ..panels import Panel
+from ssjax.core.market import DAYS_PER_YEAR, year_fraction
+from ssjax.data.panels import Panel
 
 __all__ = [
     "Panel",
@@ -68,15 +69,14 @@ def load_wti_ss2000(maturities: str = "act365") -> Panel:
         last = np.stack(
             [df[f"{t}_contract"].map(ltd["last_trade_date"]).to_numpy() for t in _TENORS], 1
         )
-        days = (last - dates.values[:, None]).astype("timedelta64[D]").astype(float)
-        ttm = days / 365.0
+        ttm = year_fraction(dates.values[:, None], last)
     elif maturities == "bus262":
         ttm = df[[f"{t}_ttm_years" for t in _TENORS]].to_numpy(float)
     elif maturities == "fixed":
         ttm = np.broadcast_to(np.array([1, 5, 9, 13, 17], float) / 12.0, F.shape).copy()
     else:
         raise ValueError(f"maturities must be 'act365', 'bus262' or 'fixed', got {maturities!r}")
-    dt = np.diff(dates.values).astype("timedelta64[D]").astype(float) / 365.0
+    dt = year_fraction(dates.values[:-1], dates.values[1:])
     return Panel(
         dates,
         F,
@@ -98,7 +98,7 @@ class Bundled(NamedTuple):
 
 
 def _read_gz(name: str) -> pd.DataFrame:
-    from ..settlements import read_long_csv
+    from ssjax.data.settlements import read_long_csv
 
     with resources.as_file(resources.files(__name__) / name) as path:
         return read_long_csv(path)
@@ -112,7 +112,7 @@ def load_wti_ss2000_contracts(ranks: tuple[int, ...] = (1, 5, 9, 13, 17)) -> Bun
     ``ranks`` among the contracts observed that day (the source's stitching), which
     reproduces F1, F5, F9, F13 and F17 of :func:`load_wti_ss2000` exactly; ttm is ACT/365.
     """
-    from ..panels import nearby_panel
+    from ssjax.data.panels import nearby_panel
 
     settle = _read_gz("ss2000_wti_weekly_contracts_long.csv.gz")
     return Bundled(settle, nearby_panel(settle, list(ranks), among="observed"))
@@ -133,7 +133,7 @@ def load_copper_schwartz97(ranks: int = 8) -> Bundled:
     """
     import warnings
 
-    from ..panels import nearby_panel
+    from ssjax.data.panels import nearby_panel
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*neither a contract nor a price.*")
@@ -170,8 +170,10 @@ def _load_rtl(name: str, prefix: str, commodity: str, ranks, weekday) -> Panel:
     # the contract behind a cell is named by its expiry day (the source gives no tickers)
     expiry = dates.values[:, None] + d.astype("timedelta64[D]")
     contracts = np.char.add(f"{commodity}@", np.datetime_as_string(expiry, unit="D"))
-    dt = np.diff(dates.values).astype("timedelta64[D]").astype(float) / 365.0
-    return Panel(dates, F, d / 365.0, None, contracts.astype(object), cols, dt, mask, commodity)
+    dt = year_fraction(dates.values[:-1], dates.values[1:])
+    return Panel(
+        dates, F, d / DAYS_PER_YEAR, None, contracts.astype(object), cols, dt, mask, commodity
+    )
 
 
 def load_natgas_rtl(ranks: tuple[int, ...] = RTL_TENORS, weekday: str | None = "TUE") -> Panel:

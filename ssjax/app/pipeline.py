@@ -1,0 +1,458 @@
+"""The main job: data → KalmanEngine → compute_model_forward → prepare_trading_inputs →
+TradeEngine at t*, plus the walk-forward backtest, with settings from a TOML file.
+
+Settings (all optional; a TOML file overrides these defaults, flags override the file)::
+
+    [data]
+    source = "wti"            # "wti" (bundled 2000-paper panel), "copper" (bundled COMEX HG),
+                              # or a settlement file in any supported layout
+    commodity = ""            # for files with several commodities
+    ranks = [1, 5, 9, 13, 17] # nearby ranks (files and copper; wti uses its five tenors)
+    resample = ""             # e.g. "W-TUE"
+    t_star = ""               # last date used (YYYY-MM-DD or an index); default: last date
+
+    [model]
+    method = "MLE"            # MLE, EM or hybrid
+    risk_premium = false
+    shared_noise = false
+
+    [trading]                 # ssjax.trading.engine.TradingConfig
+    sigma_method = "returns"  # or "residuals"
+    sigma_window = 60
+    z_method = "filtered"     # z = alpha / the model's filtered-residual s.d.,
+                              # diag(R − H P_t|t Hᵀ): the variance of alpha itself;
+                              # "innovation": the one-step innovation s.d.,
+                              # diag(H P_t|t-1 Hᵀ + R); "residual": rolling residual s.d.
+    z_in = 2.0
+    z_out = 0.5
+    max_weight = 1.0
+    gross_leverage = 2.0
+    fee = 0.0025              # price units per contract (WTI: USD/bbl)
+    half_spread = 0.005
+    slippage = 0.0025
+    min_resid_sd = 1e-6       # below this s.d. of ln F a tenor is fitted exactly: z = 0
+
+    [engine]                  # ssjax.trading.engine.TradeEngine
+    sizing = "vol_target"     # or "qp"
+    vol_target = 0.10
+    gamma = 5.0
+    lambda1 = 0.0
+    lambda2 = 0.0
+    top_k = 0                 # 0: no limit
+
+    [backtest]
+    enabled = true
+    min_window = 104
+    recalibrate_every = 13
+    warm_start = true
+
+    [output]
+    folder = "ssjax_output"
+
+``orders_t`` at t* start from the book the walk-forward backtest holds going into t* (its
+positions after trading at t*−1, less the tenors whose contract rolled at t*: those roll
+closes are listed separately as ``roll_closes``); with the backtest disabled
+(``--no-backtest``) they start from a flat book. The backtest's execution rules apply at t*
+too (:func:`orders_at_t_star`): a contract on its last trading day or expiring before the
+next date (the panel's next date; one median step after the last date) is neither opened
+nor kept, and a tenor without a price at t* keeps its position.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "DEFAULTS",
+    "load_config",
+    "merge_config",
+    "orders_at_t_star",
+    "run_pipeline",
+    "PipelineResult",
+]
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"source": "wti", "commodity": "", "ranks": [1, 5, 9, 13, 17], "resample": "",
+             "t_star": ""},
+    "model": {"method": "MLE", "risk_premium": False, "shared_noise": False},
+    "trading": {"sigma_method": "returns", "sigma_window": 60, "z_method": "filtered",
+                "z_in": 2.0, "z_out": 0.5, "max_weight": 1.0, "gross_leverage": 2.0,
+                "fee": 0.0025, "half_spread": 0.005, "slippage": 0.0025,
+                "min_resid_sd": 1e-6},
+    "engine": {"sizing": "vol_target", "vol_target": 0.10, "gamma": 5.0, "lambda1": 0.0,
+               "lambda2": 0.0, "top_k": 0},
+    "backtest": {"enabled": True, "min_window": 104, "recalibrate_every": 13,
+                 "warm_start": True},
+    "output": {"folder": "ssjax_output"},
+}  # fmt: skip
+
+
+def merge_config(base: dict, override: dict, where: str = "config") -> dict:
+    """``base`` updated by ``override``; unknown sections or keys raise naming them."""
+    out = copy.deepcopy(base)
+    for section, values in override.items():
+        if section not in out:
+            raise ValueError(f"{where}: unknown section [{section}] (known: {sorted(out)})")
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: [{section}] must be a table")
+        for key, v in values.items():
+            if key not in out[section]:
+                raise ValueError(
+                    f"{where}: unknown key {key!r} in [{section}] (known: {sorted(out[section])})"
+                )
+            out[section][key] = v
+    return out
+
+
+def load_config(path: str | Path | None) -> dict:
+    """The defaults merged with a TOML file (if given)."""
+    if path is None:
+        return copy.deepcopy(DEFAULTS)
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            user = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {path}: {e}") from None
+    return merge_config(DEFAULTS, user, where=str(path))
+
+
+class PipelineResult(NamedTuple):
+    fit: Any  # KalmanFit
+    inputs: Any  # TradingInputs at t*
+    decision: Any  # TradeDecision at t* (orders_t)
+    table: pd.DataFrame  # the mispricing table at t*
+    backtest: Any | None
+    files: list[Path]
+    w_prev: np.ndarray | None = None  # the book orders_t start from
+    start_book: str = "flat"  # "backtest" or "flat"
+
+
+def _load(cfg: dict):
+    """(panel, settlements or None, description) from the [data] section."""
+    from ssjax.data.panels import nearby_panel
+    from ssjax.data.settlements import read_settlements
+    from ssjax.datasets import load_copper_schwartz97, load_wti_ss2000_contracts
+
+    d = cfg["data"]
+    src = str(d["source"])
+    resample = d["resample"] or None
+    if src == "wti":
+        b = load_wti_ss2000_contracts()
+        return b.panel, b.settlements, "bundled Schwartz-Smith (2000) weekly WTI contracts"
+    if src == "copper":
+        settle = load_copper_schwartz97().settlements
+        desc = "bundled COMEX copper (schwartz97)"
+    else:
+        settle = read_settlements(src)
+        desc = src
+    panel = nearby_panel(settle, list(d["ranks"]), commodity=d["commodity"] or None,
+                         resample=resample)  # fmt: skip
+    return panel, settle, desc
+
+
+def orders_at_t_star(
+    engine: Any,
+    inputs: Any,
+    w_prev: ArrayLike,
+    price_t: ArrayLike,
+    codes_t: ArrayLike,
+    expiring_t: ArrayLike,
+) -> Any:
+    """``orders_t``: the engine's decision at t* from the book ``w_prev``, executed by the
+    backtest's rules (:func:`ssjax.trading.backtest.executable_target`).
+
+    ``inputs`` should come from :func:`~ssjax.trading.engine.prepare_trading_inputs` with the ttm
+    of expiring contracts set to 0 (as :func:`run_pipeline` does: the engine sees them as
+    not tradable and opens nothing there). Expiring held positions are closed, a tenor
+    without a price or contract keeps its position (no order); ``signals`` are the signs of
+    the weights actually targeted where the rules overrode the engine, and the orders are
+    recomputed from Δw = target_w − w_prev.
+    """
+    from ssjax.trading.backtest import executable_target
+    from ssjax.trading.engine import Order
+
+    w_prev = np.asarray(w_prev, float)
+    dec = engine.decide(inputs, w_prev)
+    target = executable_target(dec.target_w, w_prev, price_t, codes_t, expiring_t)
+    signals = np.where(target != dec.target_w, np.sign(target), dec.signals).astype(float)
+    dw = target - w_prev
+    orders = [
+        Order(int(i), "BUY" if dw[i] > 0 else "SELL", float(abs(dw[i])))
+        for i in np.flatnonzero(np.abs(dw) > engine.min_trade)
+    ]
+    return dec._replace(signals=signals, target_w=target, orders=orders)
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _write_diagnostics(fit: Any, out_dir: Path, tenor_names: list[str], quiet: bool) -> list:
+    """The fit's model diagnostics: a text report, the fit-error table and the PNG plots."""
+    from ssjax.analysis.diagnostics import diagnostics_report, plot_diagnostics
+
+    rep = diagnostics_report(fit, tenor_names=list(tenor_names))
+    (out_dir / "diagnostics.txt").write_text(rep.to_text() + "\n")
+    rep.fit_errors.to_csv(out_dir / "fit_errors.csv")
+    files = [out_dir / "diagnostics.txt", out_dir / "fit_errors.csv"]
+    files += [Path(f) for f in plot_diagnostics(rep, out_dir / "diagnostics")]
+    if not quiet:
+        print("\nmodel diagnostics (fit errors of ln F, model minus market):")
+        print(rep.fit_errors.to_string())
+    return files
+
+
+def _write_drift(bt: Any, out_dir: Path, quiet: bool) -> list:
+    """Drift alerts over the backtest's recalibrations: ``drift_alerts.csv`` and a section
+    appended to ``diagnostics.txt`` (:func:`ssjax.analysis.drift.walk_forward_alerts`)."""
+    from ssjax.analysis.drift import walk_forward_alerts
+
+    alerts = walk_forward_alerts(bt.params)
+    alerts.to_csv(out_dir / "drift_alerts.csv", index=False)
+    n_cal = len(bt.params)
+    head = (
+        f"Drift alerts over the {n_cal} walk-forward recalibrations (parameter: |Δθ| > 5 "
+        "overlap-scaled s.e.; cusum: out-of-sample NIS CUSUM above h = 5)"
+    )
+    lines = [head, "-" * len(head)]
+    if len(alerts):
+        lines += [f"{r.window_end:%Y-%m-%d}  {r.kind:<9s}  {r.reason}" for r in alerts.itertuples()]
+    else:
+        lines.append("none")
+    text = "\n".join(lines)
+    with open(out_dir / "diagnostics.txt", "a") as fh:
+        fh.write("\n" + text + "\n")
+    if not quiet:
+        print("\n" + text)
+    return [out_dir / "drift_alerts.csv"]
+
+
+def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
+    """Run the whole chain at t* and (optionally) the backtest; write the output folder.
+
+    Order of the steps: calibrate on the data up to t*; run the walk-forward backtest up to
+    t* (when enabled); then ``orders_t`` at t* from the full calibration's trading inputs,
+    starting from the backtest's book going into t* (flat without the backtest) and under
+    the backtest's execution rules (:func:`orders_at_t_star`).
+    """
+    from ssjax.core.market import t_star_index
+    from ssjax.fit.engine import KalmanEngine
+    from ssjax.trading.engine import TradeEngine, TradingConfig
+
+    trading_cfg = TradingConfig(**cfg["trading"])
+    e = dict(cfg["engine"])
+    e["top_k"] = int(e["top_k"]) or None
+    engine_fields = {f.name for f in fields(TradeEngine) if f.init}
+    trade_engine = TradeEngine(**{k: v for k, v in e.items() if k in engine_fields})
+    out_dir = Path(cfg["output"]["folder"])
+    run_bt = bool(cfg["backtest"]["enabled"])
+    n_steps = 4 if run_bt else 3
+
+    t0 = time.perf_counter()
+    panel, settle, desc = _load(cfg)
+    t_idx = t_star_index(cfg["data"]["t_star"], len(panel.dates), panel.dates)
+    print(f"data: {desc}: {len(panel.dates)} dates x {len(panel.tenor_names)} tenors "
+          f"{panel.tenor_names}; t* = {panel.dates[t_idx].date()}")  # fmt: skip
+    mask = np.asarray(panel.mask, bool) if panel.mask is not None else np.isfinite(panel.F_mkt)
+    F = np.where(mask, panel.F_mkt, np.nan)
+    _log(f"[1/{n_steps}] calibrating the model (the first call compiles, ~10-20 s)...", quiet)
+    m = cfg["model"]
+    fit = KalmanEngine(
+        m["method"], risk_premium=m["risk_premium"], shared_noise=m["shared_noise"]
+    ).fit(F, panel.ttm, dates=panel.dates, t_star=t_idx, tenor_names=panel.tenor_names)
+    _log(f"      done in {time.perf_counter() - t0:.1f} s", quiet)
+    print(fit.summary())
+
+    bt = None
+    if run_bt:
+        b = cfg["backtest"]
+        _log(f"[2/{n_steps}] walk-forward backtest up to t* (recalibrating every "
+             f"{b['recalibrate_every']} dates)...", quiet)  # fmt: skip
+        bt = _backtest_to(panel, settle, t_idx, cfg, trading_cfg, trade_engine, quiet)
+
+    _log(f"[{n_steps - 1}/{n_steps}] trading inputs and orders at t*...", quiet)
+    at = _orders_at(panel, F, mask, t_idx, fit, bt, trading_cfg, trade_engine)
+    _print_orders(panel, t_idx, at, bt is not None, trade_engine.sizing)
+
+    _log(f"[{n_steps}/{n_steps}] writing the outputs...", quiet)
+    files = _write_outputs(out_dir, cfg, panel, t_idx, fit, at)
+    files += _write_diagnostics(fit, out_dir, panel.tenor_names, quiet)
+    if bt is not None:
+        files += list(bt.report(out_dir / "backtest"))
+        print("\nbacktest metrics:")
+        print(bt.metrics.to_string())
+        files += _write_drift(bt, out_dir, quiet)
+    print(f"\nwrote {len(files)} files to {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
+    return PipelineResult(
+        fit, at.inputs, at.decision, at.table, bt, files, at.w_prev, at.start_book
+    )
+
+
+def _backtest_to(panel, settle, t_idx: int, cfg: dict, trading_cfg, trade_engine, quiet: bool):
+    """The walk-forward backtest on the panel's dates up to and including t*."""
+    from ssjax.trading.backtest import walk_forward
+
+    b, m = cfg["backtest"], cfg["model"]
+    end = t_idx + 1
+    sub = panel._replace(
+        dates=panel.dates[:end], F_mkt=panel.F_mkt[:end], ttm=panel.ttm[:end],
+        contracts=panel.contracts[:end], dt=panel.dt[: end - 1],
+        mask=None if panel.mask is None else panel.mask[:end],
+        S=None if panel.S is None else panel.S[:end],
+    )  # fmt: skip
+    return walk_forward(
+        sub,
+        settle,
+        trading=trading_cfg,
+        engine=trade_engine,
+        min_window=int(b["min_window"]),
+        recalibrate_every=int(b["recalibrate_every"]),
+        warm_start=bool(b["warm_start"]),
+        risk_premium=m["risk_premium"],
+        shared_noise=m["shared_noise"],
+        progress=False if quiet else None,
+        standard_errors=True,
+    )
+
+
+class _AtTStar(NamedTuple):
+    """What the main job decides at t*."""
+
+    inputs: Any
+    decision: Any
+    table: pd.DataFrame
+    w_prev: np.ndarray
+    start_book: str
+    roll_closes: list
+
+
+def _orders_at(panel, F, mask, t_idx: int, fit, bt, trading_cfg, trade_engine) -> _AtTStar:
+    """Trading inputs and orders at t* from the fit, starting from the backtest's book."""
+    from ssjax.trading.backtest import expiring_before_next
+    from ssjax.trading.engine import prepare_trading_inputs, residual_variances
+
+    ttm = np.asarray(panel.ttm, float)
+    dt = np.asarray(panel.dt, float)
+    M = F.shape[1]
+    if bt is not None:  # the book going into t*: after t*-1's trades and t*'s roll closes
+        w_prev = bt.pre_trade.iloc[-1].to_numpy(float)
+        start_book = "backtest"
+        rolls = bt.trades[(bt.trades["date"] == panel.dates[t_idx])
+                          & (bt.trades["kind"] == "roll_close")]  # fmt: skip
+    else:
+        w_prev, start_book, rolls = np.zeros(M), "flat", None
+    # the backtest's expiry rule; past the panel's last date the next one is a median step on
+    last_step = float(dt[t_idx]) if t_idx < len(dt) else float(np.median(dt[:t_idx]))
+    expiring_t = expiring_before_next(ttm[: t_idx + 1], dt[:t_idx], last_step=last_step)[-1]
+    W = trading_cfg.sigma_window
+    lo = max(0, t_idx - W)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resid = np.log(F[lo:t_idx]) - np.log(fit.F_model_path[lo:t_idx])
+    innov, filt_var = residual_variances(
+        fit.params, fit.filter_result, ttm[: t_idx + 1], mask[: t_idx + 1]
+    )
+    inputs = prepare_trading_inputs(
+        F[t_idx],
+        fit.F_model_t,
+        np.where(expiring_t, 0.0, ttm[t_idx]),  # not tradable: cannot be held to the next date
+        cfg=trading_cfg,
+        F_mkt_hist=F[lo : t_idx + 1],
+        contracts_hist=panel.contracts[lo : t_idx + 1],
+        resid_hist=resid,
+        filtered_resid_var_t=filt_var[-1],
+        innovation_var_t=innov[-1],
+        dt=dt[:t_idx],
+    )
+    decision = orders_at_t_star(
+        trade_engine, inputs, w_prev, F[t_idx], panel.contracts[t_idx], expiring_t
+    )
+    table = pd.DataFrame(
+        {
+            "contract": panel.contracts[t_idx],
+            "ttm": ttm[t_idx],
+            "expiring": expiring_t,
+            "F_mkt": F[t_idx],
+            "F_model": fit.F_model_t,
+            "mispricing": inputs.mispricing,
+            "z": inputs.z,
+            "signal": decision.signals.astype(int),
+            "w_prev": w_prev,
+            "target_w": decision.target_w,
+        },
+        index=pd.Index(panel.tenor_names, name="tenor"),
+    )
+    roll_closes = [] if rolls is None else [
+        {"tenor_id": int(r.tenor_id), "tenor": str(r.tenor), "contract": str(r.contract),
+         "side": str(r.side), "size": float(r.size)}
+        for r in rolls.itertuples()
+    ]  # fmt: skip
+    return _AtTStar(inputs, decision, table, w_prev, start_book, roll_closes)
+
+
+def _print_orders(panel, t_idx: int, at: _AtTStar, from_backtest: bool, sizing: str) -> None:
+    inputs, decision = at.inputs, at.decision
+    with pd.option_context("display.width", 120, "display.float_format", "{:.4f}".format):
+        print(f"\nmispricing at t* = {panel.dates[t_idx].date()} (z: {inputs.z_basis})")
+        print(at.table.to_string())
+    book = "the backtest's book going into t*" if from_backtest else "a flat book (no backtest)"
+    print(f"\norders_t ({sizing}; {decision.status}; from {book}):")
+    if decision.orders:
+        for o in decision.orders:
+            name, code = panel.tenor_names[o.tenor_id], panel.contracts[t_idx, o.tenor_id]
+            print(f"  ({o.tenor_id}, {o.side}, {o.size:.4f})  {name} {code}")
+    else:
+        print("  none")
+    for r in at.roll_closes:
+        print(f"  roll close: ({r['tenor_id']}, {r['side']}, {r['size']:.4f})  {r['tenor']} "
+              f"{r['contract']} (the contract the backtest held)")  # fmt: skip
+
+
+def _write_outputs(out_dir: Path, cfg: dict, panel, t_idx: int, fit, at: _AtTStar) -> list:
+    """theta.json, mispricing_t.csv, orders_t.json/.csv and config_used.json."""
+    decision = at.decision
+    out_dir.mkdir(parents=True, exist_ok=True)
+    theta = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in fit.theta.items()}
+    (out_dir / "theta.json").write_text(json.dumps(theta, indent=2))
+    at.table.to_csv(out_dir / "mispricing_t.csv")
+    orders = [
+        {"tenor_id": o.tenor_id, "tenor": panel.tenor_names[o.tenor_id],
+         "contract": str(panel.contracts[t_idx, o.tenor_id]), "side": o.side, "size": o.size}
+        for o in decision.orders
+    ]  # fmt: skip
+    (out_dir / "orders_t.json").write_text(
+        json.dumps(
+            {
+                "date": str(panel.dates[t_idx].date()),
+                "status": decision.status,
+                "z_basis": at.inputs.z_basis,
+                "start_book": at.start_book,
+                "w_prev": [float(x) for x in at.w_prev],
+                "orders": orders,
+                "roll_closes": at.roll_closes,
+            },
+            indent=2,
+        )  # fmt: skip
+    )
+    pd.DataFrame(orders, columns=["tenor_id", "tenor", "contract", "side", "size"]).to_csv(
+        out_dir / "orders_t.csv", index=False
+    )
+    (out_dir / "config_used.json").write_text(json.dumps(cfg, indent=2, default=str))
+    names = ("theta.json", "mispricing_t.csv", "orders_t.json", "orders_t.csv", "config_used.json")
+    return [out_dir / n for n in names]

@@ -1,0 +1,105 @@
+"""Running sets of lanes through the compiled programs in padded groups: post-fit numbers, the
+best start per window, and the escape from degenerate end points.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from ssjax.core.params import Params
+from ssjax.fit.optimum import bound_vector
+from ssjax.rolling.config import _Run
+from ssjax.rolling.devices import _AXIS, _bucket, _host, _put
+from ssjax.rolling.kernels import _flat_fit, _program, _unflat_params
+
+__all__ = ["REFINE_ACCEPT", "ESCAPE_RHOS"]
+#: a refit replaces a window's result when it ends higher by more than this (nats)
+REFINE_ACCEPT = 1e-4
+
+
+def _post_program(run: _Run):
+    c = run.config
+    return _program(
+        "post", run.mesh, window=c.window, width=run.width, standard_errors=c.standard_errors
+    )
+
+
+def _run_post(run: _Run, cs, es, params_flat) -> dict:
+    """Post-fit numbers (standard errors, state, forwards, diagnostics) of lanes (cs, es)."""
+    params = _unflat_params(params_flat.astype(run.dtype), run.template)
+    out = _post_program(run)(run.stack_dev, *_put((cs, es, params), run.mesh, P(_AXIS)))
+    return _host(out)
+
+
+def _best_per_window(r: dict, K: int) -> np.ndarray:
+    """Index (into the lanes of ``r``, K consecutive lanes per window) of each window's best
+    fit: the highest log-likelihood among the lanes that stopped, else among the finite."""
+    ll = np.asarray(r["loglik"], float).reshape(-1, K)
+    ok = np.asarray(r["stopped"], bool).reshape(-1, K) & np.isfinite(ll)
+    pool = np.where(ok.any(axis=1, keepdims=True), ok, np.isfinite(ll))
+    score = np.where(pool, ll, -np.inf)
+    return np.arange(ll.shape[0]) * K + np.argmax(score, axis=1)
+
+
+def _degenerate_lanes(r: dict, template: Params) -> np.ndarray:
+    """Host mask: fits that stopped at a degenerate point (κ, σ_X, σ_Y or ρ at a bound)."""
+    p = _unflat_params(np.asarray(r["params"]), template)
+    flags = np.asarray(jax.vmap(bound_vector)(p))[:, :4].any(axis=1)
+    return flags & np.isfinite(np.asarray(r["loglik"], float))
+
+
+#: ρ values a degenerate end point restarts from (its ρ at ±1 moved there, κ/σ moved inside)
+ESCAPE_RHOS = (-0.5, 0.0, 0.5)
+
+
+def _escape(run: _Run, r: dict, full, cap: int, cs, es) -> int:
+    """Refit every degenerate fit in ``r`` (flat host arrays, changed in place) from its end
+    point moved inside, ρ at each of :data:`ESCAPE_RHOS`; the best refit replaces it when
+    higher. Returns the number of fits replaced."""
+    template, dtype = run.template, run.dtype
+    deg = np.flatnonzero(_degenerate_lanes(r, template))
+    if deg.size == 0:
+        return 0
+    nr = len(ESCAPE_RHOS)
+    lanes = np.repeat(deg, nr)
+    rho = np.tile(np.asarray(ESCAPE_RHOS), deg.size)
+    inits = _unflat_params(np.asarray(r["params"])[lanes].astype(dtype), template)
+    off = (np.zeros((lanes.size, 4), dtype), rho.astype(dtype), np.zeros(lanes.size, bool))
+    parts = _batched(run, full, cap, cs[lanes], es[lanes], inits,
+                     extra=(np.ones(lanes.size, bool), off))  # fmt: skip
+    parts = [_flat_fit(p) for p in parts]
+    res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    pick = _best_per_window(res, nr)
+    n = 0
+    for i, lane in enumerate(deg):
+        j = pick[i]
+        if res["stopped"][j] and res["loglik"][j] > r["loglik"][lane] + REFINE_ACCEPT:
+            for k in r:
+                r[k][lane] = res[k][j]
+            n += 1
+    return n
+
+
+def _batched(run: _Run, prog, cap: int, cs, es, payload, extra=(), pow2: bool = True) -> list:
+    """``prog`` over lanes (cs, es, payload) in calls of power-of-two sizes (whole groups;
+    ``pow2=False``: the fewest whole groups, one compiled shape more per size met)."""
+    outs = []
+    n, unit = cs.size, run.unit
+    for a in range(0, n, cap):
+        b = min(a + cap, n)
+        nb = _bucket(b - a, cap, unit) if pow2 else -(-(b - a) // unit) * unit
+        idx = np.concatenate([np.arange(a, b), np.full(nb - (b - a), a)])
+        args = (cs[idx], es[idx], jax.tree.map(lambda x, i=idx: np.asarray(x)[i], payload))
+        args = args + tuple(jax.tree.map(lambda x, i=idx: np.asarray(x)[i], e) for e in extra)
+        out = _host(prog(run.stack_dev, *_put(args, run.mesh, P(_AXIS))))
+        outs.append(jax.tree.map(lambda x, k=b - a: np.asarray(x)[:k], out))
+    return outs
+
+
+def _batched_post(run: _Run, cs, es, params_flat) -> dict:
+    """:func:`_run_post` over any number of lanes, in calls of at most ``run.cap``."""
+    params = _unflat_params(params_flat.astype(run.dtype), run.template)
+    parts = _batched(run, _post_program(run), run.cap, cs, es, params)
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}

@@ -1,0 +1,169 @@
+"""The main job: config handling and the whole pipeline from the command line."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ssjax
+from ssjax.app.cli import main
+from ssjax.app.pipeline import DEFAULTS, load_config, merge_config, orders_at_t_star
+from ssjax.trading.engine import Order, TradeEngine, TradingConfig, prepare_trading_inputs
+
+
+def test_config_file_overrides_and_unknown_keys(tmp_path):
+    p = tmp_path / "cfg.toml"
+    p.write_text('[engine]\nsizing = "qp"\ngamma = 3.0\n[trading]\nz_in = 1.5\n')
+    cfg = load_config(p)
+    assert cfg["engine"]["sizing"] == "qp" and cfg["engine"]["gamma"] == 3.0
+    assert cfg["trading"]["z_in"] == 1.5 and cfg["trading"]["z_out"] == DEFAULTS["trading"]["z_out"]
+    with pytest.raises(ValueError, match="unknown key 'zin' in \\[trading\\]"):
+        merge_config(DEFAULTS, {"trading": {"zin": 1.0}})
+    with pytest.raises(ValueError, match="unknown section \\[trade\\]"):
+        merge_config(DEFAULTS, {"trade": {}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[engine\n")
+    with pytest.raises(ValueError, match="bad.toml"):
+        load_config(bad)
+
+
+def test_print_config_applies_flags(capsys):
+    assert main(["--print-config", "--sizing", "qp", "--z-in", "2.5", "--ranks", "1,3"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["engine"]["sizing"] == "qp" and cfg["trading"]["z_in"] == 2.5
+    assert cfg["data"]["ranks"] == [1, 3]
+
+
+def test_main_job_writes_orders_and_backtest_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["--output-dir", str(out), "--recalibrate-every", "52", "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "Schwartz-Smith two-factor model results" in text
+    assert "mispricing at t* = 1995-02-14" in text and "orders_t (vol_target" in text
+    assert "backtest metrics:" in text
+    table = pd.read_csv(out / "mispricing_t.csv", index_col=0)
+    assert list(table.index) == ["CL1", "CL5", "CL9", "CL13", "CL17"]
+    assert {"F_mkt", "F_model", "mispricing", "z", "signal", "target_w"} <= set(table.columns)
+    orders = json.loads((out / "orders_t.json").read_text())
+    assert orders["date"] == "1995-02-14" and isinstance(orders["orders"], list)
+    assert orders["start_book"] == "backtest" and len(orders["w_prev"]) == 5
+    assert orders["z_basis"].startswith("model filtered-residual")
+    theta = json.loads((out / "theta.json").read_text())
+    assert set(theta) >= {"kappa", "sigma_x", "sigma_y", "rho", "mu", "meas_sd"}
+    assert (out / "backtest" / "equity.png").stat().st_size > 0
+    assert (out / "backtest" / "metrics.json").exists()
+    # drift alerts over the backtest's recalibrations, in the report
+    alerts = pd.read_csv(out / "drift_alerts.csv")
+    assert {"window_end", "kind", "name", "z", "threshold", "reason"} <= set(alerts.columns)
+    assert "Drift alerts over the" in (out / "diagnostics.txt").read_text()
+    params = pd.read_csv(out / "backtest" / "params.csv")
+    assert {"se_kappa", "se_rho", "oos_z", "oos_n", "oos_from"} <= set(params.columns)
+    assert np.all(np.isfinite(params["se_kappa"])) and np.all(params["oos_n"][1:] > 0)
+
+
+def test_main_job_t_star_and_no_backtest(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--output-dir", str(out), "--no-backtest", "--t-star", "1993-06-29", "--quiet"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "t* = 1993-06-29" in text and "backtest metrics" not in text
+    assert "from a flat book (no backtest)" in text
+    assert not (out / "backtest").exists()
+    # without the backtest orders_t start from a flat book: every order is a whole target
+    orders = json.loads((out / "orders_t.json").read_text())
+    assert orders["start_book"] == "flat" and orders["w_prev"] == [0.0] * 5
+    table = pd.read_csv(out / "mispricing_t.csv", index_col=0)
+    assert (table["w_prev"] == 0).all()
+    want = [(i, w) for i, w in enumerate(table["target_w"]) if abs(w) > 1e-8]
+    got = [(o["tenor_id"], o["size"] * (1 if o["side"] == "BUY" else -1)) for o in orders["orders"]]
+    assert [i for i, _ in got] == [i for i, _ in want]
+    np.testing.assert_allclose([w for _, w in got], [w for _, w in want], rtol=1e-12)
+    with pytest.raises(SystemExit, match="unknown key"):
+        bad = tmp_path / "x.toml"
+        bad.write_text("[model]\nmethd = 'EM'\n")
+        main(["--config", str(bad)])
+
+
+def test_main_job_orders_start_from_the_backtest_book(tmp_path, capsys):
+    """At a t* where the backtest holds a book, orders_t rebalance that book (they do not
+    rebuild it from flat), and the backtest's expiry rule applies at t*."""
+    out = tmp_path / "run"
+    args = ["--output-dir", str(out), "--recalibrate-every", "52", "--quiet",
+            "--t-star", "1994-03-22"]  # fmt: skip
+    assert main(args) == 0
+    assert "from the backtest's book going into t*" in capsys.readouterr().out
+    t_star = pd.Timestamp("1994-03-22")
+    orders = json.loads((out / "orders_t.json").read_text())
+    assert orders["start_book"] == "backtest" and orders["date"] == "1994-03-22"
+    # the book going into t*, rebuilt from the backtest report: the positions after
+    # trading at t*-1, less the tenors whose contract rolled at t* (closed by the roll)
+    pos = pd.read_csv(out / "backtest" / "positions.csv", index_col=0, parse_dates=True)
+    trades = pd.read_csv(out / "backtest" / "trades.csv", parse_dates=["date"])
+    assert pos.index[-1] == t_star
+    book = pos.iloc[-2].to_numpy(float).copy()
+    rolled = trades[(trades["date"] == t_star) & (trades["kind"] == "roll_close")]
+    book[rolled["tenor_id"].to_numpy(int)] = 0.0
+    assert np.abs(book).sum() > 1.0  # a real book to start from
+    np.testing.assert_allclose(orders["w_prev"], book, rtol=1e-15, atol=0)
+    assert [r["tenor_id"] for r in orders["roll_closes"]] == rolled["tenor_id"].tolist()
+
+    table = pd.read_csv(out / "mispricing_t.csv", index_col=0)
+    np.testing.assert_allclose(table["w_prev"], book, rtol=1e-15, atol=0)
+    dw = (table["target_w"] - table["w_prev"]).to_numpy()
+    want = [(i, "BUY" if dw[i] > 0 else "SELL", abs(dw[i])) for i in range(5) if abs(dw[i]) > 1e-8]
+    got = [(o["tenor_id"], o["side"], o["size"]) for o in orders["orders"]]
+    assert [g[:2] for g in got] == [w[:2] for w in want] and got
+    np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-12)
+    # rebalancing a held book: the orders are far smaller than the positions themselves
+    assert max(g[2] for g in got) < 0.5 * np.abs(table["target_w"]).max()
+
+    # the expiry rule at t*: recomputed from the panel (front contract expires before the
+    # next Tuesday), neither opened nor held
+    panel = ssjax.datasets.load_wti_ss2000_contracts().panel
+    i = panel.dates.get_loc(t_star)
+    expiring = (panel.ttm[i] <= 0) | (panel.ttm[i] < panel.dt[i])
+    assert expiring.any() and table["expiring"].tolist() == expiring.tolist()
+    assert (table.loc[expiring, "target_w"] == 0).all()
+    assert (table.loc[expiring, "signal"] == 0).all()
+
+
+def _t_star_inputs(ttm, F=None, z_scale=3.0):
+    M = 4
+    F = np.full(M, 50.0) if F is None else F
+    alpha = np.full(M, 0.03)
+    sd = 0.03 / z_scale
+    return prepare_trading_inputs(
+        F,
+        np.where(np.isfinite(F), F, 50.0) * np.exp(alpha),
+        ttm,
+        cfg=TradingConfig(sigma_method="residuals", periods_per_year=52),
+        resid_hist=np.random.default_rng(1).normal(0, 0.01, (60, M)),
+        filtered_resid_var_t=np.full(M, sd**2),
+    )
+
+
+def test_orders_at_t_star_apply_the_backtest_rules():
+    eng = TradeEngine()
+    ttm = np.array([0.01, 0.01, 0.3, 0.5])
+    F = np.array([50.0, 50.0, np.nan, 50.0])  # tenor 2 has no price at t*
+    codes = np.array(["CLJ94", "CLJ94x", "CLQ94", "CLZ94"], dtype=object)
+    expiring = np.array([True, True, False, False])  # tenors 0, 1 expire before the next date
+    w_prev = np.array([0.3, 0.0, -0.2, 0.0])
+    # as run_pipeline prepares them: expiring contracts have ttm 0 (not tradable)
+    inp = _t_star_inputs(np.where(expiring, 0.0, ttm), F)
+    assert list(inp.tradable) == [False, False, False, True] and np.all(inp.z[3] > 2)
+    d = orders_at_t_star(eng, inp, w_prev, F, codes, expiring)
+    ref = eng.decide(inp, w_prev)
+    # held expiring position closed, flat expiring tenor not opened, unpriced tenor kept
+    assert d.target_w[0] == 0 and d.target_w[1] == 0 and d.target_w[2] == -0.2
+    assert d.target_w[3] == ref.target_w[3] > 0
+    assert list(d.signals) == [0, 0, -1, 1]
+    assert d.orders == [Order(0, "SELL", 0.3), Order(3, "BUY", float(ref.target_w[3]))]
+    # even from inputs that still see the expiring contracts as tradable, they are closed
+    raw = _t_star_inputs(ttm, F)
+    assert raw.tradable[0] and eng.decide(raw, w_prev).target_w[0] > 0
+    d2 = orders_at_t_star(eng, raw, w_prev, F, codes, expiring)
+    assert d2.target_w[0] == 0 and d2.target_w[1] == 0 and d2.signals[0] == 0
+    assert [o.tenor_id for o in d2.orders] == [0, 3]

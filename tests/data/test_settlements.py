@@ -1,0 +1,327 @@
+"""Settlement schema, validator and readers, on the CME and continuous-contract fixtures."""
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from repo_paths import FIXTURES
+
+from ssjax.data.settlements import (
+    REQUIRED_COLUMNS,
+    SettlementError,
+    read_cme_settlements,
+    read_continuous,
+    read_long_csv,
+    read_settlements,
+    validate_settlements,
+)
+
+FIX = FIXTURES
+CME = FIX / "cme_settlements_sample.csv"
+CHRIS = FIX / "quandl_continuous_sample.csv"
+
+
+@pytest.fixture(scope="module")
+def cme():
+    return read_cme_settlements(CME)
+
+
+def _table(**overrides):
+    df = pd.DataFrame(
+        {
+            "trade_date": ["2024-08-01", "2024-08-01", "2024-08-02", "2024-08-02"],
+            "commodity": ["CL"] * 4,
+            "contract": ["CLU24", "CLV24", "CLU24", "CLV24"],
+            "expiration_date": ["2024-08-20", "2024-09-20", "2024-08-20", "2024-09-20"],
+            "settlement_price": [76.3, 75.79, 78.42, 77.6],
+        }
+    )
+    for k, v in overrides.items():
+        df[k] = v
+    return df
+
+
+def test_cme_reader_schema_and_values(cme):
+    raw = pd.read_csv(CME, dtype=str, keep_default_na=False)
+    assert len(cme) == len(raw) == 2136
+    assert list(cme.columns[:5]) == list(REQUIRED_COLUMNS)
+    assert cme["trade_date"].dtype == "datetime64[ns]"
+    assert set(cme["commodity"]) == {"CL", "NG", "HG"}
+    # every observed cell comes back with its exact price and expiry
+    raw["contract"] = raw["Sym"] + raw["MMY"].map(
+        lambda m: "FGHJKMNQUVXZ"[int(m[4:6]) - 1] + m[2:4]
+    )
+    merged = raw.merge(
+        cme.assign(BizDt=cme["trade_date"].dt.strftime("%Y-%m-%d")),
+        left_on=["BizDt", "contract"],
+        right_on=["BizDt", "contract"],
+    )
+    assert len(merged) == 2136
+    np.testing.assert_array_equal(
+        merged["SettlePrice"].astype(float), merged["settlement_price"].to_numpy()
+    )
+    assert (merged["LastTrdDt"] == merged["expiration_date"].dt.strftime("%Y-%m-%d")).all()
+    # the file's line numbers label the rows (header = line 1)
+    assert cme.index.min() >= 2 and cme.index.max() == 2137
+
+
+def test_cme_volume_and_open_interest_are_realigned(cme):
+    """PrevDayVol/PrevDayOI on date t+1 belong to date t."""
+    raw = pd.read_csv(CME, dtype=str, keep_default_na=False)
+    row = raw[(raw["BizDt"] == "2024-08-02") & (raw["Sym"] == "CL") & (raw["MMY"] == "202409")]
+    got = cme[(cme["trade_date"] == "2024-08-01") & (cme["contract"] == "CLU24")]
+    assert float(got["volume"].iloc[0]) == float(row["PrevDayVol"].iloc[0])
+    assert float(got["open_interest"].iloc[0]) == float(row["PrevDayOI"].iloc[0])
+    last = cme[cme["trade_date"] == cme["trade_date"].max()]
+    assert last["volume"].isna().all()
+
+
+def test_cme_missing_expiry_is_derived():
+    text = CME.read_text().splitlines()
+    header, rows = text[0], text[1:40]
+    cols = header.split(",")
+    k = cols.index("LastTrdDt")
+    blanked = []
+    for r in rows:
+        fields = r.split('","')
+        fields[k] = ""
+        blanked.append('","'.join(fields))
+    df = read_cme_settlements(io.StringIO("\n".join([header, *blanked])))
+    ref = read_cme_settlements(io.StringIO("\n".join([header, *rows])))
+    pd.testing.assert_series_equal(df["expiration_date"], ref["expiration_date"])
+
+
+def test_continuous_reader_matches_cme(cme):
+    q = read_continuous(CHRIS)
+    assert len(q) == 360 and set(q["rank"]) == set(range(1, 7))
+    m = q.merge(cme, on=["trade_date", "commodity", "contract"], suffixes=("_q", "_c"))
+    assert len(m) == 360
+    np.testing.assert_array_equal(m["settlement_price_q"], m["settlement_price_c"])
+    # open interest: known where the contract is still among CL1..CL6 the next day
+    both = m.dropna(subset=["open_interest_q", "open_interest_c"])
+    assert len(both) == 351  # 354 day pairs less the 3 expiring front contracts
+    np.testing.assert_array_equal(both["open_interest_q"], both["open_interest_c"])
+    vol = m.dropna(subset=["volume_c"])
+    assert len(vol) == 354
+    np.testing.assert_array_equal(vol["volume_q"], vol["volume_c"])
+    # CL1 rolls ON the last trading day by default; off by one day with the other rule
+    d = pd.Timestamp("2024-08-20")
+    assert q[(q["trade_date"] == d) & (q["rank"] == 1)]["contract"].item() == "CLV24"
+    q2 = read_continuous(CHRIS, roll_on_last_trade_day=False)
+    assert q2[(q2["trade_date"] == d) & (q2["rank"] == 1)]["contract"].item() == "CLU24"
+
+
+def test_single_dataset_continuous_layout():
+    merged = pd.read_csv(CHRIS)
+    cols = [c for c in merged.columns if c.startswith("CHRIS/CME_CL1 - ")]
+    single = merged[["Date", *cols]].rename(columns=lambda c: c.replace("CHRIS/CME_CL1 - ", ""))
+    single = single.iloc[::-1]  # the API's newest-first order
+    buf = io.StringIO(single.to_csv(index=False))
+    q = read_continuous(buf, root="CL", rank=1)
+    ref = read_continuous(CHRIS)
+    ref = ref[ref["rank"] == 1].reset_index(drop=True)
+    np.testing.assert_array_equal(q["settlement_price"], ref["settlement_price"])
+    assert list(q["contract"]) == list(ref["contract"])
+    with pytest.raises(SettlementError, match="give root= and rank="):
+        read_continuous(io.StringIO(single.to_csv(index=False)))
+
+
+def test_long_csv_aliases_and_derived_expiry():
+    df = pd.DataFrame(
+        {
+            "Date": ["2024-08-01", "2024-08-01"],
+            "Ticker": ["CLU24", "CLV24"],
+            "Settle": ["76.30", "75.79"],
+        }
+    )
+    out = read_long_csv(io.StringIO(df.to_csv(index=False)))
+    assert list(out["commodity"]) == ["CL", "CL"]
+    assert list(out["expiration_date"].dt.strftime("%Y-%m-%d")) == ["2024-08-20", "2024-09-20"]
+    with pytest.raises(SettlementError, match="missing column"):
+        read_long_csv(io.StringIO("foo,bar\n1,2\n"))
+
+
+def test_read_settlements_detects_layouts(tmp_path):
+    assert read_settlements(CME).shape[0] == 2136
+    assert read_settlements(CHRIS).shape[0] == 360
+    p = tmp_path / "long.csv"
+    p.write_text("date,contract,last_trade_date,price\n2024-08-01,CLU24,2024-08-20,76.3\n")
+    assert read_settlements(p)["settlement_price"].item() == 76.3
+
+
+def test_validator_reports_every_problem_with_rows():
+    df = _table(
+        trade_date=["2024-08-01", "2024-13-45", "2024-08-01", "2024-08-22"],
+        contract=["CLU24", "CLV24", "CLU24", "CLU24"],
+        expiration_date=["2024-08-20", "2024-09-20", "2024-08-20", "2024-08-20"],
+    )
+    df.index = [10, 11, 12, 13]
+    with pytest.raises(SettlementError) as err:
+        validate_settlements(df)
+    msg = str(err.value)
+    assert "trade_date: unparseable dates at rows [11]" in msg
+    assert "duplicate (trade_date, commodity, contract) at rows [10, 12]" in msg
+    assert "contracts past expiry at rows [13]" in msg and "CLU24 traded 2024-08-22" in msg
+    assert len(err.value.problems) == 3
+
+
+def test_validator_missing_columns_lists_expected():
+    with pytest.raises(SettlementError, match="missing column.*'settlement_price'.*expected"):
+        validate_settlements(_table().drop(columns=["settlement_price"]))
+
+
+def test_negative_price_masked_with_warning_or_raised():
+    df = _table(settlement_price=[76.3, -37.63, 78.42, np.inf])
+    with pytest.warns(UserWarning, match=r"non-positive or non-finite at rows \[1, 3\]"):
+        out = validate_settlements(df)
+    assert np.isnan(out["settlement_price"].iloc[1]) and np.isnan(out["settlement_price"].iloc[3])
+    with pytest.raises(SettlementError, match="non-positive"):
+        validate_settlements(df, on_bad_price="raise")
+
+
+def test_unsorted_input_is_reported_or_sorted():
+    df = _table().iloc[[2, 0, 1, 3]]
+    with pytest.raises(SettlementError, match="unsorted input.*first out of place at row 2"):
+        validate_settlements(df)
+    out = validate_settlements(df, sort=True)
+    assert list(out.index) == [0, 1, 2, 3]
+
+
+def test_two_expiries_for_one_contract():
+    df = _table(expiration_date=["2024-08-20", "2024-09-20", "2024-08-21", "2024-09-20"])
+    with pytest.raises(SettlementError, match="more than one expiration_date"):
+        validate_settlements(df)
+
+
+def test_empty_rows_in_long_file_are_dropped_with_warning():
+    text = (
+        "date,nearby,contract,last_trade_date,price\n"
+        "1999-11-04,1,HGX99,1999-11-26,80.65\n"
+        "1999-11-04,2,,,\n"
+    )
+    with pytest.warns(UserWarning, match=r"dropped 1 row.*lines \[3\]"):
+        out = read_long_csv(io.StringIO(text))
+    assert len(out) == 1
+
+
+def test_bad_contract_code_names_the_line():
+    text = "date,contract,price\n2024-08-01,CLU24,76.3\n2024-08-01,CL?24,75.0\n"
+    with pytest.raises(SettlementError, match="line 3: contract code 'CL\\?24'"):
+        read_long_csv(io.StringIO(text))
+
+
+def _messy():
+    """Five problems at once, rows labelled like file lines."""
+    df = pd.DataFrame(
+        {
+            "trade_date": [
+                "2024-08-02",  # 2: ahead of lines 3 and 4 (unsorted)
+                "2024-08-01",
+                "2024-08-01",
+                "2024-08-32",  # 5: unparseable
+                "2024-08-02",  # 6: price -37.63
+                "2024-08-02",  # 7: duplicate of line 6
+                "2024-08-22",  # 8: CLU24 after its last trading day
+            ],
+            "commodity": ["CL"] * 7,
+            "contract": ["CLU24", "CLU24", "CLV24", "CLV24", "CLV24", "CLV24", "CLU24"],
+            "expiration_date": ["2024-08-20", "2024-08-20", "2024-09-20", "2024-09-20",
+                                "2024-09-20", "2024-09-20", "2024-08-20"],
+            "settlement_price": [78.42, 76.3, 75.79, 75.0, -37.63, 77.6, 80.0],
+        },
+        index=pd.RangeIndex(2, 9, name="line"),
+    )  # fmt: skip
+    return df
+
+
+UNPARSEABLE = "trade_date: unparseable dates at rows [5] ('2024-08-32')"
+BAD_PRICE = "settlement_price: non-positive or non-finite at rows [6] (values [-37.63])"
+DUPLICATE = "duplicate (trade_date, commodity, contract) at rows [6, 7]"
+EXPIRED = "contracts past expiry at rows [8] (CLU24 traded 2024-08-22 after expiry 2024-08-20)"
+UNSORTED = (
+    "unsorted input: expected order ['commodity', 'trade_date', 'expiration_date', 'contract']; "
+    "first out of place at row 2; 1 row(s) with unparseable or empty dates not checked "
+    "(pass sort=True or call sort_settlements)"
+)
+
+
+def test_validator_reports_all_problems_together():
+    with pytest.raises(SettlementError) as err:
+        validate_settlements(_messy(), on_bad_price="raise", source="messy.csv")
+    assert err.value.problems == [UNPARSEABLE, BAD_PRICE, DUPLICATE, EXPIRED, UNSORTED]
+    assert str(err.value).startswith("5 problem(s) with the settlement data in messy.csv:")
+    # masking the bad price (with a warning naming its row) leaves the other four
+    with pytest.warns(UserWarning, match=r"non-positive or non-finite at rows \[6\]"):
+        with pytest.raises(SettlementError) as err:
+            validate_settlements(_messy())
+    assert err.value.problems == [UNPARSEABLE, DUPLICATE, EXPIRED, UNSORTED]
+    # sort=True sorts instead of complaining, but the rest is still an error
+    with pytest.raises(SettlementError) as err:
+        validate_settlements(_messy(), on_bad_price="raise", sort=True)
+    assert err.value.problems == [UNPARSEABLE, BAD_PRICE, DUPLICATE, EXPIRED]
+
+
+def test_validator_checks_the_columns_that_are_there():
+    df = _messy().drop(columns=["expiration_date"])
+    with pytest.raises(SettlementError) as err:
+        validate_settlements(df, on_bad_price="raise")
+    missing, *rest = err.value.problems
+    assert missing.startswith("missing column(s) ['expiration_date']; expected columns [")
+    assert "'settlement_price']" in missing and "got ['trade_date'" in missing
+    assert rest == [
+        UNPARSEABLE,
+        BAD_PRICE,
+        DUPLICATE,
+        "unsorted input: expected order ['commodity', 'trade_date'] (of ['commodity', "
+        "'trade_date', 'expiration_date', 'contract']); first out of place at row 2; 1 row(s) "
+        "with unparseable or empty dates not checked (pass sort=True or call sort_settlements)",
+    ]  # past expiry needs the expiration column: not checked
+    # with no column of the order left, nothing about sorting is claimed
+    only_price = pd.DataFrame({"settlement_price": ["1.5", "x", "-2"]})
+    with pytest.raises(SettlementError) as err:
+        validate_settlements(only_price, on_bad_price="raise")
+    assert [p.split(" at rows")[0] for p in err.value.problems] == [
+        "missing column(s) ['trade_date', 'commodity', 'contract', 'expiration_date']; expected "
+        "columns ['trade_date', 'commodity', 'contract', 'expiration_date', 'settlement_price'] "
+        "(optional ['volume', 'open_interest']), got ['settlement_price']",
+        "settlement_price: not a number",
+        "settlement_price: non-positive or non-finite",
+    ]
+
+
+def test_continuous_reader_accepts_prev_day_open_interest_spelling():
+    """Older CHRIS datasets name the last column 'Prev. Day Open Interest'."""
+    merged = pd.read_csv(CHRIS)
+    cols = [c for c in merged.columns if c.startswith("CHRIS/CME_CL1 - ")]
+    single = merged[["Date", *cols]].rename(columns=lambda c: c.replace("CHRIS/CME_CL1 - ", ""))
+    assert "Previous Day Open Interest" in single.columns
+    ref = read_continuous(io.StringIO(single.to_csv(index=False)), root="CL", rank=1)
+    # the next row's previous-day figure: none for the last date and the 3 roll days
+    assert ref["open_interest"].notna().sum() == 60 - 1 - 3
+    old = single.rename(columns={"Previous Day Open Interest": "Prev. Day Open Interest"})
+    got = read_continuous(io.StringIO(old.to_csv(index=False)), root="CL", rank=1)
+    pd.testing.assert_frame_equal(got, ref)
+    # the same spelling in the merged layout
+    renamed = merged.rename(columns=lambda c: c.replace("Previous Day", "Prev. Day"))
+    got = read_continuous(io.StringIO(renamed.to_csv(index=False)))
+    pd.testing.assert_frame_equal(got, read_continuous(CHRIS))
+
+
+def test_read_settlements_detects_the_layout_of_a_compressed_file(tmp_path):
+    """The bundled ``.csv.gz`` reads like its uncompressed copy (the header is sniffed
+    through the compression), and an empty file is refused by name."""
+    import gzip
+    from importlib import resources
+
+    gz = resources.files("ssjax.datasets") / "ss2000_wti_weekly_contracts_long.csv.gz"
+    plain = tmp_path / "long.csv"
+    plain.write_bytes(gzip.decompress(gz.read_bytes()))
+    a = read_settlements(str(gz))
+    b = read_settlements(plain)
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) > 5000 and set(a["commodity"]) == {"CL"}
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(SettlementError, match="empty"):
+        read_settlements(empty)
