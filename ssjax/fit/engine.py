@@ -342,7 +342,9 @@ class KalmanEngine:
             result says how many fits reached the best value (``starts_at_best``). Real
             panels' likelihoods are often multi-modal: how often fewer starts miss the best
             optimum is measured in ``experiments/results/bench_optimum.md``. ``n_starts=1``
-            is the single fit from the data-derived start (or ``theta0``), for speed.
+            is the single fit from the data-derived start (or ``theta0``), for speed (the
+            escape and the polish still run; the round that prices each other tenor exactly,
+            which runs only where independent starts disagree, does not).
         max_steps, gtol, ftol: optimizer stopping rules (see :func:`ssjax.fit.mle.fit_mle`).
         fixed: ``{"rho": True, ...}`` holds those parameters at their starting values.
         seed: seed for the random starts.
@@ -627,10 +629,12 @@ class KalmanEngine:
         # Only where the independent starts disagree (some ended at another maximum: the
         # likelihood is multi-modal here); where all reach the best value the round never
         # found anything higher in bench_optimum's 364 windows, and it would cost a 16-lane
-        # fit (~1.5 s on the bundled panel) on every such call
+        # fit (~1.5 s on the bundled panel) on every such call. With one start there is no
+        # second start to disagree with: n_starts=1 is the fast single fit and skips it (it
+        # ran 12 one-lane fits, 0.13 s -> 1.1 s on a natural-gas window)
         switches = 0
         M_sd = int(np.size(start.meas_sd))
-        split = _starts_at_best(lanes, best, n_design) < n_design
+        split = n_design > 1 and _starts_at_best(lanes, best, n_design) < n_design
         while switches < MAX_SWITCH and split and M_sd > 1:
             end = jax.tree.map(lambda a, i=best: jnp.asarray(a[i]), lanes.params)
             if not bool(jnp.any(bound_vector(end, free_j)[5 : 5 + M_sd])):

@@ -239,10 +239,12 @@ def test_em_on_wti_shared_noise_reaches_mle(wti):
 
 def test_em_on_wti_per_tenor_noise_reaches_mle(wti):
     """The bundled panel with one s.d. per tenor (the document's model): at the MLE tenor 4's
-    s.d. is ~1e-6. ECME (the default) reaches the MLE; ECM, whose rate tends to 1 there, says
-    it has not converged within its budget (and stays monotone); hybrid reaches the MLE."""
+    s.d. is ~1e-6. One ECME run (the default variant) from the data-derived start reaches the
+    MLE; ECM, whose rate tends to 1 there, says it has not converged within its budget (and
+    stays monotone); hybrid reaches the MLE. (Single starts: the engine's 16-start EM reaches
+    the same value and took 3x as long, which the suite cannot afford.)"""
     mle = ssjax.KalmanEngine("MLE").fit(wti.F_mkt, wti.ttm, dates=wti.dates)
-    em = ssjax.KalmanEngine("EM").fit(wti.F_mkt, wti.ttm, dates=wti.dates)
+    em = ssjax.KalmanEngine("EM", n_starts=1).fit(wti.F_mkt, wti.ttm, dates=wti.dates)
     # EM's stopping rule fires at the boundary optimum (tenor 4's s.d. → 0): said so
     assert em.optimum_reached and not em.converged and em.at_bound == ["meas_sd[T4]"], em.status
     assert em.extra["em_variant"] == "ECME"
@@ -251,16 +253,15 @@ def test_em_on_wti_per_tenor_noise_reaches_mle(wti):
     assert np.all(np.diff(em.extra["em_loglik_path"]) >= -LL_REL * abs(em.loglik))
     assert "ECME" in em.summary()
 
-    ecm = ssjax.KalmanEngine("EM", em_variant="ECM", em_max_iters=100).fit(
+    ecm = ssjax.KalmanEngine("EM", em_variant="ECM", em_max_iters=100, n_starts=1).fit(
         wti.F_mkt, wti.ttm, dates=wti.dates
     )
     assert not ecm.converged and "maximum number of EM iterations" in ecm.status
-    # short of the MLE (by 0.2 nats: the engine's restart rounds also run ECM from other
-    # points; a single ECM run stops more than 1 nat short)
-    assert ecm.extra["em_iterations"] == 100 and ecm.loglik < mle.loglik - 1e-2
+    # short of the MLE (a single ECM run stopped 20 nats short after its 100 iterations)
+    assert ecm.extra["em_iterations"] == 100 and ecm.loglik < mle.loglik - 1.0
     assert np.all(np.diff(ecm.extra["em_loglik_path"]) >= -LL_REL * abs(ecm.loglik))
 
-    hybrid = ssjax.KalmanEngine("hybrid").fit(wti.F_mkt, wti.ttm, dates=wti.dates)
+    hybrid = ssjax.KalmanEngine("hybrid", n_starts=1).fit(wti.F_mkt, wti.ttm, dates=wti.dates)
     assert hybrid.optimum_reached and hybrid.method == "HYBRID"
     assert abs(hybrid.loglik - mle.loglik) < 1e-3
     assert hybrid.extra["em_iterations"] == 5 and hybrid.extra["mle_steps"] > 0
