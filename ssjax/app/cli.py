@@ -187,11 +187,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(cfg, indent=2))
             return 0
         try:
-            res = run_pipeline(cfg, quiet=args.quiet)
+            res = run_pipeline(cfg, quiet=args.quiet, say=print,
+                               log=None if args.quiet else _progress)  # fmt: skip
         except ValueError as e:
             raise SystemExit(f"ssjax: {e}") from None
         return 0 if res.fit.optimum_reached else 1
     return _fit_only(args)
+
+
+def _progress(msg: str) -> None:
+    """The main job's progress lines go to stderr (stdout carries the report)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _fit_only(args: argparse.Namespace) -> int:

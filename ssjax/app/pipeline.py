@@ -64,6 +64,7 @@ import copy
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -199,12 +200,13 @@ def orders_at_t_star(
     return dec._replace(signals=signals, target_w=target, orders=orders)
 
 
-def _log(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
+def _silent(msg: str) -> None:
+    """The default reporter: the library itself prints nothing (the CLI passes ``print``)."""
 
 
-def _write_diagnostics(fit: Any, out_dir: Path, tenor_names: list[str], quiet: bool) -> list:
+def _write_diagnostics(
+    fit: Any, out_dir: Path, tenor_names: list[str], say: Callable[[str], None]
+) -> list:
     """The fit's model diagnostics: a text report, the fit-error table and the PNG plots."""
     from ssjax.analysis.diagnostics import diagnostics_report, plot_diagnostics
 
@@ -213,13 +215,12 @@ def _write_diagnostics(fit: Any, out_dir: Path, tenor_names: list[str], quiet: b
     rep.fit_errors.to_csv(out_dir / "fit_errors.csv")
     files = [out_dir / "diagnostics.txt", out_dir / "fit_errors.csv"]
     files += [Path(f) for f in plot_diagnostics(rep, out_dir / "diagnostics")]
-    if not quiet:
-        print("\nmodel diagnostics (fit errors of ln F, model minus market):")
-        print(rep.fit_errors.to_string())
+    say("\nmodel diagnostics (fit errors of ln F, model minus market):")
+    say(rep.fit_errors.to_string())
     return files
 
 
-def _write_drift(bt: Any, out_dir: Path, quiet: bool) -> list:
+def _write_drift(bt: Any, out_dir: Path, say: Callable[[str], None]) -> list:
     """Drift alerts over the backtest's recalibrations: ``drift_alerts.csv`` and a section
     appended to ``diagnostics.txt`` (:func:`ssjax.analysis.drift.walk_forward_alerts`)."""
     from ssjax.analysis.drift import walk_forward_alerts
@@ -239,13 +240,23 @@ def _write_drift(bt: Any, out_dir: Path, quiet: bool) -> list:
     text = "\n".join(lines)
     with open(out_dir / "diagnostics.txt", "a") as fh:
         fh.write("\n" + text + "\n")
-    if not quiet:
-        print("\n" + text)
+    say("\n" + text)
     return [out_dir / "drift_alerts.csv"]
 
 
-def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
+def run_pipeline(
+    cfg: dict,
+    *,
+    quiet: bool = False,
+    say: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> PipelineResult:
     """Run the whole chain at t* and (optionally) the backtest; write the output folder.
+
+    The library prints nothing: ``say`` receives the report (Θ, the mispricing table,
+    ``orders_t``, the metrics; the ``ssjax`` command passes ``print``) and ``log`` the
+    progress of the long steps (the command sends it to stderr). ``quiet`` leaves out the
+    diagnostics and drift tables from the report and the progress bars.
 
     Order of the steps: calibrate on the data up to t*; run the walk-forward backtest up to
     t* (when enabled); then ``orders_t`` at t* from the full calibration's trading inputs,
@@ -265,41 +276,43 @@ def run_pipeline(cfg: dict, *, quiet: bool = False) -> PipelineResult:
     run_bt = bool(cfg["backtest"]["enabled"])
     n_steps = 4 if run_bt else 3
 
+    say = say or _silent
+    log = log or _silent
+    detail = _silent if quiet else say
     t0 = time.perf_counter()
     panel, settle, desc = _load(cfg)
     t_idx = t_star_index(cfg["data"]["t_star"], len(panel.dates), panel.dates)
-    print(f"data: {desc}: {len(panel.dates)} dates x {len(panel.tenor_names)} tenors "
+    say(f"data: {desc}: {len(panel.dates)} dates x {len(panel.tenor_names)} tenors "
           f"{panel.tenor_names}; t* = {panel.dates[t_idx].date()}")  # fmt: skip
     mask = np.asarray(panel.mask, bool) if panel.mask is not None else np.isfinite(panel.F_mkt)
     F = np.where(mask, panel.F_mkt, np.nan)
-    _log(f"[1/{n_steps}] calibrating the model (the first call compiles, ~10-20 s)...", quiet)
+    log(f"[1/{n_steps}] calibrating the model (the first call compiles, ~10-20 s)...")
     m = cfg["model"]
     fit = KalmanEngine(
         m["method"], risk_premium=m["risk_premium"], shared_noise=m["shared_noise"]
     ).fit(F, panel.ttm, dates=panel.dates, t_star=t_idx, tenor_names=panel.tenor_names)
-    _log(f"      done in {time.perf_counter() - t0:.1f} s", quiet)
-    print(fit.summary())
+    log(f"      done in {time.perf_counter() - t0:.1f} s")
+    say(fit.summary())
 
     bt = None
     if run_bt:
         b = cfg["backtest"]
-        _log(f"[2/{n_steps}] walk-forward backtest up to t* (recalibrating every "
-             f"{b['recalibrate_every']} dates)...", quiet)  # fmt: skip
+        log(f"[2/{n_steps}] walk-forward backtest up to t* (recalibrating every "
+             f"{b['recalibrate_every']} dates)...")  # fmt: skip
         bt = _backtest_to(panel, settle, t_idx, cfg, trading_cfg, trade_engine, quiet)
 
-    _log(f"[{n_steps - 1}/{n_steps}] trading inputs and orders at t*...", quiet)
+    log(f"[{n_steps - 1}/{n_steps}] trading inputs and orders at t*...")
     at = _orders_at(panel, F, mask, t_idx, fit, bt, trading_cfg, trade_engine)
-    _print_orders(panel, t_idx, at, bt is not None, trade_engine.sizing)
+    say(_orders_text(panel, t_idx, at, bt is not None, trade_engine.sizing))
 
-    _log(f"[{n_steps}/{n_steps}] writing the outputs...", quiet)
+    log(f"[{n_steps}/{n_steps}] writing the outputs...")
     files = _write_outputs(out_dir, cfg, panel, t_idx, fit, at)
-    files += _write_diagnostics(fit, out_dir, panel.tenor_names, quiet)
+    files += _write_diagnostics(fit, out_dir, panel.tenor_names, detail)
     if bt is not None:
         files += list(bt.report(out_dir / "backtest"))
-        print("\nbacktest metrics:")
-        print(bt.metrics.to_string())
-        files += _write_drift(bt, out_dir, quiet)
-    print(f"\nwrote {len(files)} files to {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
+        say("\nbacktest metrics:\n" + bt.metrics.to_string())
+        files += _write_drift(bt, out_dir, detail)
+    say(f"\nwrote {len(files)} files to {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
     return PipelineResult(
         fit, at.inputs, at.decision, at.table, bt, files, at.w_prev, at.start_book
     )
@@ -406,22 +419,26 @@ def _orders_at(panel, F, mask, t_idx: int, fit, bt, trading_cfg, trade_engine) -
     return _AtTStar(inputs, decision, table, w_prev, start_book, roll_closes)
 
 
-def _print_orders(panel, t_idx: int, at: _AtTStar, from_backtest: bool, sizing: str) -> None:
+def _orders_text(panel, t_idx: int, at: _AtTStar, from_backtest: bool, sizing: str) -> str:
+    """The mispricing table at t* and ``orders_t``, as the report shows them."""
+    lines = []
+    out = lines.append
     inputs, decision = at.inputs, at.decision
     with pd.option_context("display.width", 120, "display.float_format", "{:.4f}".format):
-        print(f"\nmispricing at t* = {panel.dates[t_idx].date()} (z: {inputs.z_basis})")
-        print(at.table.to_string())
+        out(f"\nmispricing at t* = {panel.dates[t_idx].date()} (z: {inputs.z_basis})")
+        out(at.table.to_string())
     book = "the backtest's book going into t*" if from_backtest else "a flat book (no backtest)"
-    print(f"\norders_t ({sizing}; {decision.status}; from {book}):")
+    out(f"\norders_t ({sizing}; {decision.status}; from {book}):")
     if decision.orders:
         for o in decision.orders:
             name, code = panel.tenor_names[o.tenor_id], panel.contracts[t_idx, o.tenor_id]
-            print(f"  ({o.tenor_id}, {o.side}, {o.size:.4f})  {name} {code}")
+            out(f"  ({o.tenor_id}, {o.side}, {o.size:.4f})  {name} {code}")
     else:
-        print("  none")
+        out("  none")
     for r in at.roll_closes:
-        print(f"  roll close: ({r['tenor_id']}, {r['side']}, {r['size']:.4f})  {r['tenor']} "
+        out(f"  roll close: ({r['tenor_id']}, {r['side']}, {r['size']:.4f})  {r['tenor']} "
               f"{r['contract']} (the contract the backtest held)")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _write_outputs(out_dir: Path, cfg: dict, panel, t_idx: int, fit, at: _AtTStar) -> list:

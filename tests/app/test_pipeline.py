@@ -8,7 +8,13 @@ import pytest
 
 import ssjax
 from ssjax.app.cli import main
-from ssjax.app.pipeline import DEFAULTS, load_config, merge_config, orders_at_t_star
+from ssjax.app.pipeline import (
+    DEFAULTS,
+    load_config,
+    merge_config,
+    orders_at_t_star,
+    run_pipeline,
+)
 from ssjax.trading.engine import Order, TradeEngine, TradingConfig, prepare_trading_inputs
 
 
@@ -167,3 +173,21 @@ def test_orders_at_t_star_apply_the_backtest_rules():
     d2 = orders_at_t_star(eng, raw, w_prev, F, codes, expiring)
     assert d2.target_w[0] == 0 and d2.target_w[1] == 0 and d2.signals[0] == 0
     assert [o.tenor_id for o in d2.orders] == [0, 3]
+
+
+def test_the_library_prints_nothing_the_command_does(tmp_path, capsys):
+    """run_pipeline reports through ``say``/``log`` only (the ``ssjax`` command passes
+    print and stderr); called from Python without them it is silent."""
+    cfg = merge_config(DEFAULTS, {"backtest": {"enabled": False},
+                                  "output": {"folder": str(tmp_path / "a")}})  # fmt: skip
+    res = run_pipeline(cfg)
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == ""
+    assert (tmp_path / "a" / "orders_t.json").exists() and res.backtest is None
+    said, logged = [], []
+    cfg["output"]["folder"] = str(tmp_path / "b")
+    run_pipeline(cfg, say=said.append, log=logged.append)
+    assert capsys.readouterr().out == ""
+    text = "\n".join(said)
+    assert "orders_t (" in text and "mispricing at t*" in text and "wrote" in text
+    assert any("calibrating the model" in m for m in logged)
