@@ -189,16 +189,14 @@ def fit_mle(
         memory_size, max_linesearch_steps: L-BFGS settings.
         precondition: rescale the unconstrained coordinates by the square root of the
             diagonal of the BHHH information (outer product of the per-date scores) at the
-            start. On the bundled WTI panel this cuts L-BFGS from ~200 steps to ~40.
+            start (what it saves: ``docs/design.md``).
         gradient: ``"autodiff"`` (default): reverse mode through the filter's scan.
             ``"fisher"``: L-BFGS first runs on the gradient by Fisher's identity (a filter
-            plus an RTS smoother pass, :mod:`ssjax.core.score`; ~40% cheaper per evaluation) until
-            a stopping rule fires, then continues on the autodiff gradient until one fires
-            again, so the result meets the same tolerances. The Fisher gradient loses digits
-            as a noise s.d. heads to zero, so the finishing phase matters there: on the
-            bundled panel (one s.d. → 1.3e-6) the fit takes 46 steps in ~65 ms against 42
-            steps in ~100 ms, same log-likelihood; on 120-date windows where two s.d.s go to
-            zero it needed ~1.8x the steps and was slower.
+            plus an RTS smoother pass, :mod:`ssjax.core.score`; cheaper per evaluation)
+            until a stopping rule fires, then continues on the autodiff gradient until one
+            fires again, so the result meets the same tolerances. The Fisher gradient loses
+            digits as a noise s.d. heads to zero, so the finishing phase matters there (when
+            it pays and when not: ``docs/design.md``).
         filter_method: the filter inside the objective: ``"sequential"`` (default),
             ``"parallel"`` (parallel-in-time, for long histories on a GPU; gradient by
             autodiff) or ``"auto"`` (parallel on a GPU/TPU from
