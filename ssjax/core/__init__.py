@@ -24,10 +24,14 @@ from ssjax.core.filter import (
     log_likelihood_terms,
 )
 from ssjax.core.market import (
+    PAD_MULTIPLE,
     MarketData,
     dt_from_dates,
     make_market_data,
+    padded_length,
+    t_star_index,
     window_data,
+    year_fraction,
 )
 from ssjax.core.model import (
     decay_integral,
@@ -82,6 +86,10 @@ __all__ = [
     "make_market_data",
     "dt_from_dates",
     "window_data",
+    "year_fraction",
+    "t_star_index",
+    "PAD_MULTIPLE",
+    "padded_length",
     "decay_integral",
     "transition",
     "measurement",

@@ -34,6 +34,7 @@ from ssjax.fit.engine import (
 from ssjax.fit.inference import (
     Uncertainty,
     parameter_uncertainty,
+    per_date_scores,
 )
 from ssjax.fit.linesearch import (
     ZoomState,
@@ -109,6 +110,7 @@ __all__ = [
     "model_forwards",
     "Uncertainty",
     "parameter_uncertainty",
+    "per_date_scores",
     "scale_by_zoom_linesearch",
     "ZoomState",
     "MLEResult",

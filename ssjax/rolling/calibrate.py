@@ -81,7 +81,7 @@ def recalibrate(
         flat, post, refined, rinfo = _refine(run, flat, post, from_data)
         info.update(rinfo, refine_seconds=time.perf_counter() - t1)
     info.update(devices=run.n_dev, budget=cfg.budget, chunk_size=cfg.chunk_size)
-    return _result(run, panels, flat, post, refined, time.perf_counter() - t0, info)
+    return _result(run, flat, post, refined, time.perf_counter() - t0, info)
 
 
 def _plan(panels, cfg: RollingConfig, ends, devices, out_dir, progress) -> _Run:
@@ -115,15 +115,14 @@ def _plan(panels, cfg: RollingConfig, ends, devices, out_dir, progress) -> _Run:
     return _Run(
         config=cfg, filter_method=cfg.resolved_filter(), stack=stack,
         stack_dev=_put(stack, mesh, P()), template=_params_template(stack, window),
-        ends=ends, valid=valid, commodities=tuple(sp.commodities), mesh=mesh,
+        ends=ends, valid=valid, panels=sp, mesh=mesh,
         out_dir=out_dir, progress=progress,
     )  # fmt: skip
 
 
-def _result(run: _Run, panels, flat, post, refined, seconds: float, info: dict) -> RollingResult:
+def _result(run: _Run, flat, post, refined, seconds: float, info: dict) -> RollingResult:
     """The host arrays of every lane as a :class:`RollingResult` ([C, W, ...] grids)."""
-    sp = as_stacked(panels)
-    cfg, ends, valid = run.config, run.ends, run.valid
+    sp, cfg, ends, valid = run.panels, run.config, run.ends, run.valid
     C, W = valid.shape
 
     def grid(a):

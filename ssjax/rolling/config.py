@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from ssjax.core.market import MarketData, padded_length
 from ssjax.core.parallel_filter import choose_method
 from ssjax.core.params import Params
+from ssjax.data.panels import StackedPanels
 from ssjax.fit.mle import check_fit_options
 from ssjax.rolling.chunks import _ChunkStore, _digest
 
@@ -245,10 +246,14 @@ class _Run:
     template: Params
     ends: np.ndarray  # [W] window-end indices
     valid: np.ndarray  # [C, W]
-    commodities: tuple[str, ...]
+    panels: StackedPanels  # the stacked panels the run was laid out from
     mesh: Mesh
     out_dir: str | os.PathLike | None
     progress: bool | None
+
+    @property
+    def commodities(self) -> list[str]:
+        return list(self.panels.commodities)
 
     @property
     def n_dev(self) -> int:
@@ -280,7 +285,7 @@ class _Run:
             window=c.window, ends=self.ends.tolist(), method=c.fit_method, mode=c.mode,
             chunk_size=c.chunk_size, budget=c.budget if cold_budget else None,
             max_steps=c.steps, dtype=str(c.jnp_dtype), vector_width=c.vector_width,
-            commodities=list(self.commodities), gradient=c.gradient,
+            commodities=self.commodities, gradient=c.gradient,
             filter_method=self.filter_method, standard_errors=bool(c.standard_errors),
             warm_floor=float(c.warm_floor), refine=c.refine,
             max_refine_rounds=int(c.max_refine_rounds), explore=c.stride,

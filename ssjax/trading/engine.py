@@ -310,10 +310,9 @@ def prepare_trading_inputs(
                 f"z_method={cfg.z_method!r} needs {name} [M] from the filter "
                 "(see ssjax.trading.engine.residual_variances)"
             )
-        v = np.asarray(v, float)
-        if v.shape != (M,):
-            raise ValueError(f"{name} must have shape [{M}], got {v.shape}")
-        var = v
+        var = np.asarray(v, float)
+        if var.shape != (M,):
+            raise ValueError(f"{name} must have shape [{M}], got {var.shape}")
         z_basis = (
             "model filtered-residual s.d. of ln F, diag(R - H P_t|t H')"
             if cfg.z_method == "filtered"
