@@ -66,11 +66,12 @@ from ssjax.fit import (  # noqa: E402
     model_forwards,
     parameter_uncertainty,
 )
-from ssjax.rolling import RollingResult, recalibrate  # noqa: E402
+from ssjax.rolling import RollingConfig, RollingResult, recalibrate  # noqa: E402
 from ssjax.trading import (  # noqa: E402
     Order,
     TradeEngine,
     TradingConfig,
+    WalkForwardSettings,
     prepare_trading_inputs,
     walk_forward,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "ParquetStore",
     # rolling recalibration
     "recalibrate",
+    "RollingConfig",
     "RollingResult",
     # trading
     "prepare_trading_inputs",
@@ -135,5 +137,6 @@ __all__ = [
     "TradeEngine",
     "Order",
     "walk_forward",
+    "WalkForwardSettings",
     "__version__",
 ]

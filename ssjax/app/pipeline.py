@@ -266,14 +266,23 @@ def run_pipeline(
     from ssjax.core.market import t_star_index
     from ssjax.fit.engine import KalmanEngine
     from ssjax.trading.engine import TradeEngine, TradingConfig
+    from ssjax.trading.settings import WalkForwardSettings
 
     trading_cfg = TradingConfig(**cfg["trading"])
     e = dict(cfg["engine"])
     e["top_k"] = int(e["top_k"]) or None
     engine_fields = {f.name for f in fields(TradeEngine) if f.init}
     trade_engine = TradeEngine(**{k: v for k, v in e.items() if k in engine_fields})
+    b, m = cfg["backtest"], cfg["model"]
+    if not isinstance(b["enabled"], bool):
+        raise ValueError(f"[backtest] enabled must be true or false, got {b['enabled']!r}")
+    walk = WalkForwardSettings(
+        min_window=b["min_window"], recalibrate_every=b["recalibrate_every"],
+        warm_start=b["warm_start"], risk_premium=m["risk_premium"],
+        shared_noise=m["shared_noise"], standard_errors=True,
+    )  # fmt: skip
     out_dir = Path(cfg["output"]["folder"])
-    run_bt = bool(cfg["backtest"]["enabled"])
+    run_bt = b["enabled"]
     n_steps = 4 if run_bt else 3
 
     say = say or _silent
@@ -287,7 +296,6 @@ def run_pipeline(
     mask = np.asarray(panel.mask, bool) if panel.mask is not None else np.isfinite(panel.F_mkt)
     F = np.where(mask, panel.F_mkt, np.nan)
     log(f"[1/{n_steps}] calibrating the model (the first call compiles, ~10-20 s)...")
-    m = cfg["model"]
     fit = KalmanEngine(
         m["method"], risk_premium=m["risk_premium"], shared_noise=m["shared_noise"]
     ).fit(F, panel.ttm, dates=panel.dates, t_star=t_idx, tenor_names=panel.tenor_names)
@@ -296,10 +304,9 @@ def run_pipeline(
 
     bt = None
     if run_bt:
-        b = cfg["backtest"]
         log(f"[2/{n_steps}] walk-forward backtest up to t* (recalibrating every "
              f"{b['recalibrate_every']} dates)...")  # fmt: skip
-        bt = _backtest_to(panel, settle, t_idx, cfg, trading_cfg, trade_engine, quiet)
+        bt = _backtest_to(panel, settle, t_idx, walk, trading_cfg, trade_engine, quiet)
 
     log(f"[{n_steps - 1}/{n_steps}] trading inputs and orders at t*...")
     at = _orders_at(panel, F, mask, t_idx, fit, bt, trading_cfg, trade_engine)
@@ -318,11 +325,10 @@ def run_pipeline(
     )
 
 
-def _backtest_to(panel, settle, t_idx: int, cfg: dict, trading_cfg, trade_engine, quiet: bool):
+def _backtest_to(panel, settle, t_idx: int, walk, trading_cfg, trade_engine, quiet: bool):
     """The walk-forward backtest on the panel's dates up to and including t*."""
     from ssjax.trading.backtest import walk_forward
 
-    b, m = cfg["backtest"], cfg["model"]
     end = t_idx + 1
     sub = panel._replace(
         dates=panel.dates[:end], F_mkt=panel.F_mkt[:end], ttm=panel.ttm[:end],
@@ -333,15 +339,10 @@ def _backtest_to(panel, settle, t_idx: int, cfg: dict, trading_cfg, trade_engine
     return walk_forward(
         sub,
         settle,
+        walk,
         trading=trading_cfg,
         engine=trade_engine,
-        min_window=int(b["min_window"]),
-        recalibrate_every=int(b["recalibrate_every"]),
-        warm_start=bool(b["warm_start"]),
-        risk_premium=m["risk_premium"],
-        shared_noise=m["shared_noise"],
         progress=False if quiet else None,
-        standard_errors=True,
     )
 
 

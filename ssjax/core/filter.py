@@ -248,8 +248,8 @@ def log_likelihood_data(
     """Exact Gaussian log-likelihood of the observed entries of ``data`` under ``p``.
 
     Pure, jittable, differentiable and ``vmap``-able (over parameters or panels).
-    ``unroll`` is passed to the time ``lax.scan``: 4 runs one evaluation and its gradient
-    ~20-30% faster than 1 on the 2-core CPU this was measured on, at a longer compile.
+    ``unroll`` is passed to the time ``lax.scan`` (4: faster runs at a longer compile; the
+    figures are in ``docs/design.md``).
     """
     return jnp.sum(log_likelihood_terms(p, data, prior, unroll=unroll))
 

@@ -80,11 +80,8 @@ __all__ = [
     "PARALLEL_MIN_DATES",
 ]
 
-# ``log_likelihood_auto`` picks the parallel filter on an accelerator from this many dates on.
-# Measured on one H200 (experiments/results/gpu/): the parallel filter's value + gradient was
-# 7.6x the sequential scan's speed at T = 250 and 19.7x at T = 1,000 (the sequential scan is
-# latency-bound there: ~20 us a date), and warm rolling fits of 104-date windows ran 8x faster
-# with it (31.8 s -> 4.0 s for 1,001 windows). Shorter panels were not measured.
+# ``log_likelihood_auto`` picks the parallel filter on an accelerator from this many dates on
+# (the GPU measurements behind it: docs/design.md, "Why the rolling defaults").
 PARALLEL_MIN_DATES = 64
 _ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
 

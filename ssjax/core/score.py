@@ -73,8 +73,7 @@ def _stats(p: Params, data: MarketData, predicted, filtered, loglik) -> EStats:
     )
 
 
-# the filter's scan unrolled 4 steps, the smoother's not: measured on the 2-core CPU,
-# value + gradient ~600 µs against ~1,000 (filter unroll 2) and ~1,300 (unroll 1)
+# the filter's scan unrolled 4 steps, the smoother's not (why: docs/design.md, "unroll")
 _UNROLL = 4
 
 

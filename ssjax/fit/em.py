@@ -34,11 +34,11 @@ and counted in ``rollbacks``. So ℓ(Θ_{k+1}) ≥ ℓ(Θ_k): EM's monotonicity,
 zero (the bundled WTI panel: one tenor's s.d. is ~1e-6 at the MLE) the smoothed states pin
 that tenor's loading and intercept, so Q's structural maximizer hardly moves from Θ_k: the
 fraction of missing information along the (κ, state) ridge tends to one and ECM crawls
-(500 iterations leave it >100 nats short there). The noise variances' own EM update is
+(how far short it stays: ``docs/design.md``). The noise variances' own EM update is
 sublinear near zero too. ECME keeps the closed-form noise step (1), then takes CM-step 2
 (structural) and a CM-step 3 (noise s.d.s) on the observed ℓ instead of Q: a few L-BFGS
-steps each, BHHH-scaled, undone if ℓ would fall. ℓ still never decreases; on the bundled
-panel it reaches the MLE in ~50 accelerated iterations.
+steps each, BHHH-scaled, undone if ℓ would fall. ℓ still never decreases, and ECME reaches
+the MLE where ECM crawls.
 
 The whole fit is one jittable function (``lax.while_loop`` over iterations), so it vmaps over
 panels like :func:`ssjax.fit.mle.fit_mle`.

@@ -624,14 +624,10 @@ class KalmanEngine:
                 break
         # the likelihood of a window is often multi-modal in which tenor is priced exactly
         # (its s.d. at ~0): an end point with one pinned can sit below the mode that pins
-        # another, out of the polish's reach (copper, 104 weeks ending 2004-10-19, 7.2 nats).
-        # Restart from it pulled back, with each free tenor's s.d. in turn set near zero.
-        # Only where the independent starts disagree (some ended at another maximum: the
-        # likelihood is multi-modal here); where all reach the best value the round never
-        # found anything higher in bench_optimum's 364 windows, and it would cost a 16-lane
-        # fit (~1.5 s on the bundled panel) on every such call. With one start there is no
-        # second start to disagree with: n_starts=1 is the fast single fit and skips it (it
-        # ran 12 one-lane fits, 0.13 s -> 1.1 s on a natural-gas window)
+        # another, out of the polish's reach. Restart from it pulled back, with each free
+        # tenor's s.d. in turn set near zero; only where the independent starts disagree
+        # (the likelihood is multi-modal here), and never with n_starts=1 (no second start
+        # to disagree with). Why, in figures: docs/design.md ("the switch round")
         switches = 0
         M_sd = int(np.size(start.meas_sd))
         split = n_design > 1 and _starts_at_best(lanes, best, n_design) < n_design

@@ -34,9 +34,8 @@ How the batch runs (jitted; one compiled program per window shape and chunk size
   improves; warm starts and these refits start from the other optimum moved off the boundary
   (:func:`escape_boundary`). Warm mode also fits seeds from data-derived starts on every
   ``explore``-th window and the last (default 16; ``explore=True``: every window), which the
-  refinement spreads to their neighbours. On the calibration benchmark (natural gas, Brent
-  and WTI, 198 windows; ``experiments/bench_optimum.py``) cold and default warm mode end at
-  the best known optimum in all but one window (0.87 nats below);
+  refinement spreads to their neighbours. How often each mode ends at the best known
+  optimum: ``docs/rolling.md`` (``experiments/bench_optimum.py``);
 * **resumable**: with ``out_dir`` each finished chunk is written to a Parquet file there
   (atomically: temporary file, then rename) beside a manifest naming the run; running the same
   call again skips the chunks already on disk, so a run killed mid-way and restarted ends with

@@ -3,7 +3,8 @@
 * :mod:`~ssjax.trading.engine` — ``prepare_trading_inputs``, ``TradeEngine``, orders;
 * :mod:`~ssjax.trading.sizing` — z-scores and vol-target sizing in JAX (the one
   implementation, also behind ``TradeEngine``) and their derivative with respect to Θ;
-* :mod:`~ssjax.trading.backtest` — ``walk_forward`` on actual contracts.
+* :mod:`~ssjax.trading.backtest` — ``walk_forward`` on actual contracts, on the schedule of
+  :mod:`~ssjax.trading.settings` (``WalkForwardSettings``).
 
 Depends on every layer below it; nothing below imports it.
 """
@@ -36,6 +37,7 @@ from ssjax.trading.engine import (
     prepare_trading_inputs,
     residual_variances,
 )
+from ssjax.trading.settings import WalkForwardSettings
 from ssjax.trading.sizing import (
     WeightsJacobian,
     filtered_z_scores,
@@ -56,6 +58,7 @@ __all__ = [
     "simulate_execution",
     "step_pnl",
     "walk_forward",
+    "WalkForwardSettings",
     "Z_METHODS",
     "TradingConfig",
     "Frictions",

@@ -66,6 +66,7 @@ from ssjax.trading.engine import (
     prepare_trading_inputs,
     residual_variances,
 )
+from ssjax.trading.settings import WalkForwardSettings
 
 __all__ = [
     "CalibrationPath",
@@ -630,6 +631,14 @@ def _panel_arrays(panel: Panel):
     return F, mask, np.asarray(panel.ttm, float), np.asarray(panel.dt, float)
 
 
+def _settings(settings: WalkForwardSettings | None, changes: dict) -> WalkForwardSettings:
+    """``settings`` (default ``WalkForwardSettings()``) with the keyword ``changes``."""
+    base = WalkForwardSettings() if settings is None else settings
+    if not isinstance(base, WalkForwardSettings):
+        raise TypeError(f"settings must be a WalkForwardSettings, got {type(base).__name__}")
+    return base.replace(**changes) if changes else base
+
+
 def _calibration_key(panel: Panel, arrays: tuple, **settings: Any) -> dict[str, Any]:
     """The settings and a hash of the panel's arrays (``_panel_arrays``) and dates."""
     from ssjax.analysis.runs import array_hash
@@ -640,15 +649,10 @@ def _calibration_key(panel: Panel, arrays: tuple, **settings: Any) -> dict[str, 
 
 def calibrate_walk_forward(
     panel: Panel,
+    settings: WalkForwardSettings | None = None,
     *,
-    min_window: int = 104,
-    recalibrate_every: int = 13,
-    warm_start: bool = True,
-    start: int | None = None,
-    risk_premium: bool = False,
-    shared_noise: bool = False,
     progress: bool | None = None,
-    standard_errors: bool = False,
+    **changes: Any,
 ) -> CalibrationPath:
     """The calibrations of :func:`walk_forward`, alone (same arguments, same results).
 
@@ -658,33 +662,25 @@ def calibrate_walk_forward(
     residuals and variances the trading decisions use. See :func:`walk_forward` for the
     arguments and the ``params`` columns.
     """
+    s = _settings(settings, changes)
     arrays = _panel_arrays(panel)
     F, mask, ttm, dt = arrays
     T, M = F.shape
     dates = pd.DatetimeIndex(panel.dates)
     names = list(panel.tenor_names)
-    if min_window < 1:
-        raise ValueError(f"min_window must be >= 1, got {min_window}")
-    if recalibrate_every < 1:
-        raise ValueError(f"recalibrate_every must be >= 1, got {recalibrate_every}")
-    start = min_window if start is None else int(start)
-    if start < min_window:
-        raise ValueError(f"start={start} is before min_window={min_window}")
+    start = s.first
     if start > T - 1:
         raise ValueError(f"start={start} leaves no trading date in a panel of {T} dates")
     make_market_data(F, ttm, mask=mask, dt=dt)  # validate the whole panel once, up front
-    key = _calibration_key(
-        panel, arrays, min_window=min_window, recalibrate_every=recalibrate_every,
-        warm_start=warm_start, start=start, risk_premium=risk_premium,
-        shared_noise=shared_noise, standard_errors=standard_errors,
-    )  # fmt: skip
+    key = _calibration_key(panel, arrays, **s.key())
+    warm_start, risk_premium, shared_noise = s.warm_start, s.risk_premium, s.shared_noise
 
     def window(t: int) -> MarketData:
         """The data of dates 0..t, padded with masked dates to the full length T."""
         d = make_market_data(F[: t + 1], ttm[: t + 1], mask=mask[: t + 1], dt=dt[:t])
         return pad_dates(d, T)
 
-    cal_dates = list(range(start, T, recalibrate_every))
+    cal_dates = list(range(start, T, s.recalibrate_every))
     # what the loop compiles (a second calibration of the same padded shape compiles nothing)
     watch = contextlib.ExitStack()
     clog = watch.enter_context(compile_log())
@@ -725,7 +721,7 @@ def calibrate_walk_forward(
             q=float(np.sum(nis[tc + 1 : end + 1])), n=int(np.sum(nobs[tc + 1 : end + 1])),
             f=dates[tc],
         )  # fmt: skip
-        se_row = _se_row(theta, data_t) if standard_errors else {}
+        se_row = _se_row(theta, data_t) if s.standard_errors else {}
         fm = np.asarray(_forwards_jit(theta, filt.filtered_means, ttm0))
         iv, fv = residual_variances(theta, filt, ttm0, mask)
         blk = slice(lo, end + 1)
@@ -818,18 +814,13 @@ def _se_row(theta: Params, data_t: MarketData) -> dict[str, float]:
 def walk_forward(
     panel: Panel,
     settlements: pd.DataFrame | None = None,
+    settings: WalkForwardSettings | None = None,
     *,
     trading: TradingConfig | None = None,
     engine: TradeEngine | None = None,
-    min_window: int = 104,
-    recalibrate_every: int = 13,
-    warm_start: bool = True,
-    start: int | None = None,
-    risk_premium: bool = False,
-    shared_noise: bool = False,
     progress: bool | None = None,
-    standard_errors: bool = False,
     calibration: CalibrationPath | None = None,
+    **changes: Any,
 ) -> BacktestResult:
     """Walk-forward backtest: recalibrate, filter, decide, execute, with no look-ahead.
 
@@ -840,17 +831,12 @@ def walk_forward(
             it, a held contract is priced wherever it appears among the panel's tenors.
         trading: :class:`~ssjax.trading.engine.TradingConfig` (default ``TradingConfig()``).
         engine: :class:`~ssjax.trading.engine.TradeEngine` (default ``TradeEngine()``).
-        min_window: dates before the first trading date (``start`` may not be earlier).
-        recalibrate_every: dates between calibrations.
-        warm_start: start each fit from the previous Θ (else from the data-derived start).
-        start: first trading date index (default ``min_window``).
-        risk_premium, shared_noise: model variants (as in :class:`ssjax.KalmanEngine`).
+        settings: the calibration schedule, :class:`~ssjax.trading.settings.WalkForwardSettings`
+            (``min_window``, ``recalibrate_every``, ``warm_start``, ``start``,
+            ``risk_premium``, ``shared_noise``, ``standard_errors``); keyword arguments of
+            those names build or replace it (``walk_forward(panel, recalibrate_every=4)``).
         progress: a progress bar of the calibrations (``None``: when stderr is a terminal or
             in a notebook; see :mod:`ssjax.progress`).
-        standard_errors: also record each calibration's outer-product-of-gradients standard
-            errors (``se_<θ>`` columns of ``params``; one compile, then one forward-mode
-            Jacobian of the per-date log-likelihood per calibration), which the parameter
-            drift alerts need (:func:`ssjax.analysis.drift.walk_forward_alerts`).
         calibration: the result of :func:`calibrate_walk_forward` on this panel with the same
             settings (checked: a mismatch raises ``ValueError``), to reuse its calibrations
             across trading settings; default: calibrate here.
@@ -871,19 +857,14 @@ def walk_forward(
     """
     cfg = TradingConfig() if trading is None else trading
     eng = TradeEngine() if engine is None else engine
-    settings = dict(
-        min_window=min_window, recalibrate_every=recalibrate_every, warm_start=warm_start,
-        start=start, risk_premium=risk_premium, shared_noise=shared_noise,
-        standard_errors=standard_errors,
-    )  # fmt: skip
+    s = _settings(settings, changes)
     t_begin = time.perf_counter()
     arrays = _panel_arrays(panel)
     if calibration is None:
-        cal = calibrate_walk_forward(panel, progress=progress, **settings)
+        cal = calibrate_walk_forward(panel, s, progress=progress)
     else:
         cal = calibration
-        settings["start"] = min_window if start is None else int(start)
-        want = _calibration_key(panel, arrays, **settings)
+        want = _calibration_key(panel, arrays, **s.key())
         diff = sorted(k for k in want if cal.key.get(k) != want[k])
         if diff:
             detail = ", ".join(f"{k}: {cal.key.get(k)!r} vs {want[k]!r}" for k in diff)

@@ -34,6 +34,21 @@ def test_config_file_overrides_and_unknown_keys(tmp_path):
         load_config(bad)
 
 
+def test_backtest_settings_refused_before_any_fit(tmp_path):
+    """[backtest] settings are checked before the calibration starts, naming the field."""
+    out = str(tmp_path / "x")
+    for section, bad, msg in [
+        ("backtest", {"enabled": "no"}, "enabled must be true or false, got 'no'"),
+        ("backtest", {"recalibrate_every": 0}, "recalibrate_every must be an integer >= 1"),
+        ("backtest", {"min_window": 60.5}, "min_window must be an integer >= 1"),
+        ("backtest", {"warm_start": "yes"}, "warm_start must be True or False"),
+    ]:
+        cfg = merge_config(DEFAULTS, {section: bad, "output": {"folder": out}})
+        with pytest.raises(ValueError, match=msg):
+            run_pipeline(cfg)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
 def test_print_config_applies_flags(capsys):
     assert main(["--print-config", "--sizing", "qp", "--z-in", "2.5", "--ranks", "1,3"]) == 0
     cfg = json.loads(capsys.readouterr().out)

@@ -1,7 +1,9 @@
 """walk_forward and its execution layer: hand-computed P&L, no look-ahead, one compile."""
 
+import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from ssjax.trading.backtest import (
     walk_forward,
 )
 from ssjax.trading.engine import Order, TradeEngine, TradingConfig
+from ssjax.trading.settings import WalkForwardSettings
 
 # ---- a hand-built two-tenor panel with a roll on date 2 -----------------------------------------
 DT = 7 / 365
@@ -484,6 +487,36 @@ def test_walk_forward_rejects_bad_arguments(wti_short):
         walk_forward(panel, min_window=100, trading=TradingConfig(z_method="smoothed"))
     with pytest.raises(ValueError, match="no trading date"):
         walk_forward(panel, min_window=100, start=N)
+
+
+def test_walk_forward_settings_checked_when_made(wti_short):
+    """The schedule is one frozen object, checked at construction with the field named;
+    keywords build or replace it, a misspelt keyword is refused by name."""
+    s = WalkForwardSettings(min_window=START, recalibrate_every=EVERY)
+    assert s.first == START and s.replace(start=START + 5).first == START + 5
+    assert s.key()["start"] == START
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.min_window = 3  # type: ignore[misc]
+    bad = [
+        (dict(min_window=0), "min_window must be an integer >= 1"),
+        (dict(min_window=60.5), "min_window must be an integer >= 1"),
+        (dict(recalibrate_every="13"), "recalibrate_every must be an integer >= 1"),
+        (dict(warm_start="no"), "warm_start must be True or False"),
+        (dict(standard_errors=1), "standard_errors must be True or False"),
+        (dict(start=2.0), "start must be None or an integer"),
+        (dict(min_window=10, start=5), "start=5 is before min_window=10"),
+    ]
+    for kw, msg in bad:
+        with pytest.raises(ValueError, match=re.escape(f"WalkForwardSettings.{msg}")):
+            WalkForwardSettings(**kw)
+    panel, settle, base, _ = wti_short
+    with pytest.raises(TypeError, match=r"unknown walk-forward setting\(s\) \['min_windw'\]"):
+        walk_forward(panel, min_windw=10)
+    with pytest.raises(TypeError, match="settings must be a WalkForwardSettings"):
+        walk_forward(panel, settle, {"min_window": 10})
+    # the object and the keywords give the same backtest (the base run used keywords)
+    again = walk_forward(panel, settle, s, trading=CFG)
+    pd.testing.assert_frame_equal(again.pnl, base.pnl, check_exact=True)
 
 
 # ---- metrics against hand computations --------------------------------------------------------
