@@ -29,7 +29,7 @@ The grid:
 The default configuration (the library's defaults z_in = 2, z_out = 0.5, at 1 tick per side)
 is always in the grid; its equity curves are plotted.
 
-Conventions (those of :func:`ssjax.trading.backtest.compute_metrics`): P&L is per unit of capital
+Conventions (those of :func:`ssjax.trading.metrics.compute_metrics`): P&L is per unit of capital
 (weights are signed notional per unit capital; futures are unfunded, so P&L is an excess
 return and no risk-free rate is subtracted), additive (no compounding). Sharpe = mean / s.d.
 (ddof = 1) of the net P&L per period × √(periods per year), periods per year = 1 / mean step

@@ -10,6 +10,7 @@ Settings (all optional; a TOML file overrides these defaults, flags override the
     ranks = [1, 5, 9, 13, 17] # nearby ranks (files and copper; wti uses its five tenors)
     resample = ""             # e.g. "W-TUE"
     t_star = ""               # last date used (YYYY-MM-DD or an index); default: last date
+    roll_days = 0             # files and copper: roll this many trading days before expiry
 
     [model]
     method = "MLE"            # MLE, EM or hybrid
@@ -31,6 +32,10 @@ Settings (all optional; a TOML file overrides these defaults, flags override the
     half_spread = 0.005
     slippage = 0.0025
     min_resid_sd = 1e-6       # below this s.d. of ln F a tenor is fitted exactly: z = 0
+    execution_lag = 1         # dates from a decision to its fill (0: at the signal's own
+                              # settlement, which no desk can do)
+    carry_rolls = true        # a position moves to the new contract at a roll if its z
+                              # still passes z_out
 
     [engine]                  # ssjax.trading.engine.TradeEngine
     sizing = "vol_target"     # or "qp"
@@ -49,13 +54,17 @@ Settings (all optional; a TOML file overrides these defaults, flags override the
     [output]
     folder = "ssjax_output"
 
-``orders_t`` at t* start from the book the walk-forward backtest holds going into t* (its
-positions after trading at t*−1, less the tenors whose contract rolled at t*: those roll
-closes are listed separately as ``roll_closes``); with the backtest disabled
-(``--no-backtest``) they start from a flat book. The backtest's execution rules apply at t*
-too (:func:`orders_at_t_star`): a contract on its last trading day or expiring before the
-next date (the panel's next date; one median step after the last date) is neither opened
-nor kept, and a tenor without a price at t* keeps its position.
+``orders_t`` are the walk-forward backtest's own decision at t*: one rule, live and
+backtested. The backtest's calibration schedule is anchored so that it recalibrates at t*
+(on the data up to t*), and ``orders_t`` are its decision there (its Θ, trading inputs and
+book), made executable by its rules (:func:`ssjax.trading.execution.executable_target`: a
+contract on its last trading day or expiring before the next date, one median step after
+t*, is neither opened nor kept; a tenor without a price keeps its position) and sent for
+the fill ``execution_lag`` dates later (with a lag of 0, they are the fills booked at t*).
+Contracts whose tenor rolled at t* are listed as ``roll_closes``. With the backtest
+disabled (``--no-backtest``) they come from the full-sample fit at t*, from a flat book
+(:func:`orders_at_t_star`). The full-sample fit (``theta.json``, the summary) is reported
+either way.
 """
 
 from __future__ import annotations
@@ -84,12 +93,12 @@ __all__ = [
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"source": "wti", "commodity": "", "ranks": [1, 5, 9, 13, 17], "resample": "",
-             "t_star": ""},
+             "t_star": "", "roll_days": 0},
     "model": {"method": "MLE", "risk_premium": False, "shared_noise": False},
     "trading": {"sigma_method": "returns", "sigma_window": 60, "z_method": "filtered",
                 "z_in": 2.0, "z_out": 0.5, "max_weight": 1.0, "gross_leverage": 2.0,
                 "fee": 0.0025, "half_spread": 0.005, "slippage": 0.0025,
-                "min_resid_sd": 1e-6},
+                "min_resid_sd": 1e-6, "execution_lag": 1, "carry_rolls": True},
     "engine": {"sizing": "vol_target", "vol_target": 0.10, "gamma": 5.0, "lambda1": 0.0,
                "lambda2": 0.0, "top_k": 0},
     "backtest": {"enabled": True, "min_window": 104, "recalibrate_every": 13,
@@ -163,7 +172,7 @@ def _load(cfg: dict):
         settle = read_settlements(src)
         desc = src
     panel = nearby_panel(settle, list(d["ranks"]), commodity=d["commodity"] or None,
-                         resample=resample)  # fmt: skip
+                         resample=resample, roll_days=d["roll_days"])  # fmt: skip
     return panel, settle, desc
 
 
@@ -176,7 +185,7 @@ def orders_at_t_star(
     expiring_t: ArrayLike,
 ) -> Any:
     """``orders_t``: the engine's decision at t* from the book ``w_prev``, executed by the
-    backtest's rules (:func:`ssjax.trading.backtest.executable_target`).
+    backtest's rules (:func:`ssjax.trading.execution.executable_target`).
 
     ``inputs`` should come from :func:`~ssjax.trading.engine.prepare_trading_inputs` with the ttm
     of expiring contracts set to 0 (as :func:`run_pipeline` does: the engine sees them as
@@ -185,8 +194,8 @@ def orders_at_t_star(
     the weights actually targeted where the rules overrode the engine, and the orders are
     recomputed from Δw = target_w − w_prev.
     """
-    from ssjax.trading.backtest import executable_target
     from ssjax.trading.engine import Order
+    from ssjax.trading.execution import executable_target
 
     w_prev = np.asarray(w_prev, float)
     dec = engine.decide(inputs, w_prev)
@@ -291,6 +300,16 @@ def run_pipeline(
     t0 = time.perf_counter()
     panel, settle, desc = _load(cfg)
     t_idx = t_star_index(cfg["data"]["t_star"], len(panel.dates), panel.dates)
+    if run_bt:
+        if t_idx < walk.min_window:
+            raise ValueError(
+                f"[backtest] min_window = {walk.min_window} leaves no trading date up to t* "
+                f"(t* is date {t_idx} of the panel); lower it or move t_star"
+            )
+        # the schedule ends on t*: the Θ in force at t* is fitted on the data up to t*
+        walk = walk.replace(
+            start=walk.min_window + (t_idx - walk.min_window) % walk.recalibrate_every
+        )
     say(f"data: {desc}: {len(panel.dates)} dates x {len(panel.tenor_names)} tenors "
           f"{panel.tenor_names}; t* = {panel.dates[t_idx].date()}")  # fmt: skip
     mask = np.asarray(panel.mask, bool) if panel.mask is not None else np.isfinite(panel.F_mkt)
@@ -309,7 +328,10 @@ def run_pipeline(
         bt = _backtest_to(panel, settle, t_idx, walk, trading_cfg, trade_engine, quiet)
 
     log(f"[{n_steps - 1}/{n_steps}] trading inputs and orders at t*...")
-    at = _orders_at(panel, F, mask, t_idx, fit, bt, trading_cfg, trade_engine)
+    if bt is not None:
+        at = _orders_from_backtest(panel, F, t_idx, bt, trade_engine)
+    else:
+        at = _orders_at(panel, F, mask, t_idx, fit, trading_cfg, trade_engine)
     say(_orders_text(panel, t_idx, at, bt is not None, trade_engine.sizing))
 
     log(f"[{n_steps}/{n_steps}] writing the outputs...")
@@ -329,13 +351,7 @@ def _backtest_to(panel, settle, t_idx: int, walk, trading_cfg, trade_engine, qui
     """The walk-forward backtest on the panel's dates up to and including t*."""
     from ssjax.trading.backtest import walk_forward
 
-    end = t_idx + 1
-    sub = panel._replace(
-        dates=panel.dates[:end], F_mkt=panel.F_mkt[:end], ttm=panel.ttm[:end],
-        contracts=panel.contracts[:end], dt=panel.dt[: end - 1],
-        mask=None if panel.mask is None else panel.mask[:end],
-        S=None if panel.S is None else panel.S[:end],
-    )  # fmt: skip
+    sub = _head(panel, t_idx + 1)
     return walk_forward(
         sub,
         settle,
@@ -355,26 +371,80 @@ class _AtTStar(NamedTuple):
     w_prev: np.ndarray
     start_book: str
     roll_closes: list
+    lag: int = 0
+    theta_date: str = ""
 
 
-def _orders_at(panel, F, mask, t_idx: int, fit, bt, trading_cfg, trade_engine) -> _AtTStar:
-    """Trading inputs and orders at t* from the fit, starting from the backtest's book."""
-    from ssjax.trading.backtest import expiring_before_next
+def _head(panel, end: int):
+    """The panel's first ``end`` dates."""
+    return panel._replace(
+        dates=panel.dates[:end], F_mkt=panel.F_mkt[:end], ttm=panel.ttm[:end],
+        contracts=panel.contracts[:end], dt=panel.dt[: end - 1],
+        mask=None if panel.mask is None else panel.mask[:end],
+        S=None if panel.S is None else panel.S[:end],
+    )  # fmt: skip
+
+
+def _table(panel, F, t_idx, expiring_t, F_model, inputs, signals, w_prev, target):
+    """The mispricing table at t*."""
+    return pd.DataFrame(
+        {
+            "contract": panel.contracts[t_idx],
+            "ttm": np.asarray(panel.ttm, float)[t_idx],
+            "expiring": expiring_t,
+            "F_mkt": F[t_idx],
+            "F_model": F_model,
+            "mispricing": inputs.mispricing,
+            "z": inputs.z,
+            "signal": np.asarray(signals).astype(int),
+            "w_prev": w_prev,
+            "target_w": target,
+        },
+        index=pd.Index(panel.tenor_names, name="tenor"),
+    )
+
+
+def _orders_from_backtest(panel, F, t_idx: int, bt, trade_engine) -> _AtTStar:
+    """``orders_t``: the backtest's own decision at t* (its Θ, inputs and book), to fill at
+    the next settlement (or at t*'s with ``execution_lag = 0``)."""
+    from ssjax.trading.engine import TradeDecision
+    from ssjax.trading.execution import expiring_before_next
+
+    sub = _head(panel, t_idx + 1)
+    target, orders, w_from = bt.live_orders(sub, trade_engine.min_trade)
+    inputs = bt.inputs_last
+    signals = np.where(
+        target != bt.targets.iloc[-1].to_numpy(float), np.sign(target),
+        bt.signals.iloc[-1].to_numpy(float),
+    )  # fmt: skip
+    M = len(target)
+    decision = TradeDecision(signals, target, orders, inputs.z, str(bt.status.iloc[-1]),
+                             np.zeros(M, bool))  # fmt: skip
+    expiring_t = expiring_before_next(sub.ttm, sub.dt)[-1]
+    F_model = bt.F_model.iloc[-1].to_numpy(float)
+    table = _table(panel, F, t_idx, expiring_t, F_model, inputs, signals, w_from, target)
+    rolls = bt.trades[(bt.trades["date"] == panel.dates[t_idx])
+                      & (bt.trades["kind"] == "roll_close")]  # fmt: skip
+    roll_closes = [
+        {"tenor_id": int(r.tenor_id), "tenor": str(r.tenor), "contract": str(r.contract),
+         "side": str(r.side), "size": float(r.size)}
+        for r in rolls.itertuples()
+    ]  # fmt: skip
+    lag = int(bt.info["trading"]["execution_lag"])
+    theta_date = str(pd.Timestamp(bt.params.index[-1]).date())
+    return _AtTStar(inputs, decision, table, w_from, "backtest", roll_closes, lag, theta_date)
+
+
+def _orders_at(panel, F, mask, t_idx: int, fit, trading_cfg, trade_engine) -> _AtTStar:
+    """Trading inputs and orders at t* from the full fit, from a flat book (no backtest)."""
     from ssjax.trading.engine import prepare_trading_inputs, residual_variances
+    from ssjax.trading.execution import expiring_before_next
 
     ttm = np.asarray(panel.ttm, float)
     dt = np.asarray(panel.dt, float)
     M = F.shape[1]
-    if bt is not None:  # the book going into t*: after t*-1's trades and t*'s roll closes
-        w_prev = bt.pre_trade.iloc[-1].to_numpy(float)
-        start_book = "backtest"
-        rolls = bt.trades[(bt.trades["date"] == panel.dates[t_idx])
-                          & (bt.trades["kind"] == "roll_close")]  # fmt: skip
-    else:
-        w_prev, start_book, rolls = np.zeros(M), "flat", None
-    # the backtest's expiry rule; past the panel's last date the next one is a median step on
-    last_step = float(dt[t_idx]) if t_idx < len(dt) else float(np.median(dt[:t_idx]))
-    expiring_t = expiring_before_next(ttm[: t_idx + 1], dt[:t_idx], last_step=last_step)[-1]
+    w_prev, start_book = np.zeros(M), "flat"
+    expiring_t = expiring_before_next(ttm[: t_idx + 1], dt[:t_idx])[-1]
     W = trading_cfg.sigma_window
     lo = max(0, t_idx - W)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -397,27 +467,15 @@ def _orders_at(panel, F, mask, t_idx: int, fit, bt, trading_cfg, trade_engine) -
     decision = orders_at_t_star(
         trade_engine, inputs, w_prev, F[t_idx], panel.contracts[t_idx], expiring_t
     )
-    table = pd.DataFrame(
-        {
-            "contract": panel.contracts[t_idx],
-            "ttm": ttm[t_idx],
-            "expiring": expiring_t,
-            "F_mkt": F[t_idx],
-            "F_model": fit.F_model_t,
-            "mispricing": inputs.mispricing,
-            "z": inputs.z,
-            "signal": decision.signals.astype(int),
-            "w_prev": w_prev,
-            "target_w": decision.target_w,
-        },
-        index=pd.Index(panel.tenor_names, name="tenor"),
-    )
-    roll_closes = [] if rolls is None else [
-        {"tenor_id": int(r.tenor_id), "tenor": str(r.tenor), "contract": str(r.contract),
-         "side": str(r.side), "size": float(r.size)}
-        for r in rolls.itertuples()
-    ]  # fmt: skip
-    return _AtTStar(inputs, decision, table, w_prev, start_book, roll_closes)
+    table = _table(panel, F, t_idx, expiring_t, fit.F_model_t, inputs, decision.signals,
+                   w_prev, decision.target_w)  # fmt: skip
+    return _AtTStar(inputs, decision, table, w_prev, start_book, [])
+
+
+def _fill_text(lag: int) -> str:
+    if lag == 0:
+        return "filled at t*'s settlement (execution_lag = 0)"
+    return f"to fill at the settlement {lag} date(s) after t* (execution_lag = {lag})"
 
 
 def _orders_text(panel, t_idx: int, at: _AtTStar, from_backtest: bool, sizing: str) -> str:
@@ -428,8 +486,12 @@ def _orders_text(panel, t_idx: int, at: _AtTStar, from_backtest: bool, sizing: s
     with pd.option_context("display.width", 120, "display.float_format", "{:.4f}".format):
         out(f"\nmispricing at t* = {panel.dates[t_idx].date()} (z: {inputs.z_basis})")
         out(at.table.to_string())
-    book = "the backtest's book going into t*" if from_backtest else "a flat book (no backtest)"
-    out(f"\norders_t ({sizing}; {decision.status}; from {book}):")
+    if from_backtest:
+        book = ("the backtest's own decision at t*: its calibration, inputs and book; "
+                f"{_fill_text(at.lag)}")  # fmt: skip
+    else:
+        book = "from a flat book (no backtest)"
+    out(f"\norders_t ({sizing}; {decision.status}; {book}):")
     if decision.orders:
         for o in decision.orders:
             name, code = panel.tenor_names[o.tenor_id], panel.contracts[t_idx, o.tenor_id]
@@ -464,6 +526,8 @@ def _write_outputs(out_dir: Path, cfg: dict, panel, t_idx: int, fit, at: _AtTSta
                 "w_prev": [float(x) for x in at.w_prev],
                 "orders": orders,
                 "roll_closes": at.roll_closes,
+                "execution_lag": at.lag,
+                "theta_date": at.theta_date or None,
             },
             indent=2,
         )  # fmt: skip

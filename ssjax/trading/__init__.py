@@ -3,6 +3,8 @@
 * :mod:`~ssjax.trading.engine` — ``prepare_trading_inputs``, ``TradeEngine``, orders;
 * :mod:`~ssjax.trading.sizing` — z-scores and vol-target sizing in JAX (the one
   implementation, also behind ``TradeEngine``) and their derivative with respect to Θ;
+* :mod:`~ssjax.trading.execution` — fills with a lag, rolls, costs and P&L on actual
+  contracts; :mod:`~ssjax.trading.metrics` — statistics with their uncertainty;
 * :mod:`~ssjax.trading.backtest` — ``walk_forward`` on actual contracts, on the schedule of
   :mod:`~ssjax.trading.settings` (``WalkForwardSettings``).
 
@@ -14,14 +16,7 @@ from __future__ import annotations
 from ssjax.trading.backtest import (
     BacktestResult,
     CalibrationPath,
-    ExecutionResult,
-    PriceBook,
     calibrate_walk_forward,
-    compute_metrics,
-    executable_target,
-    expiring_before_next,
-    simulate_execution,
-    step_pnl,
     walk_forward,
 )
 from ssjax.trading.engine import (
@@ -37,6 +32,16 @@ from ssjax.trading.engine import (
     prepare_trading_inputs,
     residual_variances,
 )
+from ssjax.trading.execution import (
+    ExecutionResult,
+    PriceBook,
+    executable_target,
+    expiring_before_next,
+    passive_returns,
+    simulate_execution,
+    step_pnl,
+)
+from ssjax.trading.metrics import compute_metrics, deflated_sharpe, round_trips, yearly_metrics
 from ssjax.trading.settings import WalkForwardSettings
 from ssjax.trading.sizing import (
     WeightsJacobian,
@@ -57,6 +62,10 @@ __all__ = [
     "expiring_before_next",
     "simulate_execution",
     "step_pnl",
+    "passive_returns",
+    "yearly_metrics",
+    "round_trips",
+    "deflated_sharpe",
     "walk_forward",
     "WalkForwardSettings",
     "Z_METHODS",

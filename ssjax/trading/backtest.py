@@ -17,13 +17,15 @@ r"""Walk-forward backtest of the mispricing strategy on actual contracts, with n
    ``z_method="residual"`` and ``sigma_method="residuals"``.
 3. **Decisions**: :func:`ssjax.trading.engine.prepare_trading_inputs` and
    :meth:`ssjax.trading.engine.TradeEngine.decide` at every date from ``start`` on.
-4. **Execution and P&L** (:func:`simulate_execution`): orders at t fill at t's settlement of
-   the tenor's contract; from t to t+1 a weight w earns w·(P_c(t+1)/P_c(t) − 1) on the
-   contract c actually held (never a spliced nearby series). When the tenor's contract
-   changes (a roll), the old contract is closed and the target opened in the new one (two
-   trades, both pay costs). A contract on its last trading day (ttm = 0), or expiring
-   before the next date of the panel, is not held overnight (:func:`expiring_before_next`;
-   the trading block sees it as not tradable). A trade of |Δw| costs
+4. **Execution and P&L** (:func:`ssjax.trading.execution.simulate_execution`): the target
+   decided at t fills ``trading.execution_lag`` dates later (default 1: the next
+   settlement) in the tenor's contract then; from t to t+1 a weight w earns
+   w·(P_c(t+1)/P_c(t) − 1) on the contract c actually held (never a spliced nearby series).
+   When the tenor's contract changes (a roll), the old contract is closed and, when the
+   decision keeps the position (its hysteresis carries across the roll), it is re-opened in
+   the new one (two trades, both pay costs). A contract on its last trading day (ttm = 0),
+   or expiring before the next date of the panel, is not held overnight
+   (:func:`expiring_before_next`; the trading block sees it as not tradable). A trade of |Δw| costs
    |Δw|·(fee + half_spread + slippage)/price.
 
 Conventions of the outputs: ``pnl.loc[t]`` is the P&L earned over (t−1, t] by the weights
@@ -35,9 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from numpy.typing import ArrayLike
 
 from ssjax.analysis.diagnostics import joint_innovations
 from ssjax.analysis.drift import wilson_hilferty
@@ -63,22 +62,23 @@ from ssjax.trading.engine import (
     Order,
     TradeEngine,
     TradingConfig,
+    TradingInputs,
     prepare_trading_inputs,
     residual_variances,
 )
+from ssjax.trading.execution import (
+    executable_target,
+    expiring_before_next,
+    passive_returns,
+    simulate_execution,
+)
+from ssjax.trading.metrics import compute_metrics, round_trips, yearly_metrics
 from ssjax.trading.settings import WalkForwardSettings
 
 __all__ = [
     "CalibrationPath",
     "calibrate_walk_forward",
     "BacktestResult",
-    "ExecutionResult",
-    "PriceBook",
-    "compute_metrics",
-    "executable_target",
-    "expiring_before_next",
-    "simulate_execution",
-    "step_pnl",
     "walk_forward",
 ]
 
@@ -107,358 +107,6 @@ def _se_jit(p: Params, data: MarketData) -> jax.Array:
 _forwards_jit = jax.jit(jax.vmap(forward_curve, in_axes=(None, 0, 0)))
 
 
-# ---- prices of actual contracts ---------------------------------------------------------------
-def _valid_code(c: Any) -> bool:
-    if c is None:
-        return False
-    if isinstance(c, float) and math.isnan(c):
-        return False
-    return str(c) != ""
-
-
-class PriceBook:
-    """Settlement price of a given contract on a given date of the panel.
-
-    Looks the contract up in ``settlements`` (columns ``trade_date, contract,
-    settlement_price`` and optionally ``commodity``) when given, otherwise (or when the table
-    has no price there) among all tenors of the panel on that date: a contract may appear
-    under another tenor than the one it was bought in. NaN when no price is known.
-    """
-
-    def __init__(self, panel: Panel, settlements: pd.DataFrame | None = None) -> None:
-        F = np.asarray(panel.F_mkt, float)
-        mask = np.isfinite(F) if panel.mask is None else np.asarray(panel.mask, bool)
-        codes = np.asarray(panel.contracts, dtype=object)
-        self._rows: list[dict[str, float]] = []
-        for t in range(F.shape[0]):
-            row: dict[str, float] = {}
-            for i in range(F.shape[1]):
-                c = codes[t, i]
-                if mask[t, i] and np.isfinite(F[t, i]) and F[t, i] > 0 and _valid_code(c):
-                    row[str(c)] = float(F[t, i])
-            self._rows.append(row)
-        self._settle: dict[str, np.ndarray] = {}
-        if settlements is not None:
-            need = {"trade_date", "contract", "settlement_price"}
-            missing = need - set(settlements.columns)
-            if missing:
-                raise ValueError(f"settlements lacks the columns {sorted(missing)}")
-            s = settlements
-            if panel.commodity is not None and "commodity" in s.columns:
-                s = s[s["commodity"] == panel.commodity]
-            s = s[["trade_date", "contract", "settlement_price"]].dropna(
-                subset=["contract", "settlement_price"]
-            )
-            wide = (
-                s.assign(trade_date=pd.to_datetime(s["trade_date"]))
-                .groupby(["trade_date", "contract"])["settlement_price"]
-                .last()
-                .unstack("contract")
-                .reindex(pd.DatetimeIndex(panel.dates))
-            )
-            self._settle = {str(c): wide[c].to_numpy(float) for c in wide.columns}
-
-    def price(self, contract: Any, t: int) -> float:
-        """Price of ``contract`` at date index ``t`` (NaN if unknown)."""
-        if not _valid_code(contract):
-            return math.nan
-        col = self._settle.get(str(contract))
-        if col is not None:
-            p = col[t]
-            if np.isfinite(p) and p > 0:
-                return float(p)
-        return self._rows[t].get(str(contract), math.nan)
-
-
-# ---- the P&L and execution steps -------------------------------------------------------------
-def expiring_before_next(ttm: np.ndarray, dt: np.ndarray, last_step: float = 0.0) -> np.ndarray:
-    """[T, M] bool: the cell's contract cannot be held to the next date of the panel.
-
-    True on its last trading day (ttm <= 0) and when its last trading day falls strictly
-    before the next date (ttm < dt[t], e.g. a weekly panel whose front contract expires on
-    the Monday before the next Tuesday: it would have no price to be marked at). The schedule
-    of dates is known in advance, so this uses no future prices. On the last date the step
-    to the next date is ``last_step`` (default 0: only ttm <= 0 counts there).
-    """
-    ttm = np.asarray(ttm, float)
-    nxt = np.concatenate([np.asarray(dt, float), [float(last_step)]])[:, None]
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(ttm) & ((ttm <= 0) | (ttm < nxt - 1e-12))
-
-
-def executable_target(
-    target: ArrayLike,
-    w_prev: ArrayLike,
-    price_t: ArrayLike,
-    codes_t: ArrayLike,
-    expiring_t: ArrayLike,
-) -> np.ndarray:
-    """The weights that the execution layer actually holds after trading at t.
-
-    ``target`` [M] is kept where the tenor can be filled at t (a contract code and a price
-    > 0); where it cannot, the position ``w_prev`` is kept (no order); where the tenor's
-    contract is on its last trading day or expires before the next date (``expiring_t``,
-    from :func:`expiring_before_next`), it is closed whatever the target. The rule of
-    :func:`simulate_execution`, and of the main job's ``orders_t``.
-    """
-    target = np.asarray(target, float)
-    w_prev = np.asarray(w_prev, float)
-    px = np.asarray(price_t, float)
-    M = target.shape[0]
-    for name, a in (("w_prev", w_prev), ("price_t", px)):
-        if a.shape != (M,):
-            raise ValueError(f"{name} must have shape [{M}] like target, got {a.shape}")
-    codes = np.asarray(codes_t, dtype=object)
-    exp = np.asarray(expiring_t, bool)
-    if codes.shape != (M,) or exp.shape != (M,):
-        raise ValueError(f"codes_t and expiring_t must have shape [{M}]")
-    valid = np.array([_valid_code(c) for c in codes], bool)
-    with np.errstate(invalid="ignore"):
-        can = valid & np.isfinite(px) & (px > 0)
-    out = np.where(can, target, w_prev)
-    return np.where(can & exp, 0.0, out)
-
-
-def step_pnl(
-    w_prev: np.ndarray,
-    held_prev: np.ndarray,
-    marks_prev: np.ndarray,
-    price_next: Callable[[Any], float],
-) -> tuple[np.ndarray, np.ndarray]:
-    """P&L per tenor over one step, on the contracts actually held.
-
-    Args:
-        w_prev: weights [M] held over the step.
-        held_prev: contract held per tenor [M] (None or "" when flat).
-        marks_prev: last mark price of each held contract [M].
-        price_next: contract code -> price at the end of the step (NaN if none).
-
-    Returns:
-        ``(pnl [M], marks [M])``: pnl_i = w_i·(P_next/mark_i − 1) where the held contract has
-        a price at the end of the step, and the marks moved there; a position whose contract
-        has no price is carried at its last mark (pnl 0, mark unchanged), so the whole move is
-        booked when a price reappears.
-    """
-    w_prev = np.asarray(w_prev, float)
-    marks = np.array(marks_prev, float, copy=True)
-    pnl = np.zeros_like(w_prev)
-    for i in np.flatnonzero(w_prev != 0):
-        if not _valid_code(held_prev[i]):
-            continue
-        p1 = price_next(held_prev[i])
-        if np.isfinite(p1) and p1 > 0:
-            pnl[i] = w_prev[i] * (p1 / marks[i] - 1.0)
-            marks[i] = p1
-    return pnl, marks
-
-
-@dataclass
-class ExecutionResult:
-    """What :func:`simulate_execution` books (DataFrames indexed by date)."""
-
-    positions: pd.DataFrame  # weights held after trading at t [dates x tenors]
-    held: pd.DataFrame  # contract held per tenor after trading at t ("" when flat)
-    trades: pd.DataFrame  # one row per fill
-    pnl: pd.DataFrame  # gross, cost, net, equity, exposure, turnover
-    orders: list[list[Order]]  # orders executed in the tenors' current contracts, per date
-    pre_trade: pd.DataFrame | None = None  # weights going into t's decision (after rolls)
-
-
-_TRADE_COLUMNS = [
-    "date",
-    "tenor_id",
-    "tenor",
-    "contract",
-    "side",
-    "size",
-    "price",
-    "cost",
-    "kind",
-    "stale_price",
-]
-
-
-def simulate_execution(
-    panel: Panel,
-    decide: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]],
-    *,
-    settlements: pd.DataFrame | None = None,
-    start: int = 0,
-    min_trade: float = 1e-12,
-) -> ExecutionResult:
-    """Book fills, positions and P&L on actual contracts for target weights from ``decide``.
-
-    At each date t from ``start`` on:
-
-    1. the positions held since t−1 earn w·(P_c(t)/P_c(t−1) − 1) on their contract c
-       (:func:`step_pnl`, prices from :class:`PriceBook`);
-    2. **rolls**: a position whose contract is no longer the tenor's contract at t is closed
-       in its old contract at its price at t (at its last mark, flagged ``stale_price``,
-       when the old contract has no price at t);
-    3. ``decide(t, w_prev)`` returns ``(target [M], cost_per_contract [M])``, with ``w_prev``
-       the weights after the roll closes (0 in a rolled tenor; booked as ``pre_trade``);
-    4. the target is filled at t's settlement ``panel.F_mkt[t, i]`` of the tenor's contract
-       ``panel.contracts[t, i]``, except where the tenor has no price or contract at t (the
-       position is kept) and where the contract is on its last trading day or expires
-       before the next date of the panel (:func:`expiring_before_next`: the position is
-       closed whatever the target, since it could not be marked at the next date;
-       :func:`executable_target`);
-    5. every fill of |Δw| costs |Δw|·cost_per_contract_i/price.
-
-    Returns:
-        :class:`ExecutionResult`. ``trades.kind`` is ``"roll_close"`` for the closes of step
-        2 and ``"order"`` for step 4 (those are also the per-date ``orders``).
-    """
-    F = np.asarray(panel.F_mkt, float)
-    T, M = F.shape
-    mask = np.isfinite(F) if panel.mask is None else np.asarray(panel.mask, bool)
-    ttm = np.asarray(panel.ttm, float)
-    codes = np.asarray(panel.contracts, dtype=object)
-    names = list(panel.tenor_names)
-    dates = pd.DatetimeIndex(panel.dates)
-    if not 0 <= start < T:
-        raise ValueError(f"start must lie in [0, {T - 1}], got {start}")
-    book = PriceBook(panel, settlements)
-    expiring = expiring_before_next(ttm, np.asarray(panel.dt, float))
-
-    w = np.zeros(M)
-    held = np.full(M, None, dtype=object)
-    marks = np.full(M, np.nan)
-    pos_rows, pre_rows, held_rows, pnl_rows, orders_all, trades = [], [], [], [], [], []
-    for t in range(start, T):
-        date = dates[t]
-        exposure = float(np.sum(np.abs(w)))
-        pnl_i, marks = step_pnl(w, held, marks, lambda c, t=t: book.price(c, t))
-        gross = float(np.sum(pnl_i))
-
-        # rolls: close what is no longer the tenor's contract
-        closes = []
-        for i in np.flatnonzero(w != 0):
-            if _valid_code(codes[t, i]) and held[i] != codes[t, i]:
-                p = book.price(held[i], t)
-                stale = not (np.isfinite(p) and p > 0)
-                side = "SELL" if w[i] > 0 else "BUY"
-                closes.append((i, held[i], side, abs(w[i]), marks[i] if stale else p, stale))
-                w[i] = 0.0
-                held[i] = None
-                marks[i] = np.nan
-
-        pre_rows.append(w.copy())
-        target, cpc = decide(t, w.copy())
-        target = np.array(target, float, copy=True)
-        cpc = np.broadcast_to(np.asarray(cpc, float), (M,))
-        if target.shape != (M,):
-            raise ValueError(f"decide must return target weights [{M}], got {target.shape}")
-
-        px = np.where(mask[t] & np.isfinite(F[t]) & (F[t] > 0), F[t], np.nan)
-        target = executable_target(target, w, px, codes[t], expiring[t])
-        dw = target - w
-        fill = np.abs(dw) > min_trade
-
-        cost = 0.0
-        turnover = 0.0
-        for i, c, side, size, price, stale in closes:
-            fee = size * cpc[i] / price
-            cost += fee
-            turnover += size
-            trades.append(
-                (date, int(i), names[i], str(c), side, float(size), float(price), float(fee))
-                + ("roll_close", bool(stale))
-            )
-        orders = []
-        for i in np.flatnonzero(fill):
-            size = float(abs(dw[i]))
-            side = "BUY" if dw[i] > 0 else "SELL"
-            fee = size * cpc[i] / px[i]
-            cost += fee
-            turnover += size
-            orders.append(Order(int(i), side, size))
-            trades.append(
-                (date, int(i), names[i], str(codes[t, i]), side, size, float(px[i]), float(fee))
-                + ("order", False)
-            )
-            w[i] = target[i]
-            if w[i] != 0:
-                held[i] = codes[t, i]
-                marks[i] = px[i]
-            else:
-                held[i] = None
-                marks[i] = np.nan
-
-        pos_rows.append(w.copy())
-        held_rows.append(["" if not _valid_code(c) else str(c) for c in held])
-        pnl_rows.append((gross, cost, gross - cost, exposure, turnover))
-        orders_all.append(orders)
-
-    idx = pd.DatetimeIndex(dates[start:], name="date")
-    pnl = pd.DataFrame(
-        pnl_rows, index=idx, columns=["gross", "cost", "net", "exposure", "turnover"]
-    )
-    pnl.insert(3, "equity", pnl["net"].cumsum())
-    trades_df = pd.DataFrame(trades, columns=_TRADE_COLUMNS)
-    trades_df["date"] = pd.to_datetime(trades_df["date"])
-    return ExecutionResult(
-        positions=pd.DataFrame(np.array(pos_rows).reshape(-1, M), index=idx, columns=names),
-        held=pd.DataFrame(
-            np.array(held_rows, dtype=object).reshape(-1, M), index=idx, columns=names
-        ),
-        trades=trades_df,
-        pnl=pnl,
-        orders=orders_all,
-        pre_trade=pd.DataFrame(np.array(pre_rows).reshape(-1, M), index=idx, columns=names),
-    )
-
-
-# ---- metrics -----------------------------------------------------------------------------------
-def compute_metrics(pnl: pd.DataFrame, n_trades: int, periods_per_year: float) -> pd.Series:
-    """Summary statistics of a P&L table from :func:`simulate_execution`.
-
-    * ``annual_return`` = mean net P&L per period × periods per year; ``annual_volatility`` =
-      s.d. × √(periods per year); ``sharpe`` their ratio (NaN when the s.d. is 0);
-    * ``max_drawdown``: the largest fall of the cumulative net P&L from a running peak
-      (additive, the path starts at 0);
-    * ``turnover``: Σ|Δw| (roll closes included) per year;
-    * ``hit_rate``: share of dates with nonzero positions held over the period whose net P&L
-      is > 0;
-    * ``cost_share``: total costs / |total gross P&L|;
-    * ``n_trades``: fills (roll closes included).
-    """
-    net = pnl["net"].to_numpy(float)
-    n = net.size
-    ppy = float(periods_per_year)
-    years = n / ppy if n else math.nan
-    mean = float(np.mean(net)) if n else math.nan
-    sd = float(np.std(net, ddof=1)) if n > 1 else math.nan
-    ann_ret = mean * ppy
-    ann_vol = sd * math.sqrt(ppy)
-    sharpe = ann_ret / ann_vol if ann_vol > 0 else math.nan
-    eq = np.concatenate([[0.0], np.cumsum(net)])
-    max_dd = float(np.max(np.maximum.accumulate(eq) - eq))
-    invested = pnl["exposure"].to_numpy(float) > 0
-    hit = float(np.mean(net[invested] > 0)) if invested.any() else math.nan
-    gross_total = float(pnl["gross"].sum())
-    cost_total = float(pnl["cost"].sum())
-    cost_share = cost_total / abs(gross_total) if gross_total != 0 else math.nan
-    return pd.Series(
-        {
-            "annual_return": ann_ret,
-            "annual_volatility": ann_vol,
-            "sharpe": sharpe,
-            "max_drawdown": max_dd,
-            "turnover": float(pnl["turnover"].sum()) / years if n else math.nan,
-            "hit_rate": hit,
-            "cost_share": cost_share,
-            "n_trades": float(n_trades),
-            "total_gross": gross_total,
-            "total_cost": cost_total,
-            "total_net": gross_total - cost_total,
-            "n_periods": float(n),
-            "periods_per_year": ppy,
-        },
-        name="metrics",
-    )
-
-
 # ---- the result --------------------------------------------------------------------------------
 @dataclass
 class BacktestResult:
@@ -472,13 +120,54 @@ class BacktestResult:
     F_mkt: pd.DataFrame
     ttm: pd.DataFrame
     trades: pd.DataFrame  # date, tenor_id, tenor, contract, side, size, price, cost, kind, ...
-    pnl: pd.DataFrame  # gross, cost, net, equity, exposure, turnover
+    pnl: pd.DataFrame  # gross, cost, net, equity, exposure, net_exposure, turnover
     params: pd.DataFrame  # Θ per calibration date, loglik, converged, ...
     orders: list[list[Order]]  # one list per trading date
     metrics: pd.Series
     status: pd.Series  # the engine's status per date ("ok" or the QP solver's)
     info: dict[str, Any] = field(default_factory=dict)
-    pre_trade: pd.DataFrame | None = None  # weights going into t's decision (after rolls)
+    pre_trade: pd.DataFrame | None = None  # the book t's decision trades from (its w_prev)
+    targets: pd.DataFrame | None = None  # the engine's target weights decided at t
+    tenor_pnl: pd.DataFrame | None = None  # net P&L booked per tenor at t
+    yearly: pd.DataFrame | None = None  # metrics per calendar year
+    round_trips: pd.DataFrame | None = None  # every position from opening to close
+    inputs_last: TradingInputs | None = None  # the trading inputs of the last decision
+
+    def live_orders(
+        self, panel: Panel, min_trade: float = 1e-8
+    ) -> tuple[np.ndarray, list[Order], np.ndarray]:
+        """The orders the rule decided at the last date, to send now: ``(target, orders,
+        w_from)``.
+
+        With ``execution_lag = 0`` they are the fills booked at that date (from the book
+        after its roll closes); with a lag they are the decision's target (made executable
+        against the last date's contracts and prices, :func:`executable_target`) minus the
+        book they will trade from (the book after the last date's fills for a lag of 1, the
+        previous decision's target for more), to be filled at the next settlement. ``panel``
+        is the panel the backtest ran on.
+        """
+        lag = int(self.info.get("trading", {}).get("execution_lag", 0))
+        codes = np.asarray(panel.contracts, dtype=object)[-1]
+        F = np.asarray(panel.F_mkt, float)[-1]
+        mask = np.isfinite(F) if panel.mask is None else np.asarray(panel.mask, bool)[-1]
+        if lag == 0:
+            target = self.positions.iloc[-1].to_numpy(float)
+            w_from = target.copy()
+            for o in self.orders[-1]:
+                w_from[o.tenor_id] -= (1 if o.side == "BUY" else -1) * o.size
+            return target, list(self.orders[-1]), w_from
+        src = self.positions if lag == 1 else self.pre_trade
+        w_from = src.iloc[-1].to_numpy(float)
+        expiring = expiring_before_next(panel.ttm, panel.dt)[-1]
+        px = np.where(mask & (F > 0), F, np.nan)
+        target = executable_target(self.targets.iloc[-1].to_numpy(float), w_from, px, codes,
+                                   expiring)  # fmt: skip
+        dw = target - w_from
+        orders = [
+            Order(int(i), "BUY" if dw[i] > 0 else "SELL", float(abs(dw[i])))
+            for i in np.flatnonzero(np.abs(dw) > min_trade)
+        ]
+        return target, orders, w_from
 
     def report(self, folder: str | Path) -> list[Path]:
         """Write CSVs (positions, trades, pnl, params), ``metrics.json`` and three PNGs.
@@ -495,9 +184,11 @@ class BacktestResult:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         paths: list[Path] = []
-        for name in ("positions", "trades", "pnl", "params"):
+        for name in ("positions", "trades", "pnl", "params", "yearly", "round_trips"):
+            if getattr(self, name) is None:
+                continue
             p = out / f"{name}.csv"
-            getattr(self, name).to_csv(p, index=name != "trades")
+            getattr(self, name).to_csv(p, index=name not in ("trades", "round_trips"))
             paths.append(p)
         p = out / "metrics.json"
         clean = {k: (float(v) if np.isfinite(v) else None) for k, v in self.metrics.items()}
@@ -882,6 +573,7 @@ def walk_forward(
     F_model, innov, filt_var, resid = cal.F_model, cal.innov, cal.filt_var, cal.resid
     W = cfg.sigma_window
     sig_rows, z_rows, status_rows, z_basis_rows = {}, {}, {}, {}
+    last_inputs: list[TradingInputs | None] = [None]
 
     def decide(t: int, w_prev: np.ndarray):
         lo = max(0, t - W)
@@ -898,11 +590,15 @@ def walk_forward(
             dt=dt[lo:t],
         )
         z_basis_rows[t] = inp.z_basis
+        last_inputs[0] = inp
         dec = eng.decide(inp, w_prev)
         sig_rows[t], z_rows[t], status_rows[t] = dec.signals, dec.z, dec.status
         return dec.target_w, inp.frictions.per_contract
 
-    ex = simulate_execution(panel, decide, settlements=settlements, start=start)
+    ex = simulate_execution(
+        panel, decide, settlements=settlements, start=start, lag=cfg.execution_lag,
+        carry_rolls=cfg.carry_rolls,
+    )  # fmt: skip
 
     idx = ex.positions.index
     rows = range(start, T)
@@ -913,7 +609,8 @@ def walk_forward(
     params = cal.params
     steps = dt[start:] if T - 1 > start else dt
     ppy = 1.0 / float(np.mean(steps))
-    metrics = compute_metrics(ex.pnl, len(ex.trades), ppy)
+    bench = passive_returns(panel, settlements, start=start)
+    metrics = compute_metrics(ex.pnl, len(ex.trades), ppy, benchmark=bench)
     info = {
         "calibration_dates": [dates[t] for t in cal.cal_dates],
         **(
@@ -947,4 +644,9 @@ def walk_forward(
         status=pd.Series([status_rows[t] for t in rows], index=idx, name="status"),
         info=info,
         pre_trade=ex.pre_trade,
+        targets=ex.targets,
+        tenor_pnl=ex.tenor_pnl,
+        yearly=yearly_metrics(ex.pnl, ppy),
+        round_trips=round_trips(ex.positions, ex.tenor_pnl),
+        inputs_last=last_inputs[0],
     )

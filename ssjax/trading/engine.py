@@ -74,6 +74,14 @@ class TradingConfig:
         gross_leverage: cap on Σ|w|.
         fee, half_spread, slippage: frictions per contract in price units (scalar or [M]).
         periods_per_year: to annualize Σ (default: from the data's step lengths).
+        execution_lag: dates between a decision and its fill in the backtest (default 1:
+            decide on t's settlement, fill at the next one; 0 fills at the signal's own
+            settlement, which no desk can do). See
+            :func:`ssjax.trading.execution.simulate_execution`.
+        carry_rolls: when a tenor's contract rolls, its position enters the decision with its
+            pre-roll weight, so it moves to the new contract (both legs paying costs) if the
+            new contract's z still passes z_out (default True); False closes it for good
+            unless the new contract's |z| passes z_in.
         shrinkage: weight of the diagonal in Σ = (1−s) S + s diag(S) (stabilizes small windows).
         min_resid_sd: the smallest s.d. of ln F a z-score may be divided by (default 1e-6,
             about 0.0001% of the price). A tenor whose s.d. is below it carries no signal
@@ -96,8 +104,42 @@ class TradingConfig:
     periods_per_year: float | None = None
     shrinkage: float = 0.1
     min_resid_sd: float = 1e-6
+    execution_lag: int = 1
+    carry_rolls: bool = True
 
     def __post_init__(self) -> None:
+        def bad(name: str, want: str) -> ValueError:
+            return ValueError(f"TradingConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+        def real(v: Any) -> bool:
+            return not isinstance(v, bool) and isinstance(v, int | float | np.integer | np.floating)
+
+        for name in ("sigma_window", "execution_lag"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise bad(name, "an integer")
+        if self.execution_lag < 0:
+            raise bad("execution_lag", ">= 0")
+        for name in ("z_in", "z_out", "gross_leverage", "shrinkage", "min_resid_sd"):
+            if not real(getattr(self, name)):
+                raise bad(name, "a number")
+        if self.periods_per_year is not None and not (
+            real(self.periods_per_year) and self.periods_per_year > 0
+        ):
+            raise bad("periods_per_year", "None or a number > 0")
+        for name in ("max_weight", "fee", "half_spread", "slippage"):
+            try:
+                a = np.asarray(getattr(self, name), dtype=float)
+            except (TypeError, ValueError):
+                raise bad(name, "a number or one number per tenor") from None
+            if a.ndim > 1 or not np.all(np.isfinite(a)):
+                raise bad(name, "a finite number or one per tenor")
+            if name == "max_weight" and np.any(a <= 0):
+                raise bad(name, "> 0")
+            if name != "max_weight" and np.any(a < 0):
+                raise bad(name, ">= 0 (a cost)")
+        if not isinstance(self.carry_rolls, bool | np.bool_):
+            raise bad("carry_rolls", "True or False")
         if self.sigma_method not in ("returns", "residuals"):
             raise ValueError(
                 f"sigma_method must be 'returns' or 'residuals', got {self.sigma_method!r}"

@@ -49,6 +49,59 @@ def test_backtest_settings_refused_before_any_fit(tmp_path):
     assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
+def _head(panel, n):
+    return panel._replace(
+        dates=panel.dates[:n], F_mkt=panel.F_mkt[:n], ttm=panel.ttm[:n],
+        contracts=panel.contracts[:n], dt=panel.dt[: n - 1], mask=panel.mask[:n],
+    )  # fmt: skip
+
+
+def test_orders_t_are_the_backtests_decision(tmp_path):
+    """One rule, live and backtested: orders_t at t* are what the backtest, run one date
+    further, fills at the next settlement (execution_lag = 1), from the calibration of t*
+    itself (the schedule is anchored there); with execution_lag = 0 they are the backtest's
+    fills at t*."""
+    from ssjax.trading.backtest import walk_forward
+    from ssjax.trading.settings import WalkForwardSettings
+
+    over = {"data": {"t_star": "1994-01-25"}, "backtest": {"recalibrate_every": 26},
+            "output": {"folder": str(tmp_path / "lag1")}}  # fmt: skip
+    cfg = merge_config(DEFAULTS, over)
+    res = run_pipeline(cfg)
+    t = int(res.fit.t_star)
+    assert res.decision.orders, "the test needs a date with orders"
+    saved = json.loads((tmp_path / "lag1" / "orders_t.json").read_text())
+    assert saved["theta_date"] == "1994-01-25" and saved["execution_lag"] == 1
+    assert [(o["tenor_id"], o["side"]) for o in saved["orders"]] == [
+        (o.tenor_id, o.side) for o in res.decision.orders
+    ]
+    b = ssjax.datasets.load_wti_ss2000_contracts()
+    start = res.backtest.info["start"]
+    assert (t - start) % 26 == 0  # t* is a calibration date
+    walk = WalkForwardSettings(min_window=104, recalibrate_every=26, start=start)
+    trading = TradingConfig(**cfg["trading"])
+    nxt = walk_forward(_head(b.panel, t + 2), b.settlements, walk, trading=trading)
+    fills = nxt.trades[(nxt.trades["date"] == b.panel.dates[t + 1])]
+    assert set(fills["kind"]) == {"order"}  # no roll on the next date
+    assert (fills["decided"] == b.panel.dates[t]).all()
+    got = [(int(r.tenor_id), r.side, r.size) for r in fills.itertuples()]
+    want = [(o.tenor_id, o.side, o.size) for o in res.decision.orders]
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    # to the fit's tolerance: the longer panel pads its windows to another length, which
+    # changes the summation order of the log-likelihood (Θ agrees to ~1e-10)
+    np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-8)
+
+    # execution_lag = 0: the orders are the fills the backtest books at t*
+    over["trading"] = {"execution_lag": 0}
+    over["output"] = {"folder": str(tmp_path / "lag0")}
+    res0 = run_pipeline(merge_config(DEFAULTS, over))
+    at_t = res0.backtest.trades[(res0.backtest.trades["date"] == b.panel.dates[t])
+                                & (res0.backtest.trades["kind"] == "order")]  # fmt: skip
+    assert [(int(r.tenor_id), r.side, r.size) for r in at_t.itertuples()] == [
+        (o.tenor_id, o.side, o.size) for o in res0.decision.orders
+    ]
+
+
 def test_print_config_applies_flags(capsys):
     assert main(["--print-config", "--sizing", "qp", "--z-in", "2.5", "--ranks", "1,3"]) == 0
     cfg = json.loads(capsys.readouterr().out)
@@ -114,18 +167,17 @@ def test_main_job_orders_start_from_the_backtest_book(tmp_path, capsys):
     args = ["--output-dir", str(out), "--recalibrate-every", "52", "--quiet",
             "--t-star", "1994-03-22"]  # fmt: skip
     assert main(args) == 0
-    assert "from the backtest's book going into t*" in capsys.readouterr().out
+    assert "the backtest's own decision at t*" in capsys.readouterr().out
     t_star = pd.Timestamp("1994-03-22")
     orders = json.loads((out / "orders_t.json").read_text())
     assert orders["start_book"] == "backtest" and orders["date"] == "1994-03-22"
-    # the book going into t*, rebuilt from the backtest report: the positions after
-    # trading at t*-1, less the tenors whose contract rolled at t* (closed by the roll)
+    # the book the orders trade from (execution_lag = 1): the backtest's positions after
+    # t*'s fills (which already rolled the tenors whose contract changed at t*)
     pos = pd.read_csv(out / "backtest" / "positions.csv", index_col=0, parse_dates=True)
     trades = pd.read_csv(out / "backtest" / "trades.csv", parse_dates=["date"])
     assert pos.index[-1] == t_star
-    book = pos.iloc[-2].to_numpy(float).copy()
+    book = pos.iloc[-1].to_numpy(float)
     rolled = trades[(trades["date"] == t_star) & (trades["kind"] == "roll_close")]
-    book[rolled["tenor_id"].to_numpy(int)] = 0.0
     assert np.abs(book).sum() > 1.0  # a real book to start from
     np.testing.assert_allclose(orders["w_prev"], book, rtol=1e-15, atol=0)
     assert [r["tenor_id"] for r in orders["roll_closes"]] == rolled["tenor_id"].tolist()

@@ -12,17 +12,16 @@ import pytest
 import ssjax
 from ssjax.datasets import Panel
 from ssjax.fit.mle import fit_mle
-from ssjax.trading.backtest import (
-    BacktestResult,
-    calibrate_walk_forward,
-    compute_metrics,
+from ssjax.trading.backtest import BacktestResult, calibrate_walk_forward, walk_forward
+from ssjax.trading.engine import Order, TradeEngine, TradingConfig
+from ssjax.trading.execution import (
     executable_target,
     expiring_before_next,
+    passive_returns,
     simulate_execution,
     step_pnl,
-    walk_forward,
 )
-from ssjax.trading.engine import Order, TradeEngine, TradingConfig
+from ssjax.trading.metrics import compute_metrics, deflated_sharpe, round_trips, yearly_metrics
 from ssjax.trading.settings import WalkForwardSettings
 
 # ---- a hand-built two-tenor panel with a roll on date 2 -----------------------------------------
@@ -62,14 +61,14 @@ def _hand_settlements() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trade_date", "contract", "settlement_price", "commodity"])
 
 
-def _run_hand(panel, settlements):
+def _run_hand(panel, settlements, **kw):
     seen = {}
 
     def decide(t, w_prev):
         seen[t] = w_prev
         return TARGETS[t], COST
 
-    return simulate_execution(panel, decide, settlements=settlements), seen
+    return simulate_execution(panel, decide, settlements=settlements, **kw), seen
 
 
 def _trades_tuples(ex):
@@ -129,11 +128,59 @@ def test_hand_computed_pnl_with_settlements():
         ex.positions.to_numpy(), [[0.5, -0.25], [0.5, -0.5], [0.5, -0.5], [0.0, 0.0]]
     )
     assert ex.held.to_numpy().tolist() == [["A", "B"], ["A", "B"], ["B", "C"], ["", ""]]
-    # the engine sees the book after the roll closes: flat in the rolled tenors
+    # the engine sees the rolled tenors with their pre-roll weights (hysteresis carries
+    # across the roll); the fills start from the book after the roll closes
     np.testing.assert_array_equal(seen[1], [0.5, -0.25])
-    np.testing.assert_array_equal(seen[2], [0.0, 0.0])
+    np.testing.assert_array_equal(seen[2], [0.5, -0.5])
+    np.testing.assert_allclose(ex.pnl["net_exposure"], [0.0, 0.25, 0.0, 0.0])
+    # per-tenor net P&L adds up to the total
+    np.testing.assert_allclose(ex.tenor_pnl.sum(axis=1), net, rtol=1e-13, atol=1e-16)
+    # without the carry, the decision sees the rolled tenors flat (and the fills are the same
+    # here, since these targets do not depend on what the decision sees)
+    ex0, seen0 = _run_hand(_hand_panel(), _hand_settlements(), carry_rolls=False)
+    np.testing.assert_array_equal(seen0[2], [0.0, 0.0])
+    pd.testing.assert_frame_equal(ex0.trades, ex.trades)
     assert ex.orders[2] == [Order(0, "BUY", 0.5), Order(1, "SELL", 0.5)]
     assert ex.orders[3] == [Order(0, "SELL", 0.5), Order(1, "BUY", 0.5)]
+
+
+def test_hand_computed_lag_one_fills_at_the_next_settlement():
+    """execution_lag = 1: the target decided at t fills at t+1's settlement of the tenor's
+    contract then; a roll at t+1 closes the old contract and the due fill re-opens the new
+    one; the last decision is left unfilled (it is the live order)."""
+    ex, seen = _run_hand(_hand_panel(), _hand_settlements(), lag=1)
+    c0, c1 = COST
+    d = DATES
+    want = [
+        # date 1: the targets of date 0 (0.5, -0.25)
+        (1, 0, "A", "BUY", 0.5, 51.0, 0.5 * c0 / 51, "order", False),
+        (1, 1, "B", "SELL", 0.25, 59.0, 0.25 * c1 / 59, "order", False),
+        # date 2: the roll closes A and B, then date 1's targets (0.5, -0.5) open B and C
+        (2, 0, "A", "SELL", 0.5, 52.0, 0.5 * c0 / 52, "roll_close", False),
+        (2, 1, "B", "BUY", 0.25, 61.0, 0.25 * c1 / 61, "roll_close", False),
+        (2, 0, "B", "BUY", 0.5, 61.0, 0.5 * c0 / 61, "order", False),
+        (2, 1, "C", "SELL", 0.5, 70.0, 0.5 * c1 / 70, "order", False),
+        # date 3: date 2's targets (0.5, -0.5) hold, but B is on its last trading day
+        (3, 0, "B", "SELL", 0.5, 62.0, 0.5 * c0 / 62, "order", False),
+    ]
+    got = _trades_tuples(ex)
+    order = [0, 1, 2, 3, 4, 5, 6]
+    _check_trades([got[i] for i in order], want)
+    assert list(ex.trades["decided"]) == [d[0], d[0], d[2], d[2], d[1], d[1], d[2]]
+    gross = [
+        0.0,
+        0.0,  # nothing held over (0, 1]
+        0.5 * (52 / 51 - 1) - 0.25 * (61 / 59 - 1),
+        0.5 * (62 / 61 - 1) - 0.5 * (69 / 70 - 1),
+    ]
+    np.testing.assert_allclose(ex.pnl["gross"], gross, rtol=1e-13, atol=1e-16)
+    np.testing.assert_allclose(ex.positions.to_numpy(), [[0, 0], [0.5, -0.25], [0.5, -0.5],
+                                                         [0.0, -0.5]])  # fmt: skip
+    # each decision trades from the book after that date's fills
+    np.testing.assert_array_equal(seen[1], [0.5, -0.25])
+    np.testing.assert_array_equal(ex.targets.to_numpy(), TARGETS)
+    with pytest.raises(ValueError, match="lag must be an integer >= 0"):
+        _run_hand(_hand_panel(), None, lag=-1)
 
 
 def test_hand_computed_pnl_panel_only_carry_and_stale_roll():
@@ -517,6 +564,84 @@ def test_walk_forward_settings_checked_when_made(wti_short):
     # the object and the keywords give the same backtest (the base run used keywords)
     again = walk_forward(panel, settle, s, trading=CFG)
     pd.testing.assert_frame_equal(again.pnl, base.pnl, check_exact=True)
+
+
+def test_passive_benchmark_holds_the_front_contract_and_rolls_before_expiry():
+    """Over (t−1, t] the passive long holds tenor 0's contract at t−1, or tenor 1's when
+    tenor 0's expires before t."""
+    panel = _hand_panel()
+    r = passive_returns(panel, _hand_settlements())
+    # date 1: A 50 -> 51; date 2: A (date 1's front) 51 -> 52; date 3: B 61 -> 62
+    np.testing.assert_allclose(r, [np.nan, 51 / 50 - 1, 52 / 51 - 1, 62 / 61 - 1])
+    np.testing.assert_allclose(passive_returns(panel, None, tenor=1, start=2),
+                               [61 / 59 - 1, 69 / 70 - 1])  # fmt: skip
+    with pytest.raises(ValueError, match="tenor must lie in"):
+        passive_returns(panel, tenor=2)
+
+
+def test_round_trips_and_years_by_hand():
+    idx = pd.DatetimeIndex(["2020-12-29", "2021-01-05", "2021-01-12", "2021-01-19",
+                            "2021-01-26", "2021-02-02"], name="date")  # fmt: skip
+    pos = pd.DataFrame({"A": [0.5, 0.5, -0.5, 0.0, 0.0, 0.2], "B": [0, 0, 0, -1.0, -1.0, 0]},
+                       index=idx, dtype=float)  # fmt: skip
+    tp = pd.DataFrame({"A": [-0.01, 0.03, -0.02, 0.04, 0.0, -0.005],
+                       "B": [0.0, 0.0, 0.0, -0.01, 0.02, 0.05]}, index=idx)  # fmt: skip
+    trips = round_trips(pos, tp)
+    rows = [tuple(r) for r in trips[["tenor", "side", "periods", "open"]].itertuples(index=False)]
+    assert rows == [("A", "long", 2, False), ("A", "short", 1, False), ("A", "long", 0, True),
+                    ("B", "short", 2, False)]  # fmt: skip
+    # A long: opening cost -0.01, then +0.03, then the reversal date's -0.02 (its close);
+    # A short: opened by the reversal (cost already counted), closed at date 3: +0.04
+    np.testing.assert_allclose(trips["pnl"], [0.0, 0.04, -0.005, 0.06], atol=1e-15)
+    pnl = pd.DataFrame({"gross": [0.01, 0.02, -0.01, 0.0, 0.03, 0.01],
+                        "cost": [0.0, 0.0, 0.01, 0.0, 0.0, 0.0]}, index=idx)  # fmt: skip
+    pnl["net"] = pnl["gross"] - pnl["cost"]
+    y = yearly_metrics(pnl, 52)
+    assert list(y.index) == [2020, 2021] and list(y["n_periods"]) == [1, 5]
+    np.testing.assert_allclose(y["net"], [0.01, 0.04], atol=1e-15)
+    np.testing.assert_allclose(y.loc[2021, "cost"], 0.01)
+    assert y.loc[2021, "max_drawdown"] == pytest.approx(0.02)  # 0.02 -> 0.0
+    assert math.isnan(y.loc[2020, "sharpe"])
+
+
+def test_sharpe_uncertainty_and_deflation():
+    """Lo (2002) standard error and the deflated Sharpe ratio against their formulas, and
+    a simulation: the SE matches the spread of Sharpe ratios of IID samples."""
+    rng = np.random.default_rng(3)
+    n, ppy = 260, 52
+    idx = pd.date_range("2015-01-06", periods=n, freq="W-TUE")
+    net = rng.normal(0.001, 0.01, n)
+    bench = 0.5 * net + rng.normal(0, 0.01, n)
+    pnl = pd.DataFrame({"gross": net, "cost": 0.0, "net": net, "exposure": 1.0,
+                        "net_exposure": -0.5, "turnover": 0.0}, index=idx)  # fmt: skip
+    m = compute_metrics(pnl, 0, ppy, benchmark=bench)
+    sr = net.mean() / net.std(ddof=1)
+    assert m["sharpe"] == pytest.approx(sr * math.sqrt(ppy), rel=1e-12)
+    assert m["sharpe_se"] == pytest.approx(math.sqrt((1 + sr**2 / 2) / n * ppy), rel=1e-12)
+    assert m["sharpe_tstat"] == pytest.approx(sr * math.sqrt(n), rel=1e-12)
+    down = math.sqrt(np.mean(np.minimum(net, 0) ** 2) * ppy)
+    assert m["sortino"] == pytest.approx(net.mean() * ppy / down, rel=1e-12)
+    assert m["calmar"] == pytest.approx(m["annual_return"] / m["max_drawdown"], rel=1e-12)
+    c = np.cov(net, bench)
+    assert m["beta"] == pytest.approx(c[0, 1] / c[1, 1], rel=1e-12)
+    assert m["correlation"] == pytest.approx(np.corrcoef(net, bench)[0, 1], rel=1e-12)
+    assert m["net_exposure"] == -0.5 and m["invested_share"] == 1.0
+    with pytest.raises(ValueError, match="benchmark must have one return per period"):
+        compute_metrics(pnl, 0, ppy, benchmark=bench[:-1])
+    # the SE is the spread of Sharpe ratios over repeated samples (IID normal)
+    sims = rng.normal(0.001, 0.01, (4000, n))
+    srs = sims.mean(1) / sims.std(1, ddof=1) * math.sqrt(ppy)
+    assert np.std(srs) == pytest.approx(m["sharpe_se"], rel=0.05)
+    # deflated Sharpe: one trial is the probabilistic Sharpe ratio Φ(SR √(n−1) / √(1 + SR²/2))
+    psr = deflated_sharpe(sr, 1, [sr], n)
+    from statistics import NormalDist
+
+    assert psr == pytest.approx(NormalDist().cdf(sr * math.sqrt(n - 1) / math.sqrt(1 + sr**2 / 2)))
+    # the best of 50 settings with no skill is deflated towards 0.5 or below
+    trial = rng.normal(0, 1 / math.sqrt(n), 50)
+    best = float(trial.max())
+    assert deflated_sharpe(best, 50, trial, n) < deflated_sharpe(best, 1, [best], n)
+    assert deflated_sharpe(best, 50, trial, n) < 0.7
 
 
 # ---- metrics against hand computations --------------------------------------------------------

@@ -114,6 +114,16 @@ def test_expired_or_missing_tenors_are_not_tradable():
         (dict(sigma_window=1), "sigma_window"),
         (dict(min_resid_sd=-1e-6), "min_resid_sd"),
         (dict(min_resid_sd=float("nan")), "min_resid_sd"),
+        (dict(z_in="two"), "TradingConfig.z_in must be a number, got 'two'"),
+        (dict(sigma_window=60.5), "TradingConfig.sigma_window must be an integer"),
+        (dict(fee=-0.01), r"TradingConfig.fee must be >= 0 \(a cost\)"),
+        (dict(half_spread=[0.01, -1.0]), "TradingConfig.half_spread must be >= 0"),
+        (dict(slippage="a lot"), "TradingConfig.slippage must be a number or one"),
+        (dict(max_weight=0.0), "TradingConfig.max_weight must be > 0"),
+        (dict(execution_lag=-1), "TradingConfig.execution_lag must be >= 0"),
+        (dict(execution_lag=True), "TradingConfig.execution_lag must be an integer"),
+        (dict(carry_rolls="yes"), "TradingConfig.carry_rolls must be True or False"),
+        (dict(periods_per_year=0), "TradingConfig.periods_per_year must be None or a number"),
     ],
 )
 def test_config_validation(kwargs, match):
