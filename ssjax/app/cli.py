@@ -62,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="(--fit-only) write the state path and model forwards")
     g = p.add_argument_group("pipeline (the default run)")
     g.add_argument("--config", help="TOML settings file (see `ssjax --print-config`)")
-    g.add_argument("--print-config", action="store_true", help="print the settings and exit")
+    g.add_argument(
+        "--print-config",
+        action="store_true",
+        help="check the settings, print them as TOML (--config reads it) and exit",
+    )
+    g.add_argument("--check-config", action="store_true",
+                   help="check the settings (and that the data load) and exit")  # fmt: skip
     g.add_argument("--fit-only", action="store_true", help="calibrate and print the summary only")
     g.add_argument("--sizing", choices=["vol_target", "qp"])
     g.add_argument("--z-in", type=float)
@@ -175,16 +181,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
     if not (args.fit_only or args.csv or args.output or args.spot):
-        import json
-
-        from ssjax.app.pipeline import run_pipeline
+        from ssjax.app.pipeline import check_config, check_data, run_pipeline, to_toml
 
         try:
             cfg = _pipeline_config(args, given)
+            check_config(cfg)
+            if args.check_config:
+                print(check_data(cfg))
+                return 0
         except ValueError as e:
-            raise SystemExit(str(e)) from None
+            raise SystemExit(f"ssjax: {e}") from None
         if args.print_config:
-            print(json.dumps(cfg, indent=2))
+            print(to_toml(cfg), end="")
             return 0
         try:
             res = run_pipeline(cfg, quiet=args.quiet, say=print,

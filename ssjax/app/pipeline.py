@@ -84,6 +84,10 @@ from numpy.typing import ArrayLike
 
 __all__ = [
     "DEFAULTS",
+    "Settings",
+    "check_config",
+    "check_data",
+    "to_toml",
     "load_config",
     "merge_config",
     "orders_at_t_star",
@@ -142,6 +146,118 @@ def load_config(path: str | Path | None) -> dict:
     return merge_config(DEFAULTS, user, where=str(path))
 
 
+class Settings(NamedTuple):
+    """The main job's settings as checked objects (:func:`check_config`)."""
+
+    trading: Any  # TradingConfig
+    engine: Any  # TradeEngine
+    walk: Any  # WalkForwardSettings
+    run_backtest: bool
+
+
+def _check_data(d: dict) -> None:
+    def bad(key: str, msg: str) -> ValueError:
+        return ValueError(f"[data] {key}: {msg}, got {d[key]!r}")
+
+    src = d["source"]
+    if not isinstance(src, str) or not src:
+        raise bad("source", "must be 'wti', 'copper' or a settlement file")
+    if src not in ("wti", "copper") and not Path(src).is_file():
+        raise bad("source", "no such file (nor 'wti' or 'copper')")
+    for key in ("commodity", "resample"):
+        if not isinstance(d[key], str):
+            raise bad(key, "must be a string ('' for none)")
+    ranks = d["ranks"]
+    if (
+        not isinstance(ranks, list)
+        or not ranks
+        or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks)
+        or sorted(set(ranks)) != ranks
+    ):
+        raise bad("ranks", "must be a non-empty increasing list of nearby ranks >= 1")
+    t_star = d["t_star"]
+    if not isinstance(t_star, str | int) or isinstance(t_star, bool):
+        raise bad("t_star", "must be '' (the last date), a date 'YYYY-MM-DD' or a date index")
+    if isinstance(t_star, str) and t_star and not t_star.lstrip("-").isdigit():
+        try:
+            pd.Timestamp(t_star)
+        except (TypeError, ValueError):
+            raise bad("t_star", "is not a date") from None
+    rd = d["roll_days"]
+    if isinstance(rd, bool) or not isinstance(rd, int) or rd < 0:
+        raise bad("roll_days", "must be an integer >= 0")
+
+
+def check_config(cfg: dict) -> Settings:
+    """Every setting of ``cfg`` checked before any work, each error one line naming its key
+    (``[section] key: problem``): types, ranges, the cross-field rules (z_out < z_in, costs
+    >= 0, a settlement file that exists, a backtest window shorter than the data is checked
+    once the data are loaded). Returns the settings as the objects the job runs with."""
+    from ssjax.trading.engine import TradeEngine, TradingConfig
+    from ssjax.trading.settings import WalkForwardSettings
+
+    _check_data(cfg["data"])
+    m = cfg["model"]
+    if not isinstance(m["method"], str) or m["method"].upper() not in ("MLE", "EM", "HYBRID"):
+        raise ValueError(f"[model] method: must be MLE, EM or hybrid, got {m['method']!r}")
+    for key in ("risk_premium", "shared_noise"):
+        if not isinstance(m[key], bool):
+            raise ValueError(f"[model] {key}: must be true or false, got {m[key]!r}")
+    b = cfg["backtest"]
+    if not isinstance(b["enabled"], bool):
+        raise ValueError(f"[backtest] enabled: must be true or false, got {b['enabled']!r}")
+    if not isinstance(cfg["output"]["folder"], str) or not cfg["output"]["folder"]:
+        raise ValueError(f"[output] folder: must be a path, got {cfg['output']['folder']!r}")
+
+    def build(section: str, make: Callable[[], Any]) -> Any:
+        try:
+            return make()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"[{section}] {e}") from None
+
+    trading = build("trading", lambda: TradingConfig(**cfg["trading"]))
+    e = dict(cfg["engine"])
+    if isinstance(e["top_k"], bool) or not isinstance(e["top_k"], int) or e["top_k"] < 0:
+        raise ValueError(f"[engine] top_k: must be an integer >= 0 (0: no limit), got "
+                         f"{e['top_k']!r}")  # fmt: skip
+    e["top_k"] = e["top_k"] or None
+    for key in ("vol_target", "gamma", "lambda1", "lambda2"):
+        v = e[key]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"[engine] {key}: must be a number, got {v!r}")
+    engine_fields = {f.name for f in fields(TradeEngine) if f.init}
+    engine = build("engine", lambda: TradeEngine(**{k: v for k, v in e.items()
+                                                    if k in engine_fields}))  # fmt: skip
+    walk = build("backtest", lambda: WalkForwardSettings(
+        min_window=b["min_window"], recalibrate_every=b["recalibrate_every"],
+        warm_start=b["warm_start"], risk_premium=m["risk_premium"],
+        shared_noise=m["shared_noise"], standard_errors=True,
+    ))  # fmt: skip
+    return Settings(trading, engine, walk, b["enabled"])
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string is a JSON string
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML form for {v!r}")
+
+
+def to_toml(cfg: dict) -> str:
+    """The settings as a TOML document that :func:`load_config` reads back unchanged."""
+    lines = []
+    for section, values in cfg.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
 class PipelineResult(NamedTuple):
     fit: Any  # KalmanFit
     inputs: Any  # TradingInputs at t*
@@ -156,7 +272,7 @@ class PipelineResult(NamedTuple):
 def _load(cfg: dict):
     """(panel, settlements or None, description) from the [data] section."""
     from ssjax.data.panels import nearby_panel
-    from ssjax.data.settlements import read_settlements
+    from ssjax.data.settlements import SettlementError, read_settlements
     from ssjax.datasets import load_copper_schwartz97, load_wti_ss2000_contracts
 
     d = cfg["data"]
@@ -169,11 +285,52 @@ def _load(cfg: dict):
         settle = load_copper_schwartz97().settlements
         desc = "bundled COMEX copper (schwartz97)"
     else:
-        settle = read_settlements(src)
+        try:
+            settle = read_settlements(src)
+        except (SettlementError, OSError) as e:
+            raise ValueError(f"[data] source: {e}") from None
         desc = src
-    panel = nearby_panel(settle, list(d["ranks"]), commodity=d["commodity"] or None,
-                         resample=resample, roll_days=d["roll_days"])  # fmt: skip
+    try:
+        panel = nearby_panel(settle, list(d["ranks"]), commodity=d["commodity"] or None,
+                             resample=resample, roll_days=d["roll_days"])  # fmt: skip
+    except ValueError as e:
+        raise ValueError(f"[data] {e}") from None
     return panel, settle, desc
+
+
+def _resolve(cfg: dict, walk: Any, run_bt: bool):
+    """The data, t* and the backtest schedule anchored at t* (checked against the data)."""
+    from ssjax.core.market import t_star_index
+
+    panel, settle, desc = _load(cfg)
+    try:
+        t_idx = t_star_index(cfg["data"]["t_star"], len(panel.dates), panel.dates)
+    except ValueError as e:
+        raise ValueError(f"[data] t_star: {e}") from None
+    if run_bt:
+        if t_idx < walk.min_window:
+            raise ValueError(
+                f"[backtest] min_window: {walk.min_window} leaves no trading date up to t* "
+                f"(t* is date {t_idx} of the panel); lower it or move t_star"
+            )
+        # the schedule ends on t*: the Θ in force at t* is fitted on the data up to t*
+        walk = walk.replace(
+            start=walk.min_window + (t_idx - walk.min_window) % walk.recalibrate_every
+        )
+    return panel, settle, desc, t_idx, walk
+
+
+def check_data(cfg: dict) -> str:
+    """:func:`check_config`, then load the data and resolve t* and the backtest's schedule
+    against them (what ``ssjax --check-config`` runs); no fit. Returns a one-line summary."""
+    s = check_config(cfg)
+    panel, _, desc, t_idx, walk = _resolve(cfg, s.walk, s.run_backtest)
+    line = (f"settings OK: {desc}: {len(panel.dates)} dates x {len(panel.tenor_names)} tenors; "
+            f"t* = {panel.dates[t_idx].date()}")  # fmt: skip
+    if s.run_backtest:
+        line += (f"; backtest trades from {panel.dates[walk.first].date()}, recalibrating "
+                 f"every {walk.recalibrate_every} dates")  # fmt: skip
+    return line
 
 
 def orders_at_t_star(
@@ -272,44 +429,18 @@ def run_pipeline(
     starting from the backtest's book going into t* (flat without the backtest) and under
     the backtest's execution rules (:func:`orders_at_t_star`).
     """
-    from ssjax.core.market import t_star_index
     from ssjax.fit.engine import KalmanEngine
-    from ssjax.trading.engine import TradeEngine, TradingConfig
-    from ssjax.trading.settings import WalkForwardSettings
 
-    trading_cfg = TradingConfig(**cfg["trading"])
-    e = dict(cfg["engine"])
-    e["top_k"] = int(e["top_k"]) or None
-    engine_fields = {f.name for f in fields(TradeEngine) if f.init}
-    trade_engine = TradeEngine(**{k: v for k, v in e.items() if k in engine_fields})
-    b, m = cfg["backtest"], cfg["model"]
-    if not isinstance(b["enabled"], bool):
-        raise ValueError(f"[backtest] enabled must be true or false, got {b['enabled']!r}")
-    walk = WalkForwardSettings(
-        min_window=b["min_window"], recalibrate_every=b["recalibrate_every"],
-        warm_start=b["warm_start"], risk_premium=m["risk_premium"],
-        shared_noise=m["shared_noise"], standard_errors=True,
-    )  # fmt: skip
+    trading_cfg, trade_engine, walk, run_bt = check_config(cfg)
+    m = cfg["model"]
     out_dir = Path(cfg["output"]["folder"])
-    run_bt = b["enabled"]
     n_steps = 4 if run_bt else 3
 
     say = say or _silent
     log = log or _silent
     detail = _silent if quiet else say
     t0 = time.perf_counter()
-    panel, settle, desc = _load(cfg)
-    t_idx = t_star_index(cfg["data"]["t_star"], len(panel.dates), panel.dates)
-    if run_bt:
-        if t_idx < walk.min_window:
-            raise ValueError(
-                f"[backtest] min_window = {walk.min_window} leaves no trading date up to t* "
-                f"(t* is date {t_idx} of the panel); lower it or move t_star"
-            )
-        # the schedule ends on t*: the Θ in force at t* is fitted on the data up to t*
-        walk = walk.replace(
-            start=walk.min_window + (t_idx - walk.min_window) % walk.recalibrate_every
-        )
+    panel, settle, desc, t_idx, walk = _resolve(cfg, walk, run_bt)
     say(f"data: {desc}: {len(panel.dates)} dates x {len(panel.tenor_names)} tenors "
           f"{panel.tenor_names}; t* = {panel.dates[t_idx].date()}")  # fmt: skip
     mask = np.asarray(panel.mask, bool) if panel.mask is not None else np.isfinite(panel.F_mkt)
@@ -324,7 +455,7 @@ def run_pipeline(
     bt = None
     if run_bt:
         log(f"[2/{n_steps}] walk-forward backtest up to t* (recalibrating every "
-             f"{b['recalibrate_every']} dates)...")  # fmt: skip
+             f"{walk.recalibrate_every} dates)...")  # fmt: skip
         bt = _backtest_to(panel, settle, t_idx, walk, trading_cfg, trade_engine, quiet)
 
     log(f"[{n_steps - 1}/{n_steps}] trading inputs and orders at t*...")

@@ -1,6 +1,9 @@
 """The main job: config handling and the whole pipeline from the command line."""
 
 import json
+import re
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -10,11 +13,20 @@ import ssjax
 from ssjax.app.cli import main
 from ssjax.app.pipeline import (
     DEFAULTS,
+    check_config,
+    check_data,
     load_config,
     merge_config,
     orders_at_t_star,
     run_pipeline,
+    to_toml,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from ssjax.trading.engine import Order, TradeEngine, TradingConfig, prepare_trading_inputs
 
 
@@ -34,19 +46,61 @@ def test_config_file_overrides_and_unknown_keys(tmp_path):
         load_config(bad)
 
 
-def test_backtest_settings_refused_before_any_fit(tmp_path):
-    """[backtest] settings are checked before the calibration starts, naming the field."""
+@pytest.mark.parametrize(
+    "over, msg",
+    [
+        ({"backtest": {"enabled": "no"}}, "[backtest] enabled: must be true or false, got 'no'"),
+        ({"backtest": {"recalibrate_every": 0}}, "recalibrate_every must be an integer >= 1"),
+        ({"backtest": {"min_window": 60.5}}, "min_window must be an integer >= 1"),
+        ({"backtest": {"warm_start": "yes"}}, "warm_start must be True or False"),
+        ({"trading": {"fee": -0.01}}, "[trading] TradingConfig.fee must be >= 0 (a cost)"),
+        ({"trading": {"sigma_window": 60.5}}, "TradingConfig.sigma_window must be an integer"),
+        ({"trading": {"z_in": "two"}}, "TradingConfig.z_in must be a number, got 'two'"),
+        ({"trading": {"z_in": 1.0, "z_out": 2.0}}, "need 0 <= z_out < z_in"),
+        ({"trading": {"execution_lag": -1}}, "TradingConfig.execution_lag must be >= 0"),
+        ({"engine": {"sizing": "kelly"}}, "[engine] sizing must be 'vol_target' or 'qp'"),
+        ({"engine": {"vol_target": "10%"}}, "[engine] vol_target: must be a number"),
+        ({"engine": {"top_k": -1}}, "[engine] top_k: must be an integer >= 0"),
+        ({"model": {"method": "OLS"}}, "[model] method: must be MLE, EM or hybrid"),
+        ({"model": {"shared_noise": 1}}, "[model] shared_noise: must be true or false"),
+        ({"data": {"source": "nowhere.csv"}}, "[data] source: no such file"),
+        ({"data": {"ranks": [5, 1]}}, "[data] ranks: must be a non-empty increasing list"),
+        ({"data": {"t_star": "someday"}}, "[data] t_star: is not a date"),
+        ({"data": {"roll_days": -2}}, "[data] roll_days: must be an integer >= 0"),
+        ({"output": {"folder": ""}}, "[output] folder: must be a path"),
+    ],
+)
+def test_every_setting_is_checked_before_any_work(tmp_path, over, msg):
+    """One rule per case: refused by check_config with one line naming the key, and by
+    run_pipeline before anything is computed or written."""
     out = str(tmp_path / "x")
-    for section, bad, msg in [
-        ("backtest", {"enabled": "no"}, "enabled must be true or false, got 'no'"),
-        ("backtest", {"recalibrate_every": 0}, "recalibrate_every must be an integer >= 1"),
-        ("backtest", {"min_window": 60.5}, "min_window must be an integer >= 1"),
-        ("backtest", {"warm_start": "yes"}, "warm_start must be True or False"),
-    ]:
-        cfg = merge_config(DEFAULTS, {section: bad, "output": {"folder": out}})
-        with pytest.raises(ValueError, match=msg):
-            run_pipeline(cfg)
-    assert not (tmp_path / "x").exists()  # refused before anything was written
+    cfg = merge_config(DEFAULTS, {**over, "output": {"folder": out, **over.get("output", {})}})
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        check_config(cfg)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        run_pipeline(cfg)
+    assert time.perf_counter() - t0 < 5.0  # refused before the fit (which takes ~10 s)
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_settings_checked_against_the_data(tmp_path, capsys):
+    """What needs the data (t* within it, a backtest window shorter than t*) is checked once
+    they are loaded, before the fit; --check-config runs those checks and exits."""
+    cfg = merge_config(DEFAULTS, {"data": {"t_star": "2030-01-01"}})
+    with pytest.raises(ValueError, match=r"\[data\] t_star: t_star 2030-01-01 is after the last"):
+        check_data(cfg)
+    cfg = merge_config(DEFAULTS, {"backtest": {"min_window": 300}})
+    with pytest.raises(ValueError, match=r"\[backtest\] min_window: 300 leaves no trading date"):
+        check_data(cfg)
+    assert main(["--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("settings OK: bundled") and "t* = 1995-02-14" in out
+    assert "backtest trades from 1992-02-18" in out
+    with pytest.raises(SystemExit, match="need 0 <= z_out < z_in"):
+        main(["--z-in", "1", "--z-out", "2", "--print-config"])
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["--check-config", "--data", str(tmp_path / "missing.csv")])
 
 
 def _head(panel, n):
@@ -102,11 +156,17 @@ def test_orders_t_are_the_backtests_decision(tmp_path):
     ]
 
 
-def test_print_config_applies_flags(capsys):
+def test_print_config_applies_flags_and_reads_back(tmp_path, capsys):
+    """--print-config prints valid TOML that --config reads back unchanged."""
     assert main(["--print-config", "--sizing", "qp", "--z-in", "2.5", "--ranks", "1,3"]) == 0
-    cfg = json.loads(capsys.readouterr().out)
+    text = capsys.readouterr().out
+    cfg = tomllib.loads(text)
     assert cfg["engine"]["sizing"] == "qp" and cfg["trading"]["z_in"] == 2.5
     assert cfg["data"]["ranks"] == [1, 3]
+    p = tmp_path / "printed.toml"
+    p.write_text(text)
+    assert load_config(p) == merge_config(DEFAULTS, cfg) == cfg
+    assert to_toml(load_config(p)) == text
 
 
 def test_main_job_writes_orders_and_backtest_report(tmp_path, capsys):
