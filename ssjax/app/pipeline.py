@@ -32,6 +32,8 @@ Settings (all optional; a TOML file overrides these defaults, flags override the
     half_spread = 0.005
     slippage = 0.0025
     min_resid_sd = 1e-6       # below this s.d. of ln F a tenor is fitted exactly: z = 0
+    net_exposure = -1.0       # cap on |sum w| (exposure to Y); negative: no cap
+    neutral = []              # factors to be neutral to: ["Y"], ["X"] or ["X", "Y"]
     execution_lag = 1         # dates from a decision to its fill (0: at the signal's own
                               # settlement, which no desk can do)
     carry_rolls = true        # a position moves to the new contract at a roll if its z
@@ -40,7 +42,8 @@ Settings (all optional; a TOML file overrides these defaults, flags override the
     [engine]                  # ssjax.trading.engine.TradeEngine
     sizing = "vol_target"     # or "qp"
     vol_target = 0.10
-    gamma = 5.0
+    gamma = 1.0               # QP risk aversion per year: max (alpha/h).w - gamma w'Sigma w
+    alpha_horizon = 0.25      # h: years over which a mispricing alpha is expected to close
     lambda1 = 0.0
     lambda2 = 0.0
     top_k = 0                 # 0: no limit
@@ -102,9 +105,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "trading": {"sigma_method": "returns", "sigma_window": 60, "z_method": "filtered",
                 "z_in": 2.0, "z_out": 0.5, "max_weight": 1.0, "gross_leverage": 2.0,
                 "fee": 0.0025, "half_spread": 0.005, "slippage": 0.0025,
-                "min_resid_sd": 1e-6, "execution_lag": 1, "carry_rolls": True},
-    "engine": {"sizing": "vol_target", "vol_target": 0.10, "gamma": 5.0, "lambda1": 0.0,
-               "lambda2": 0.0, "top_k": 0},
+                "min_resid_sd": 1e-6, "execution_lag": 1, "carry_rolls": True,
+                "net_exposure": -1.0, "neutral": []},
+    "engine": {"sizing": "vol_target", "vol_target": 0.10, "gamma": 1.0,
+               "alpha_horizon": 0.25, "lambda1": 0.0, "lambda2": 0.0, "top_k": 0},
     "backtest": {"enabled": True, "min_window": 104, "recalibrate_every": 13,
                  "warm_start": True},
     "output": {"folder": "ssjax_output"},
@@ -215,13 +219,19 @@ def check_config(cfg: dict) -> Settings:
         except (TypeError, ValueError) as e:
             raise ValueError(f"[{section}] {e}") from None
 
-    trading = build("trading", lambda: TradingConfig(**cfg["trading"]))
+    t = dict(cfg["trading"])
+    # TOML has no null: a negative net_exposure means no cap, neutral is a list
+    if isinstance(t["net_exposure"], int | float) and not isinstance(t["net_exposure"], bool):
+        t["net_exposure"] = None if t["net_exposure"] < 0 else t["net_exposure"]
+    if isinstance(t["neutral"], list):
+        t["neutral"] = tuple(t["neutral"])
+    trading = build("trading", lambda: TradingConfig(**t))
     e = dict(cfg["engine"])
     if isinstance(e["top_k"], bool) or not isinstance(e["top_k"], int) or e["top_k"] < 0:
         raise ValueError(f"[engine] top_k: must be an integer >= 0 (0: no limit), got "
                          f"{e['top_k']!r}")  # fmt: skip
     e["top_k"] = e["top_k"] or None
-    for key in ("vol_target", "gamma", "lambda1", "lambda2"):
+    for key in ("vol_target", "gamma", "alpha_horizon", "lambda1", "lambda2"):
         v = e[key]
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ValueError(f"[engine] {key}: must be a number, got {v!r}")
@@ -594,6 +604,7 @@ def _orders_at(panel, F, mask, t_idx: int, fit, trading_cfg, trade_engine) -> _A
         filtered_resid_var_t=filt_var[-1],
         innovation_var_t=innov[-1],
         dt=dt[:t_idx],
+        kappa=float(np.asarray(fit.params.kappa)),
     )
     decision = orders_at_t_star(
         trade_engine, inputs, w_prev, F[t_idx], panel.contracts[t_idx], expiring_t

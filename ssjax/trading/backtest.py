@@ -35,6 +35,7 @@ between dates (rebalanced to the target, no drift), as in the trading module.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import time
@@ -574,6 +575,7 @@ def walk_forward(
     W = cfg.sigma_window
     sig_rows, z_rows, status_rows, z_basis_rows = {}, {}, {}, {}
     last_inputs: list[TradingInputs | None] = [None]
+    kappas = [float(np.asarray(th.kappa)) for th in cal.thetas]  # the loadings' κ in force
 
     def decide(t: int, w_prev: np.ndarray):
         lo = max(0, t - W)
@@ -588,6 +590,7 @@ def walk_forward(
             filtered_resid_var_t=filt_var[t],
             innovation_var_t=innov[t],
             dt=dt[lo:t],
+            kappa=kappas[max(0, bisect.bisect_right(cal.cal_dates, t) - 1)],
         )
         z_basis_rows[t] = inp.z_basis
         last_inputs[0] = inp

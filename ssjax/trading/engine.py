@@ -25,6 +25,7 @@ the round trip's frictions (entry now, exit later), and returns ``signals``, ``t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -52,7 +53,7 @@ __all__ = [
 Z_METHODS = ("filtered", "innovation", "residual")
 
 
-_vol_target_jit = jax.jit(vol_target_weights)
+_vol_target_jit = jax.jit(vol_target_weights, static_argnames=("redistribute",))
 _z_jit = jax.jit(z_scores)
 
 
@@ -78,6 +79,14 @@ class TradingConfig:
             decide on t's settlement, fill at the next one; 0 fills at the signal's own
             settlement, which no desk can do). See
             :func:`ssjax.trading.execution.simulate_execution`.
+        net_exposure: cap on the net exposure |Σw| (default None: no cap). The P&L of a
+            weight w_i is w_i·d ln F_i = w_i·(e^{−κΔ_i} dX + dY + …), so Σw is the book's
+            exposure to the long-term factor Y (a parallel move of the curve).
+        neutral: factors the book must be neutral to: ``()`` (default), ``("Y",)`` (Σw = 0),
+            ``("X",)`` (Σ w_i e^{−κΔ_i} = 0) or both, with the loadings of the model in
+            force (κ from the calibration; :func:`prepare_trading_inputs` needs ``kappa``).
+            A relative-value book: without it the mispricing signal can be mostly one
+            outright direction.
         carry_rolls: when a tenor's contract rolls, its position enters the decision with its
             pre-roll weight, so it moves to the new contract (both legs paying costs) if the
             new contract's z still passes z_out (default True); False closes it for good
@@ -106,6 +115,8 @@ class TradingConfig:
     min_resid_sd: float = 1e-6
     execution_lag: int = 1
     carry_rolls: bool = True
+    net_exposure: float | None = None
+    neutral: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ValueError:
@@ -140,6 +151,13 @@ class TradingConfig:
                 raise bad(name, ">= 0 (a cost)")
         if not isinstance(self.carry_rolls, bool | np.bool_):
             raise bad("carry_rolls", "True or False")
+        if self.net_exposure is not None and not (
+            real(self.net_exposure) and self.net_exposure >= 0
+        ):
+            raise bad("net_exposure", "None or a number >= 0")
+        if isinstance(self.neutral, str) or not all(f in ("X", "Y") for f in self.neutral):
+            raise bad("neutral", "a tuple of factors among 'X' and 'Y'")
+        object.__setattr__(self, "neutral", tuple(dict.fromkeys(self.neutral)))
         if self.sigma_method not in ("returns", "residuals"):
             raise ValueError(
                 f"sigma_method must be 'returns' or 'residuals', got {self.sigma_method!r}"
@@ -174,6 +192,8 @@ class Frictions(NamedTuple):
 class Limits(NamedTuple):
     per_tenor: np.ndarray  # [M] cap on |w_i|
     gross: float  # cap on Σ|w_i|
+    net: float = math.inf  # cap on |Σ w_i|
+    neutral: np.ndarray | None = None  # [k, M] factor loadings the book must be neutral to
 
 
 class Thresholds(NamedTuple):
@@ -251,6 +271,7 @@ def prepare_trading_inputs(
     filtered_resid_var_t: ArrayLike | None = None,
     innovation_var_t: ArrayLike | None = None,
     dt: float | ArrayLike | None = None,
+    kappa: float | None = None,
 ) -> TradingInputs:
     r"""The document's ``PrepareTradingInputs`` for one date t.
 
@@ -286,6 +307,8 @@ def prepare_trading_inputs(
             :func:`residual_variances` computes both from a filter run. A non-positive or
             non-finite variance gives z = 0 (the tenor does not trade on z).
         dt: step length(s) in years, to annualize Σ (default ``cfg.periods_per_year``).
+        kappa: κ of the model in force, for the factor loadings of ``cfg.neutral``
+            (e^{−κΔ} for X, 1 for Y; zero where a tenor is not tradable).
     """
     cfg = cfg or TradingConfig()
     F_mkt_t = np.asarray(F_mkt_t, float)
@@ -375,7 +398,17 @@ def prepare_trading_inputs(
 
     fee = _vec(cfg.fee, M, "fee") + (0.0 if cost is None else _vec(cost, M, "cost"))
     fr = Frictions(fee, _vec(cfg.half_spread, M, "half_spread"), _vec(cfg.slippage, M, "slippage"))
-    limits = Limits(_vec(cfg.max_weight, M, "max_weight"), float(cfg.gross_leverage))
+    rows = []
+    for f in cfg.neutral:
+        if f == "Y":
+            rows.append(np.ones(M))
+        else:
+            if kappa is None or not np.isfinite(kappa):
+                raise ValueError("cfg.neutral includes 'X': give kappa (the model's κ)")
+            rows.append(np.exp(-float(kappa) * np.where(tradable, ttm_t, 0.0)))
+    neutral = np.where(tradable, np.array(rows), 0.0) if rows else None
+    net = math.inf if cfg.net_exposure is None else float(cfg.net_exposure)
+    limits = Limits(_vec(cfg.max_weight, M, "max_weight"), float(cfg.gross_leverage), net, neutral)
     thresh = Thresholds(np.full(M, cfg.z_in), np.full(M, cfg.z_out))
     return TradingInputs(
         mispricing=mispricing,
@@ -459,6 +492,8 @@ class _QP:
         self.cap = cp.Parameter(M, nonneg=True)
         self.sign = cp.Parameter(M)  # allowed direction per tenor (0: must be flat)
         self.gross = cp.Parameter(nonneg=True)
+        self.net = cp.Parameter(nonneg=True)
+        self.neutral = cp.Parameter((2, M))  # factor loadings (zero rows: no constraint)
         self.lam1 = cp.Parameter(nonneg=True)
         w = self.w
         objective = cp.Maximize(
@@ -471,6 +506,8 @@ class _QP:
             cp.abs(w) <= self.cap,
             cp.multiply(self.sign, w) >= 0,
             cp.norm1(w) <= self.gross,
+            cp.abs(cp.sum(w)) <= self.net,
+            self.neutral @ w == 0,
         ]
         self.objective, self.constraints = objective, cons
         self.problem = cp.Problem(objective, cons)
@@ -497,7 +534,23 @@ class TradeEngine:
     Args:
         sizing: ``"vol_target"`` or ``"qp"``.
         vol_target: annualized ex-ante volatility of the portfolio (``vol_target`` sizing).
-        gamma, lambda1, lambda2: QP risk aversion, L1 penalty, trading-cost penalty.
+        gamma, lambda1, lambda2: QP risk aversion (per year), L1 penalty, trading-cost
+            penalty. The QP maximizes, over the weights w (signed notional per unit of
+            capital),
+
+                (α/h)·w − γ·wᵀΣw − λ₁·Σ|w_i| − λ₂·Σ(w_i − w_prev,i)²
+
+            with α = ln(F_model/F_mkt) the convergence return of each tenor, h =
+            ``alpha_horizon`` the years over which it is expected to close (so α/h is an
+            expected return per year), Σ the annualized covariance of returns: both terms
+            are per year and γ is the risk aversion of a mean–variance investor with that
+            horizon (without other limits the optimum is w = Σ⁻¹(α/h)/(2γ)). Subject to the
+            signals' signs, the per-tenor caps, the gross and net limits and the neutrality
+            of :class:`TradingConfig`.
+        alpha_horizon: h above, in years (default 0.25: a quarter).
+        redistribute: vol-target sizing: weight cut by a per-tenor cap goes to the other
+            tenors so that the book still reaches the vol target where it can (default True;
+            :func:`ssjax.trading.sizing.vol_target_weights`).
         top_k: trade at most this many tenors (largest |z|); None: no limit.
         solvers: QP solvers, tried in order: when one raises or ends in any status but
             optimal, the next is tried; ``status`` lists every attempt (``"CLARABEL:
@@ -509,17 +562,22 @@ class TradeEngine:
             one-way cost (paid now to enter, and again to exit, priced at today's cost per
             unit weight since the exit price is unknown). Exits and reductions are always
             sent; in a reversal only the new side's opening is checked (the close is sent).
+            A book neutral to factors (``TradingConfig.neutral``) is checked as one package:
+            its summed opening gain against its summed round-trip cost; a package that does
+            not pay keeps the book as it is (dropping a leg would unhedge the others).
     """
 
     sizing: str = "vol_target"
     vol_target: float = 0.10
     gamma: float = 1.0
+    alpha_horizon: float = 0.25
     lambda1: float = 0.0
     lambda2: float = 0.0
     top_k: int | None = None
     solvers: tuple[str, ...] = ("CLARABEL", "OSQP")
     min_trade: float = 1e-8
     check_frictions: bool = True
+    redistribute: bool = True
     n_builds: int = field(default=0, init=False)
     _qp: dict = field(default_factory=dict, init=False, repr=False)
 
@@ -528,6 +586,8 @@ class TradeEngine:
             raise ValueError(f"sizing must be 'vol_target' or 'qp', got {self.sizing!r}")
         if self.vol_target <= 0:
             raise ValueError(f"vol_target must be > 0, got {self.vol_target}")
+        if not self.alpha_horizon > 0:
+            raise ValueError(f"alpha_horizon must be > 0 (years), got {self.alpha_horizon}")
         if min(self.gamma, self.lambda1, self.lambda2) < 0:
             raise ValueError("gamma, lambda1 and lambda2 must be >= 0")
         if self.sizing == "qp" and self.gamma == 0 and self.lambda2 == 0:
@@ -564,7 +624,9 @@ class TradeEngine:
         w = _vol_target_jit(
             np.asarray(inp.z, float), np.asarray(s, float), np.asarray(inp.Sigma, float),
             float(self.vol_target), np.asarray(inp.limits.per_tenor, float),
-            float(inp.limits.gross),
+            float(inp.limits.gross), float(inp.limits.net),
+            None if inp.limits.neutral is None else np.asarray(inp.limits.neutral, float),
+            redistribute=self.redistribute,
         )  # fmt: skip
         return np.array(w, float)
 
@@ -579,13 +641,19 @@ class TradeEngine:
         S = 0.5 * (inp.Sigma + inp.Sigma.T)
         evals, evecs = np.linalg.eigh(S)
         L = evecs * np.sqrt(np.clip(evals, 0.0, None))  # Σ = L Lᵀ, also when singular
-        qp.alpha.value = inp.alpha
+        qp.alpha.value = inp.alpha / self.alpha_horizon
         qp.gL.value = np.sqrt(self.gamma) * L.T
         qp.s2.value = np.sqrt(self.lambda2)
         qp.s2_wprev.value = np.sqrt(self.lambda2) * w_prev
         qp.cap.value = inp.limits.per_tenor * (s != 0)
         qp.sign.value = s
         qp.gross.value = inp.limits.gross
+        # a large finite number stands for no net limit (a Parameter cannot be inf)
+        qp.net.value = min(float(inp.limits.net), 1e6)
+        L = np.zeros((2, M))
+        if inp.limits.neutral is not None:
+            L[: len(inp.limits.neutral)] = inp.limits.neutral
+        qp.neutral.value = L
         qp.lam1.value = self.lambda1
         attempts: list[str] = []
         for solver in self.solvers:
@@ -600,6 +668,10 @@ class TradeEngine:
                 w = np.asarray(qp.w.value, float)
                 # clean solver noise against the bounds
                 w = np.clip(w, -inp.limits.per_tenor, inp.limits.per_tenor) * (s != 0)
+                for total, lim in ((np.sum(np.abs(w)), inp.limits.gross),
+                                   (abs(np.sum(w)), inp.limits.net)):  # fmt: skip
+                    if total > lim:
+                        w = w * (lim / total)
                 return w, "; ".join(attempts)
         return None, "; ".join(attempts) or "not solved"
 
@@ -627,7 +699,15 @@ class TradeEngine:
         opens = opening > self.min_trade
         edge = np.sign(target) * inp.alpha  # expected return per unit of the new exposure
         blocked = np.zeros(M, bool)
-        if self.check_frictions:
+        if self.check_frictions and inp.limits.neutral is not None:
+            # a neutral book trades as one package: dropping one leg would leave the rest
+            # unhedged, so the package's new exposure must pay for its round trip as a whole
+            gain = float(np.sum(np.where(opens, edge * opening, 0.0)))
+            cost = float(np.sum(np.where(opens, 2.0 * inp.cost_per_weight * opening, 0.0)))
+            if opens.any() and gain <= cost:
+                blocked = opens
+                target = w_prev.copy()
+        elif self.check_frictions:
             blocked = opens & (edge <= 2.0 * inp.cost_per_weight)
             target = np.where(blocked, np.where(same_side, w_prev, 0.0), target)
         s = np.where(blocked, np.sign(target), s)

@@ -42,6 +42,28 @@ def z_scores(alpha: ArrayLike, var: ArrayLike, ok: ArrayLike, min_resid_sd: floa
     return jnp.where(use, alpha / jnp.sqrt(jnp.where(use, var, 1.0)), 0.0)
 
 
+def _neutral_direction(raw: Array, L: Array) -> Array:
+    """The signal direction made neutral to the rows of ``L`` [k, M] without trading against
+    a signal: the least-squares projection of ``raw`` onto {u : L u = 0} over the tenors
+    with a signal; a tenor whose projected weight changes sign leaves the set and the
+    projection is redone (at most M rounds), so every weight kept has its signal's sign.
+    Zero when no such portfolio exists (e.g. Y-neutral with every signal of one sign)."""
+    M = raw.shape[0]
+
+    def project(active: Array) -> Array:
+        La = L * active  # the constraints over the active tenors
+        G = La @ La.T
+        y = jnp.linalg.pinv(G, hermitian=True) @ (La @ raw)
+        return jnp.where(active, raw - La.T @ y, 0.0)
+
+    def body(_: int, active: Array) -> Array:
+        u = project(active)
+        return active & (u * raw > 0)
+
+    active = jax.lax.fori_loop(0, M, body, raw != 0)
+    return project(active)
+
+
 def vol_target_weights(
     z: ArrayLike,
     signals: ArrayLike,
@@ -49,24 +71,66 @@ def vol_target_weights(
     vol_target: float | ArrayLike,
     per_tenor: ArrayLike,
     gross: float | ArrayLike,
+    net: float | ArrayLike = jnp.inf,
+    neutral: ArrayLike | None = None,
+    redistribute: bool = True,
 ) -> Array:
     """The trade module's vol-target sizing as a pure, differentiable JAX function.
 
-    raw = s·|z|; w = raw·vol_target/sqrt(rawᵀΣraw), clipped to ±per_tenor, then scaled down
-    to the gross limit if Σ|w| exceeds it; zero when rawᵀΣraw is not positive. The same
-    rule as :class:`ssjax.TradeEngine` with ``sizing="vol_target"`` (tested equal); the
-    signals s ∈ {−1, 0, 1} (after hysteresis and top-K) are inputs, held fixed under
-    differentiation, as they are piecewise constant in Θ.
+    1. direction: raw = s·|z| (the signals s ∈ {−1, 0, 1}, after hysteresis and top-K, are
+       inputs held fixed under differentiation, as they are piecewise constant in Θ); with
+       ``neutral`` [k, M] (factor loadings, e.g. the model's e^{−κΔ} for X and 1 for Y),
+       made neutral to those factors without trading against a signal
+       (:func:`_neutral_direction`);
+    2. scale: w = raw·vol_target/sqrt(rawᵀΣraw) (zero when rawᵀΣraw is not positive);
+    3. per-tenor caps ±per_tenor: with ``redistribute`` (default, and only without
+       ``neutral``), capped tenors are held at their cap and the others scaled up to reach
+       the vol target again where they can (repeated until no new tenor hits its cap);
+       otherwise, and with ``neutral`` (to keep the neutrality exact), every weight is
+       scaled down together until none exceeds its cap;
+    4. limits that scale the whole book down: the gross Σ|w| <= ``gross`` and the net
+       |Σw| <= ``net``.
+
+    The same rule as :class:`ssjax.TradeEngine` with ``sizing="vol_target"`` (tested equal).
     """
     z = jnp.asarray(z)
-    raw = jnp.asarray(signals, z.dtype) * jnp.abs(z)
-    var = raw @ jnp.asarray(Sigma, z.dtype) @ raw
-    ok = var > 0
-    w = raw * (vol_target / jnp.sqrt(jnp.where(ok, var, 1.0)))
-    w = jnp.where(ok, w, 0.0)
-    w = jnp.clip(w, -jnp.asarray(per_tenor), jnp.asarray(per_tenor))
+    dtype = z.dtype
+    Sigma = jnp.asarray(Sigma, dtype)
+    cap = jnp.broadcast_to(jnp.asarray(per_tenor, dtype), z.shape)
+    raw = jnp.asarray(signals, dtype) * jnp.abs(z)
+    if neutral is not None:
+        raw = _neutral_direction(raw, jnp.asarray(neutral, dtype))
+
+    def scaled(u: Array) -> Array:
+        var = u @ Sigma @ u
+        ok = var > 0
+        return jnp.where(ok, u * (vol_target / jnp.sqrt(jnp.where(ok, var, 1.0))), 0.0)
+
+    w = scaled(raw)
+    if redistribute and neutral is None:
+        M = z.shape[0]
+
+        def body(_: int, w: Array) -> Array:
+            fixed = jnp.abs(w) >= cap * (1 - 1e-12)
+            wf = jnp.where(fixed, jnp.sign(raw) * cap, 0.0)
+            f = jnp.where(fixed, 0.0, raw)
+            a, b, d = f @ Sigma @ f, f @ Sigma @ wf, wf @ Sigma @ wf
+            disc = b * b - a * (d - vol_target**2)
+            ok = (a > 0) & (disc >= 0)
+            # (the guards keep the derivative finite where a branch is not taken)
+            root = (-b + jnp.sqrt(jnp.where(ok & (disc > 0), disc, 1.0))) / jnp.where(ok, a, 1.0)
+            c = jnp.where(ok & (disc > 0), root, jnp.where(ok, -b / jnp.where(ok, a, 1.0), 0.0))
+            return jnp.clip(wf + jnp.maximum(c, 0.0) * f, -cap, cap)
+
+        w = jax.lax.fori_loop(0, M, body, jnp.clip(w, -cap, cap))
+    else:
+        over = jnp.max(jnp.where(cap > 0, jnp.abs(w) / jnp.where(cap > 0, cap, 1.0), 0.0))
+        w = w / jnp.where(over > 1, over, 1.0)
+        w = jnp.where(cap > 0, w, 0.0)
     g = jnp.sum(jnp.abs(w))
-    return jnp.where(g > gross, w * (gross / jnp.where(g > 0, g, 1.0)), w)
+    w = w * jnp.where(g > gross, gross / jnp.where(g > gross, g, 1.0), 1.0)
+    n = jnp.abs(jnp.sum(w))
+    return w * jnp.where(n > net, net / jnp.where(n > net, n, 1.0), 1.0)
 
 
 class WeightsJacobian(NamedTuple):

@@ -133,7 +133,7 @@ def test_orders_t_are_the_backtests_decision(tmp_path):
     start = res.backtest.info["start"]
     assert (t - start) % 26 == 0  # t* is a calibration date
     walk = WalkForwardSettings(min_window=104, recalibrate_every=26, start=start)
-    trading = TradingConfig(**cfg["trading"])
+    trading = check_config(cfg).trading
     nxt = walk_forward(_head(b.panel, t + 2), b.settlements, walk, trading=trading)
     fills = nxt.trades[(nxt.trades["date"] == b.panel.dates[t + 1])]
     assert set(fills["kind"]) == {"order"}  # no roll on the next date

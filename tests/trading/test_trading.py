@@ -239,7 +239,8 @@ def test_vol_target_hits_target_and_caps_bind():
 SIGMA3 = np.array([[0.04, 0.01, 0.0], [0.01, 0.09, 0.02], [0.0, 0.02, 0.05]])
 W_STAR = np.array([0.5, -0.3, 0.2])
 GAMMA = 2.0
-ALPHA3 = 2 * GAMMA * SIGMA3 @ W_STAR  # so that Σ⁻¹α/(2γ) = W_STAR
+H = 0.5  # alpha_horizon: α/H is a return per year, like Σ
+ALPHA3 = 2 * GAMMA * H * SIGMA3 @ W_STAR  # so that Σ⁻¹(α/H)/(2γ) = W_STAR
 Z3 = np.array([3.0, -3.0, 3.0])
 
 
@@ -257,7 +258,7 @@ def _count_compilations(monkeypatch) -> list:
 
 def test_qp_unconstrained_equals_closed_form_and_is_built_once(monkeypatch):
     compiled = _count_compilations(monkeypatch)
-    eng = TradeEngine(sizing="qp", gamma=GAMMA)
+    eng = TradeEngine(sizing="qp", gamma=GAMMA, alpha_horizon=H)
     seen = []
     for k, scale in enumerate((1.0, 0.5, 2.0, -1.0)):
         Sigma = SIGMA3 * (1 + 0.1 * k)  # new parameter values on every date
@@ -265,7 +266,7 @@ def test_qp_unconstrained_equals_closed_form_and_is_built_once(monkeypatch):
         d = eng.decide(inp, W_STAR * 0.1 * k)
         assert d.status == "CLARABEL: optimal"
         np.testing.assert_allclose(
-            d.target_w, np.linalg.solve(Sigma, ALPHA3 * scale) / (2 * GAMMA), atol=1e-6
+            d.target_w, np.linalg.solve(Sigma, ALPHA3 * scale) / (2 * GAMMA * H), atol=1e-6
         )
         qp = eng._qp[3]
         prob = qp.problems["CLARABEL"]
@@ -315,11 +316,13 @@ def test_failed_solve_sends_no_orders():
 
 
 def _closed_form(scale=1.0):
-    return np.linalg.solve(SIGMA3, ALPHA3 * scale) / (2 * GAMMA)
+    return np.linalg.solve(SIGMA3, ALPHA3 * scale) / (2 * GAMMA * H)
 
 
 def test_qp_falls_back_to_the_second_solver_when_the_first_is_unavailable():
-    eng = TradeEngine(sizing="qp", gamma=GAMMA, solvers=("NOT_A_SOLVER", "CLARABEL"))
+    eng = TradeEngine(
+        sizing="qp", gamma=GAMMA, alpha_horizon=H, solvers=("NOT_A_SOLVER", "CLARABEL")
+    )
     w_prev = np.array([0.1, 0.0, 0.0])
     d = eng.decide(_inputs(ALPHA3, Sigma=SIGMA3, z=Z3), w_prev)
     first, second = d.status.split("; ")
@@ -351,7 +354,7 @@ def test_qp_fallback_after_a_failed_or_non_optimal_solve(monkeypatch):
         return real_solve(self, *args, **kwargs)
 
     monkeypatch.setattr(cp.Problem, "solve", solve)
-    eng = TradeEngine(sizing="qp", gamma=GAMMA, solvers=("CLARABEL", "OSQP"))
+    eng = TradeEngine(sizing="qp", gamma=GAMMA, alpha_horizon=H, solvers=("CLARABEL", "OSQP"))
     inp = _inputs(ALPHA3, Sigma=SIGMA3, z=Z3)
     d0 = eng.decide(inp)
     assert d0.status == "CLARABEL: optimal"
@@ -378,7 +381,7 @@ def test_qp_all_solvers_failing_keeps_the_book(monkeypatch):
         raise cp.error.SolverError("down")
 
     monkeypatch.setattr(cp.Problem, "solve", fail)
-    eng = TradeEngine(sizing="qp", gamma=GAMMA)
+    eng = TradeEngine(sizing="qp", gamma=GAMMA, alpha_horizon=H)
     w_prev = np.array([0.0, -0.3, 0.2])
     d = eng.decide(_inputs(ALPHA3, Sigma=SIGMA3, z=Z3), w_prev)
     assert d.status == "CLARABEL: error down; OSQP: error down"
