@@ -54,6 +54,15 @@ Settings (all optional; a TOML file overrides these defaults, flags override the
     recalibrate_every = 13
     warm_start = true
 
+    [execution]               # ssjax.trading.execution.ExecutionModel (the backtest's fills)
+    capital = 0.0             # account capital; > 0: whole lots (0: weights filled exactly)
+    multiplier = 1.0          # units per contract (CL: 1000 bbl)
+    lot = 1                   # contracts per lot
+    fee_per_contract = 0.0    # commissions and fees, currency per contract
+    spread = 0.0              # proportional half-spread per side (fraction of price)
+    impact = 0.0              # square-root impact at 100% of the day's volume (needs capital)
+    max_participation = 0.0   # most of the day's volume a fill may take (0: no cap)
+
     [output]
     folder = "ssjax_output"
 
@@ -111,6 +120,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                "alpha_horizon": 0.25, "lambda1": 0.0, "lambda2": 0.0, "top_k": 0},
     "backtest": {"enabled": True, "min_window": 104, "recalibrate_every": 13,
                  "warm_start": True},
+    "execution": {"capital": 0.0, "multiplier": 1.0, "lot": 1, "fee_per_contract": 0.0,
+                  "spread": 0.0, "impact": 0.0, "max_participation": 0.0},
     "output": {"folder": "ssjax_output"},
 }  # fmt: skip
 
@@ -157,6 +168,7 @@ class Settings(NamedTuple):
     engine: Any  # TradeEngine
     walk: Any  # WalkForwardSettings
     run_backtest: bool
+    execution: Any = None  # ExecutionModel or None
 
 
 def _check_data(d: dict) -> None:
@@ -198,6 +210,7 @@ def check_config(cfg: dict) -> Settings:
     >= 0, a settlement file that exists, a backtest window shorter than the data is checked
     once the data are loaded). Returns the settings as the objects the job runs with."""
     from ssjax.trading.engine import TradeEngine, TradingConfig
+    from ssjax.trading.execution import ExecutionModel
     from ssjax.trading.settings import WalkForwardSettings
 
     _check_data(cfg["data"])
@@ -243,7 +256,14 @@ def check_config(cfg: dict) -> Settings:
         warm_start=b["warm_start"], risk_premium=m["risk_premium"],
         shared_noise=m["shared_noise"], standard_errors=True,
     ))  # fmt: skip
-    return Settings(trading, engine, walk, b["enabled"])
+    x = dict(cfg["execution"])
+    for key in ("capital", "max_participation"):  # TOML has no null: 0 means none
+        if isinstance(x[key], int | float) and not isinstance(x[key], bool) and x[key] == 0:
+            x[key] = None
+    execution = build("execution", lambda: ExecutionModel(**x))
+    if execution == ExecutionModel():
+        execution = None  # the default: weights filled exactly
+    return Settings(trading, engine, walk, b["enabled"], execution)
 
 
 def _toml_value(v: Any) -> str:
@@ -441,7 +461,7 @@ def run_pipeline(
     """
     from ssjax.fit.engine import KalmanEngine
 
-    trading_cfg, trade_engine, walk, run_bt = check_config(cfg)
+    trading_cfg, trade_engine, walk, run_bt, execution = check_config(cfg)
     m = cfg["model"]
     out_dir = Path(cfg["output"]["folder"])
     n_steps = 4 if run_bt else 3
@@ -466,7 +486,8 @@ def run_pipeline(
     if run_bt:
         log(f"[2/{n_steps}] walk-forward backtest up to t* (recalibrating every "
              f"{walk.recalibrate_every} dates)...")  # fmt: skip
-        bt = _backtest_to(panel, settle, t_idx, walk, trading_cfg, trade_engine, quiet)
+        bt = _backtest_to(panel, settle, t_idx, walk, trading_cfg, trade_engine, execution,
+                          quiet)  # fmt: skip
 
     log(f"[{n_steps - 1}/{n_steps}] trading inputs and orders at t*...")
     if bt is not None:
@@ -488,7 +509,8 @@ def run_pipeline(
     )
 
 
-def _backtest_to(panel, settle, t_idx: int, walk, trading_cfg, trade_engine, quiet: bool):
+def _backtest_to(panel, settle, t_idx: int, walk, trading_cfg, trade_engine, execution,
+                 quiet: bool):  # fmt: skip
     """The walk-forward backtest on the panel's dates up to and including t*."""
     from ssjax.trading.backtest import walk_forward
 
@@ -500,6 +522,7 @@ def _backtest_to(panel, settle, t_idx: int, walk, trading_cfg, trade_engine, qui
         trading=trading_cfg,
         engine=trade_engine,
         progress=False if quiet else None,
+        execution=execution,
     )
 
 

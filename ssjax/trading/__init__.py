@@ -33,6 +33,7 @@ from ssjax.trading.engine import (
     residual_variances,
 )
 from ssjax.trading.execution import (
+    ExecutionModel,
     ExecutionResult,
     PriceBook,
     executable_target,
@@ -55,6 +56,7 @@ __all__ = [
     "CalibrationPath",
     "calibrate_walk_forward",
     "BacktestResult",
+    "ExecutionModel",
     "ExecutionResult",
     "PriceBook",
     "compute_metrics",

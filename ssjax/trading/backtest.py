@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +70,7 @@ from ssjax.trading.engine import (
     residual_variances,
 )
 from ssjax.trading.execution import (
+    ExecutionModel,
     executable_target,
     expiring_before_next,
     passive_returns,
@@ -142,7 +145,8 @@ class BacktestResult:
 
         With ``execution_lag = 0`` they are the fills booked at that date (from the book
         after its roll closes); with a lag they are the decision's target (made executable
-        against the last date's contracts and prices, :func:`executable_target`) minus the
+        against the last date's contracts and prices, :func:`executable_target`, and rounded
+        to whole lots by the backtest's execution model, if any) minus the
         book they will trade from (the book after the last date's fills for a lag of 1, the
         previous decision's target for more), to be filled at the next settlement. ``panel``
         is the panel the backtest ran on.
@@ -163,6 +167,12 @@ class BacktestResult:
         px = np.where(mask & (F > 0), F, np.nan)
         target = executable_target(self.targets.iloc[-1].to_numpy(float), w_from, px, codes,
                                    expiring)  # fmt: skip
+        ex = self.info.get("execution")
+        if ex is not None:  # whole lots at the last price (the next day's volume is unknown)
+            model = ExecutionModel(**ex)
+            for i in np.flatnonzero(np.abs(target - w_from) > min_trade):
+                if not expiring[i] or target[i] != 0:
+                    target[i] = model.fill(w_from[i], target[i], px[i], math.nan)
         dw = target - w_from
         orders = [
             Order(int(i), "BUY" if dw[i] > 0 else "SELL", float(abs(dw[i])))
@@ -512,6 +522,7 @@ def walk_forward(
     engine: TradeEngine | None = None,
     progress: bool | None = None,
     calibration: CalibrationPath | None = None,
+    execution: ExecutionModel | None = None,
     **changes: Any,
 ) -> BacktestResult:
     """Walk-forward backtest: recalibrate, filter, decide, execute, with no look-ahead.
@@ -529,6 +540,9 @@ def walk_forward(
             those names build or replace it (``walk_forward(panel, recalibrate_every=4)``).
         progress: a progress bar of the calibrations (``None``: when stderr is a terminal or
             in a notebook; see :mod:`ssjax.progress`).
+        execution: an :class:`~ssjax.trading.execution.ExecutionModel` (capital and whole
+            lots, participation cap, per-contract, spread and impact costs); default: weights
+            filled exactly at the decision's frictions.
         calibration: the result of :func:`calibrate_walk_forward` on this panel with the same
             settings (checked: a mismatch raises ``ValueError``), to reuse its calibrations
             across trading settings; default: calibrate here.
@@ -600,7 +614,7 @@ def walk_forward(
 
     ex = simulate_execution(
         panel, decide, settlements=settlements, start=start, lag=cfg.execution_lag,
-        carry_rolls=cfg.carry_rolls,
+        carry_rolls=cfg.carry_rolls, execution=execution,
     )  # fmt: skip
 
     idx = ex.positions.index
@@ -629,6 +643,7 @@ def walk_forward(
         "seconds": time.perf_counter() - t_begin,
         "trading": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "engine": {k: getattr(eng, k) for k in eng.__dataclass_fields__ if not k.startswith("_")},
+        "execution": None if execution is None else dataclasses.asdict(execution),
         "thetas": cal.thetas,
     }
     return BacktestResult(

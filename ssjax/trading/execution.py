@@ -27,6 +27,7 @@ __all__ = [
     "expiring_before_next",
     "executable_target",
     "step_pnl",
+    "ExecutionModel",
     "ExecutionResult",
     "simulate_execution",
     "passive_returns",
@@ -64,6 +65,7 @@ class PriceBook:
                     row[str(c)] = float(F[t, i])
             self._rows.append(row)
         self._settle: dict[str, np.ndarray] = {}
+        self._liq: dict[str, dict[str, np.ndarray]] = {}
         if settlements is not None:
             need = {"trade_date", "contract", "settlement_price"}
             missing = need - set(settlements.columns)
@@ -83,6 +85,20 @@ class PriceBook:
                 .reindex(pd.DatetimeIndex(panel.dates))
             )
             self._settle = {str(c): wide[c].to_numpy(float) for c in wide.columns}
+            self._liq = {}
+            for col in ("volume", "open_interest"):
+                if col in settlements.columns:
+                    t = settlements
+                    if panel.commodity is not None and "commodity" in t.columns:
+                        t = t[t["commodity"] == panel.commodity]
+                    liq = (
+                        t.assign(trade_date=pd.to_datetime(t["trade_date"]))
+                        .groupby(["trade_date", "contract"])[col]
+                        .last()
+                        .unstack("contract")
+                        .reindex(pd.DatetimeIndex(panel.dates))
+                    )
+                    self._liq[col] = {str(c): liq[c].to_numpy(float) for c in liq.columns}
 
     def price(self, contract: Any, t: int) -> float:
         """Price of ``contract`` at date index ``t`` (NaN if unknown)."""
@@ -94,6 +110,17 @@ class PriceBook:
             if np.isfinite(p) and p > 0:
                 return float(p)
         return self._rows[t].get(str(contract), math.nan)
+
+    def liquidity(self, contract: Any, t: int) -> float:
+        """The day's volume of ``contract`` at date index ``t`` in contracts, or its open
+        interest where the settlements have no volume; NaN when neither is known (or > 0)."""
+        if not _valid_code(contract):
+            return math.nan
+        for col in ("volume", "open_interest"):
+            v = self._liq.get(col, {}).get(str(contract))
+            if v is not None and np.isfinite(v[t]) and v[t] > 0:
+                return float(v[t])
+        return math.nan
 
 
 # ---- the P&L and execution steps -------------------------------------------------------------
@@ -184,6 +211,107 @@ def step_pnl(
     return pnl, marks
 
 
+@dataclass(frozen=True)
+class ExecutionModel:
+    """How fills are sized and what they cost beyond the per-contract frictions of the
+    decision (``TradingConfig.fee``, ``half_spread``, ``slippage``, in price units).
+
+    Attributes:
+        capital: the account's capital in currency; with it, target weights become whole
+            contracts (a weight w_i is w_i·capital/(P_i·multiplier) contracts, rounded to
+            the nearest lot at the fill price) and the impact term can be priced. ``None``
+            (default): weights are filled exactly.
+        multiplier: units of the underlying per contract (NYMEX CL: 1,000 bbl; COMEX HG:
+            25,000 lb; prices in cents need 0.01 × that).
+        lot: contracts per lot (default 1).
+        fee_per_contract: commissions and exchange fees in currency per contract traded.
+        spread: proportional half-spread paid per side, a fraction of the price.
+        impact: square-root market impact, a fraction of the price paid at 100%
+            participation: a fill of n contracts against the day's volume V (or, without
+            volume, its open interest) costs impact·√(n/V) per unit traded. Needs
+            ``capital`` and a settlement table with ``volume`` or ``open_interest``.
+        max_participation: the most of the day's volume (or open interest) one fill may
+            take, e.g. 0.1; the rest of the order is not filled (the next decision
+            re-targets). ``None``: no cap.
+
+    The costs of a fill of |Δw| at price P, as a fraction of capital:
+    |Δw|·(cost_per_contract/P + fee_per_contract/(P·multiplier) + spread + impact·√(n/V)).
+    """
+
+    capital: float | None = None
+    multiplier: float = 1.0
+    lot: int = 1
+    fee_per_contract: float = 0.0
+    spread: float = 0.0
+    impact: float = 0.0
+    max_participation: float | None = None
+
+    def __post_init__(self) -> None:
+        def bad(name: str, want: str) -> ValueError:
+            return ValueError(f"ExecutionModel.{name} must be {want}, got {getattr(self, name)!r}")
+
+        def num(v: Any) -> bool:
+            return (not isinstance(v, bool) and isinstance(v, int | float | np.integer |
+                    np.floating) and math.isfinite(v))  # fmt: skip
+
+        if self.capital is not None and not (num(self.capital) and self.capital > 0):
+            raise bad("capital", "None or a number > 0")
+        if not (num(self.multiplier) and self.multiplier > 0):
+            raise bad("multiplier", "a number > 0")
+        if isinstance(self.lot, bool) or not isinstance(self.lot, int) or self.lot < 1:
+            raise bad("lot", "an integer >= 1")
+        for name in ("fee_per_contract", "spread", "impact"):
+            if not (num(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "a number >= 0")
+        if self.max_participation is not None and not (
+            num(self.max_participation) and 0 < self.max_participation <= 1
+        ):
+            raise bad("max_participation", "None or a number in (0, 1]")
+        if (self.impact > 0 or self.max_participation is not None) and self.capital is None:
+            raise ValueError("ExecutionModel: impact and max_participation need capital "
+                             "(they are in contracts)")  # fmt: skip
+
+    def lot_weight(self, price: float) -> float:
+        """The weight of one lot at ``price`` (0 without capital: no rounding)."""
+        if self.capital is None:
+            return 0.0
+        return self.lot * price * self.multiplier / self.capital
+
+    def contracts(self, dw: float, price: float) -> float:
+        """Contracts traded for a weight change ``dw`` at ``price`` (NaN without capital)."""
+        if self.capital is None:
+            return math.nan
+        return abs(dw) * self.capital / (price * self.multiplier)
+
+    def fill(self, w: float, target: float, price: float, liquidity: float) -> float:
+        """The weight held after filling towards ``target`` from ``w``: the participation
+        cap first (against ``liquidity``, contracts; NaN: no cap), then whole lots (the
+        nearest lot to the target, or, when the cap cut the order, the last whole lot the
+        capped order reaches)."""
+        dw = target - w
+        capped = False
+        if self.max_participation is not None and np.isfinite(liquidity) and liquidity > 0:
+            most = self.max_participation * liquidity * price * self.multiplier / self.capital
+            capped = abs(dw) > most
+            dw = float(np.clip(dw, -most, most))
+        out = w + dw
+        ell = self.lot_weight(price)
+        if ell > 0:
+            k = out / ell
+            n = (math.floor(k) if dw > 0 else math.ceil(k)) if capped else round(k)
+            if n == round(w / ell):  # the lots already held: nothing to trade
+                return float(w)
+            out = n * ell
+        return float(out)
+
+    def extra_cost(self, size: float, price: float, liquidity: float) -> float:
+        """The model's costs of trading ``size`` (|Δw|) at ``price``, a fraction of capital."""
+        c = size * (self.fee_per_contract / (price * self.multiplier) + self.spread)
+        if self.impact > 0 and np.isfinite(liquidity) and liquidity > 0:
+            c += size * self.impact * math.sqrt(self.contracts(size, price) / liquidity)
+        return c
+
+
 @dataclass
 class ExecutionResult:
     """What :func:`simulate_execution` books (DataFrames indexed by date)."""
@@ -211,6 +339,8 @@ _TRADE_COLUMNS = [
     "kind",
     "stale_price",
     "decided",
+    "contracts",
+    "liquidity",
 ]
 
 
@@ -223,6 +353,7 @@ def simulate_execution(
     min_trade: float = 1e-12,
     lag: int = 0,
     carry_rolls: bool = True,
+    execution: ExecutionModel | None = None,
 ) -> ExecutionResult:
     """Book fills, positions and P&L on actual contracts for target weights from ``decide``.
 
@@ -249,6 +380,10 @@ def simulate_execution(
        roll (the new contract's z need only pass z_out to keep the position);
     5. with ``lag = 0`` the decision is filled at once (step 3 at t); every fill of |Δw|
        costs |Δw|·cost_per_contract_i/price, at the cost the decision returned.
+
+    ``execution`` (:class:`ExecutionModel`) adds whole lots for a given capital, a cap on
+    each fill's share of the day's volume, and per-contract, proportional and impact costs;
+    ``trades`` then also has ``contracts`` (lots × lot size traded) and ``liquidity``.
 
     ``lag = 1`` is a desk's timing: decide on t's settlement, fill at the next one; the
     decisions of the last ``lag`` dates are not filled in the sample (``targets`` holds them).
@@ -285,10 +420,15 @@ def simulate_execution(
     def trade(t: int, i: int, code: Any, side: str, size: float, price: float, cpc: float,
               kind: str, stale: bool, decided: Any) -> float:  # fmt: skip
         fee = size * cpc / price
+        liq = book.liquidity(code, t)
+        n = math.nan
+        if execution is not None:
+            fee += execution.extra_cost(size, price, liq)
+            n = execution.contracts(size, price)
         fees[i] += fee
         trades.append(
             (dates[t], int(i), names[i], str(code), side, float(size), float(price), float(fee))
-            + (kind, bool(stale), decided)
+            + (kind, bool(stale), decided, n, liq)
         )
         return fee
 
@@ -315,6 +455,11 @@ def simulate_execution(
         def fill(target: np.ndarray, cpc: np.ndarray, decided: Any) -> list[Order]:
             nonlocal cost, turnover
             target = executable_target(target, w, px, codes[t], expiring[t])
+            if execution is not None:
+                for i in np.flatnonzero(np.abs(target - w) > min_trade):
+                    if not expiring[t, i] or target[i] != 0:  # a forced close is whole
+                        liq = book.liquidity(codes[t, i], t)
+                        target[i] = execution.fill(w[i], target[i], px[i], liq)
             dw = target - w
             orders = []
             for i in np.flatnonzero(np.abs(dw) > min_trade):
