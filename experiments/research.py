@@ -6,7 +6,8 @@ The experiments (each also runs alone; see its docstring):
   document's restriction, the paper's Θ on the bundled panel;
 * ``model_comparison.py`` — GBM, one-factor mean reverting, two-factor: LL, AIC/BIC, LR;
 * ``out_of_sample.py`` — expanding-window forecasts h = 1, 4 weeks, RMSE/MAE, DM tests;
-* ``trading_report.py`` — walk-forward backtests over sizing × z_in × costs.
+* ``trading_report.py`` — walk-forward backtests over sizing × z_in × costs × fill lag ×
+  book on four commodities, with a hold-out and the deflated Sharpe ratio.
 
 Every number in that section comes from the run folders under
 ``experiments/results/`` (their CSV/Markdown tables and ``config.json``); nothing is typed.
@@ -424,8 +425,14 @@ def section() -> str:
         "",
         _md("trading", "summary"),
         "",
-        "Sweep over sizing × z_in × costs: `experiments/results/trading/sweep.md`; equity "
-        "curves and Sharpe against z_in: `equity_default.png`, `sharpe_vs_zin.png`.",
+        _md("trading", "holdout"),
+        "",
+        _md("trading", "lags"),
+        "",
+        "Sweep over sizing × z_in × costs × fill lag × book: "
+        "`experiments/results/trading/sweep.md`; the default configuration by year: "
+        "`yearly.md`; equity curves and Sharpe against z_in: `equity_default.png`, "
+        "`sharpe_vs_zin.png`.",
         "",
     ]
     return "\n".join(out).rstrip() + "\n"

@@ -195,6 +195,25 @@ def test_main_job_writes_orders_and_backtest_report(tmp_path, capsys):
     params = pd.read_csv(out / "backtest" / "params.csv")
     assert {"se_kappa", "se_rho", "oos_z", "oos_n", "oos_from"} <= set(params.columns)
     assert np.all(np.isfinite(params["se_kappa"])) and np.all(params["oos_n"][1:] > 0)
+    # positions survive rolls: some roll close is followed, the same date, by an order that
+    # re-opens the same side in the tenor's new contract, and a round trip spans it
+    trades = pd.read_csv(out / "backtest" / "trades.csv", parse_dates=["date"])
+    closes = trades[trades["kind"] == "roll_close"]
+    carried = [
+        r for r in closes.itertuples()
+        if ((trades["date"] == r.date) & (trades["tenor_id"] == r.tenor_id)
+            & (trades["kind"] == "order") & (trades["side"] != r.side)
+            & (trades["contract"] != r.contract)).any()
+    ]  # fmt: skip
+    assert carried, "no position was carried across a roll"
+    trips = pd.read_csv(out / "backtest" / "round_trips.csv", parse_dates=["opened", "closed"])
+    d, tenor = carried[0].date, carried[0].tenor
+    assert ((trips["tenor"] == tenor) & (trips["opened"] < d) & (trips["closed"] > d)).any()
+    for name in ("yearly.csv", "round_trips.csv"):
+        assert (out / "backtest" / name).stat().st_size > 0
+    metrics = json.loads((out / "backtest" / "metrics.json").read_text())
+    assert {"sharpe_se", "sortino", "calmar", "max_drawdown_periods", "net_exposure", "beta",
+            "correlation"} <= set(metrics)  # fmt: skip
 
 
 def test_main_job_t_star_and_no_backtest(tmp_path, capsys):

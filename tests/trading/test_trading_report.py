@@ -29,7 +29,8 @@ def test_trading_report_quick(tmp_path, monkeypatch):
     for name in (
         "sweep.csv", "sweep.md", "summary.csv", "summary.md", "caveats.md", "config.json",
         "equity_default.png", "sharpe_vs_zin.png", "equity_default.csv",
-        "calibrations_wti.csv", "calibrations_wti.md",
+        "calibrations_wti.csv", "calibrations_wti.md", "holdout.csv", "lags.csv",
+        "yearly.csv",
     ):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
 
@@ -47,6 +48,14 @@ def test_trading_report_quick(tmp_path, monkeypatch):
         sweep["total_net"], sweep["total_gross"] - sweep["total_cost"], atol=1e-12
     )
 
+    # the Sharpe's standard error is the library's (Lo 2002) and the halves split the dates
+    assert (sweep["sharpe_se"] > 0).all() and np.isfinite(sweep["sharpe_h1"]).all()
+    assert set(sweep["lag"]) == set(q["lags"]) and set(sweep["book"]) == set(q["books"])
+    lags = pd.read_csv(out / "lags.csv")
+    assert sorted(set(lags["lag"])) == [0, 1, 2] and len(lags) == 6
+    hold = pd.read_csv(out / "holdout.csv")
+    assert len(hold) == 2 and hold["deflated_sharpe_prob"].between(0, 1).all()
+    assert "Is there an edge?" in (out / "summary.md").read_text()
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 2 and np.isfinite(summary["default_sharpe"]).all()
     for name in ("summary.md", "sweep.md", "caveats.md"):
