@@ -4,7 +4,8 @@ Differentiable Kalman filtering and calibration of commodity futures curves, and
 pipeline from model-vs-market mispricing to trading orders.
 
 Importing ssjax turns on JAX's float64 mode (``jax_enable_x64``): fits run in float64 by
-default. Arrays you pass as float32 stay float32 (the filter runs in either precision). It also
+default (``KalmanEngine.fit`` always fits in float64; the core functions and
+``recalibrate(dtype=jnp.float32)`` keep float32 arrays in float32). It also
 turns on a persistent XLA compilation cache in the user's cache folder, so that later processes
 reuse the compiled programs (:mod:`ssjax.compile_cache`; ``SSJAX_CACHE_DIR=off`` turns it off).
 """

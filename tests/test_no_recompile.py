@@ -133,6 +133,7 @@ def test_rolling_and_walk_forward(wti):
         return panel._replace(
             dates=panel.dates[:n], F_mkt=F, ttm=panel.ttm[:n],
             contracts=panel.contracts[:n], dt=panel.dt[: n - 1], mask=panel.mask[:n],
+            S=None if panel.S is None else panel.S[:n],
         )  # fmt: skip
 
     kw = dict(window=60, step=20, n_starts=1, standard_errors=False, progress=False)

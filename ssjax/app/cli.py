@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--commodity", help="with --data: which commodity (e.g. CL, NG, HG)")
     p.add_argument(
+        "--continuous",
+        choices=["chris", "exchange"],
+        help="with a continuous (rank) file: which contract is rank 1 on an expiry day: "
+        "'chris' (Quandl/Nasdaq CHRIS: already the next one) or 'exchange' (still the "
+        "expiring one)",
+    )
+    p.add_argument(
         "--ranks",
         default="6",
         help="with --data: nearby ranks, a count ('6') or a list ('1,5,9,13,17')",
@@ -95,6 +102,8 @@ def _pipeline_config(args: argparse.Namespace, argv_given: set[str]) -> dict:
         put("data", "source", args.data)
     if args.commodity:
         put("data", "commodity", args.commodity)
+    if args.continuous:
+        put("data", "continuous", args.continuous)
     if "--ranks" in argv_given:
         spec = args.ranks.strip()
         try:
@@ -162,8 +171,9 @@ def _load_data(args: argparse.Namespace):
         settle = load_copper_schwartz97().settlements
         source = "bundled COMEX copper (schwartz97)"
     else:
+        roll = None if args.continuous is None else args.continuous == "chris"
         try:
-            settle = read_settlements(args.data)
+            settle = read_settlements(args.data, roll_on_last_trade_day=roll)
         except (SettlementError, FileNotFoundError) as e:
             raise SystemExit(f"--data: {e}") from None
         source = args.data

@@ -11,6 +11,8 @@ Settings (all optional; a TOML file overrides these defaults, flags override the
     resample = ""             # e.g. "W-TUE"
     t_star = ""               # last date used (YYYY-MM-DD or an index); default: last date
     roll_days = 0             # files and copper: roll this many trading days before expiry
+    continuous = ""           # a continuous (rank) file: "chris" (rank 1 is already the next
+                              # contract on an expiry day) or "exchange" (still the expiring)
 
     [model]
     method = "MLE"            # MLE, EM or hybrid
@@ -109,7 +111,7 @@ __all__ = [
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"source": "wti", "commodity": "", "ranks": [1, 5, 9, 13, 17], "resample": "",
-             "t_star": "", "roll_days": 0},
+             "t_star": "", "roll_days": 0, "continuous": ""},
     "model": {"method": "MLE", "risk_premium": False, "shared_noise": False},
     "trading": {"sigma_method": "returns", "sigma_window": 60, "z_method": "filtered",
                 "z_in": 2.0, "z_out": 0.5, "max_weight": 1.0, "gross_leverage": 2.0,
@@ -199,6 +201,8 @@ def _check_data(d: dict) -> None:
             pd.Timestamp(t_star)
         except (TypeError, ValueError):
             raise bad("t_star", "is not a date") from None
+    if d["continuous"] not in ("", "chris", "exchange"):
+        raise bad("continuous", "must be '', 'chris' or 'exchange'")
     rd = d["roll_days"]
     if isinstance(rd, bool) or not isinstance(rd, int) or rd < 0:
         raise bad("roll_days", "must be an integer >= 0")
@@ -316,7 +320,8 @@ def _load(cfg: dict):
         desc = "bundled COMEX copper (schwartz97)"
     else:
         try:
-            settle = read_settlements(src)
+            roll = {"": None, "chris": True, "exchange": False}[d["continuous"]]
+            settle = read_settlements(src, roll_on_last_trade_day=roll)
         except (SettlementError, OSError) as e:
             raise ValueError(f"[data] source: {e}") from None
         desc = src

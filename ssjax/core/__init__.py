@@ -26,6 +26,7 @@ from ssjax.core.filter import (
 from ssjax.core.market import (
     PAD_MULTIPLE,
     MarketData,
+    check_tenor_order,
     dt_from_dates,
     make_market_data,
     padded_length,
@@ -84,6 +85,7 @@ __all__ = [
     "Prior",
     "MarketData",
     "make_market_data",
+    "check_tenor_order",
     "dt_from_dates",
     "window_data",
     "year_fraction",

@@ -20,6 +20,7 @@ from jax.typing import ArrayLike
 __all__ = [
     "MarketData",
     "make_market_data",
+    "check_tenor_order",
     "dt_from_dates",
     "year_fraction",
     "PAD_MULTIPLE",
@@ -89,6 +90,12 @@ def t_star_index(t_star: Any, n_dates: int, dates: Any = None) -> int:
     """
     if t_star is None or (isinstance(t_star, str) and t_star == ""):
         return n_dates - 1
+    if isinstance(t_star, float | np.floating):
+        if not (np.isfinite(t_star) and float(t_star).is_integer()):
+            raise ValueError(f"t_star must be a date or a whole date index, got {t_star!r}")
+        t_star = int(t_star)
+    if isinstance(t_star, bool):
+        raise ValueError(f"t_star must be a date or a date index, got {t_star!r}")
     if isinstance(t_star, int | np.integer) or (
         isinstance(t_star, str) and t_star.lstrip("-").isdigit()
     ):
@@ -137,6 +144,38 @@ def _first_bad(bad: np.ndarray, k: int = 5) -> str:
     return cells + more
 
 
+def check_tenor_order(ttm: ArrayLike, mask: ArrayLike, *, increasing: bool = True) -> None:
+    """Refuse observed maturities that leave the factors unidentified: two tenors at the same
+    ttm on a date (the same contract twice) and, with ``increasing`` (tenor panels, whose
+    columns are in maturity order), a tenor whose ttm is not above every earlier observed
+    tenor's on that date (swapped columns). Raises ``ValueError`` naming the first cell."""
+    tt = np.asarray(ttm, float)
+    m = np.asarray(mask, bool)
+    T, M = tt.shape
+    obs = np.where(m & np.isfinite(tt), tt, np.nan)
+    if increasing:
+        bad = np.zeros((T, M), bool)
+        last = np.full(T, -np.inf)
+        for j in range(M):
+            here = np.isfinite(obs[:, j])
+            bad[:, j] = here & (obs[:, j] <= last)
+            last = np.where(here, obs[:, j], last)
+        what = "must increase across tenors on each date (columns in maturity order)"
+    else:
+        srt = np.sort(obs, axis=1)  # NaN last
+        dup_row = np.any(np.diff(srt, axis=1) == 0, axis=1)
+        bad = np.zeros((T, M), bool)
+        for t in np.flatnonzero(dup_row):
+            vals, counts = np.unique(obs[t][np.isfinite(obs[t])], return_counts=True)
+            bad[t] = np.isin(obs[t], vals[counts > 1])
+        what = "must differ across the observed tenors of a date (two tenors at one maturity)"
+    if bad.any():
+        t, j = np.argwhere(bad)[0]
+        raise ValueError(
+            f"ttm {what}; at date {t}, tenor {j} (ttm {tt[t, j]:.6g}); {int(bad.sum())} cell(s)"
+        )
+
+
 def make_market_data(
     F_mkt: ArrayLike,
     ttm: ArrayLike,
@@ -176,7 +215,7 @@ def make_market_data(
     if tt.shape != (T, M):
         raise ValueError(f"ttm must have the shape of F_mkt {(T, M)} (or [M]), got {tt.shape}")
     if mask is None:
-        m = np.isfinite(F)
+        m = ~np.isnan(F)  # NaN = not observed; an infinite price is an error below
     else:
         m = np.asarray(mask)
         if m.shape != (T, M):

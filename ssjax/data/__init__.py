@@ -48,11 +48,13 @@ from ssjax.data.panels import (
     panel_to_long,
     select_dates,
     stack_panels,
+    validate_panel,
 )
 from ssjax.data.settlements import (
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     SettlementError,
+    SettlementWarning,
     read_cme_settlements,
     read_continuous,
     read_long_csv,
@@ -63,6 +65,7 @@ from ssjax.data.settlements import (
 from ssjax.data.store import (
     SETTLEMENT_COLUMNS,
     ParquetStore,
+    StoreReport,
 )
 
 __all__ = [
@@ -96,11 +99,13 @@ __all__ = [
     "constant_maturity_panel",
     "select_dates",
     "stack_panels",
+    "validate_panel",
     "StackedPanels",
     "panel_to_long",
     "REQUIRED_COLUMNS",
     "OPTIONAL_COLUMNS",
     "SettlementError",
+    "SettlementWarning",
     "validate_settlements",
     "sort_settlements",
     "read_cme_settlements",
@@ -108,5 +113,6 @@ __all__ = [
     "read_long_csv",
     "read_settlements",
     "ParquetStore",
+    "StoreReport",
     "SETTLEMENT_COLUMNS",
 ]

@@ -28,6 +28,7 @@ import pandas as pd
 from ssjax.core.market import MarketData, year_fraction
 
 __all__ = [
+    "validate_panel",
     "Panel",
     "as_stacked",
     "market_stack",
@@ -244,6 +245,51 @@ def constant_maturity_panel(
     return _result(dates, F, ttm, codes, names, commodity)
 
 
+def validate_panel(panel: Panel, name: str = "panel") -> None:
+    """The checks of :func:`ssjax.core.market.make_market_data` on a :class:`Panel`, plus its
+    labels: every array's shape (naming the field), dates strictly increasing (a duplicated
+    or out-of-order date is named), ``dt`` matching the dates' count, ``tenor_names`` one
+    per tenor. Raises ``ValueError`` starting with ``name``; returns nothing when all is
+    well. :func:`stack_panels` (so :func:`ssjax.rolling.recalibrate`) and
+    :func:`ssjax.trading.backtest.walk_forward` run it on the panels they are given."""
+    from ssjax.core.market import check_tenor_order, make_market_data
+
+    def bad(msg: str) -> ValueError:
+        return ValueError(f"{name}: {msg}")
+
+    F = np.asarray(panel.F_mkt, float)
+    if F.ndim != 2:
+        raise bad(f"F_mkt must have shape [T, M], got {F.shape}")
+    T, M = F.shape
+    dates = pd.DatetimeIndex(panel.dates)
+    if len(dates) != T:
+        raise bad(f"dates has {len(dates)} entries for the {T} rows of F_mkt")
+    if dates.has_duplicates:
+        dup = dates[dates.duplicated()]
+        raise bad(f"duplicated dates {[str(d.date()) for d in dup[:3]]}")
+    if not dates.is_monotonic_increasing:
+        i = int(np.argmax(np.diff(dates.asi8) < 0)) + 1
+        raise bad(f"dates are not in increasing order: {dates[i].date()} after "
+                  f"{dates[i - 1].date()}")  # fmt: skip
+    for field, want in (("ttm", (T, M)), ("contracts", (T, M)), ("dt", (max(T - 1, 0),))):
+        shape = np.shape(getattr(panel, field))
+        if shape != want:
+            raise bad(f"{field} must have shape {list(want)}, got {list(shape)}")
+    if panel.mask is not None and np.shape(panel.mask) != (T, M):
+        raise bad(f"mask must have shape [{T}, {M}], got {list(np.shape(panel.mask))}")
+    if panel.S is not None and np.shape(panel.S) != (T,):
+        raise bad(f"S must have shape [{T}], got {list(np.shape(panel.S))}")
+    if len(panel.tenor_names) != M:
+        raise bad(f"tenor_names has {len(panel.tenor_names)} names for {M} tenors")
+    if T < 2:
+        raise bad(f"needs at least 2 dates, got {T}")
+    try:
+        data = make_market_data(F, panel.ttm, mask=panel.mask, dt=panel.dt)
+        check_tenor_order(np.asarray(panel.ttm, float), np.asarray(data.mask), increasing=True)
+    except ValueError as e:
+        raise bad(str(e)) from None
+
+
 class StackedPanels(NamedTuple):
     """Several commodities on one date index (masked where a commodity has no data)."""
 
@@ -266,6 +312,8 @@ def stack_panels(panels: Mapping[str, Panel]) -> StackedPanels:
     if not panels:
         raise ValueError("panels is empty")
     names = list(panels)
+    for n in names:
+        validate_panel(panels[n], f"panel {n!r}")
     dates = pd.DatetimeIndex(sorted(set().union(*(set(p.dates) for p in panels.values()))))
     C, T = len(names), len(dates)
     M = max(p.F_mkt.shape[1] for p in panels.values())
@@ -277,7 +325,7 @@ def stack_panels(panels: Mapping[str, Panel]) -> StackedPanels:
         p = panels[name]
         rows = dates.get_indexer(p.dates)
         m = p.F_mkt.shape[1]
-        pm = np.isfinite(p.F_mkt) if p.mask is None else np.asarray(p.mask, bool)
+        pm = ~np.isnan(p.F_mkt) if p.mask is None else np.asarray(p.mask, bool)
         F[c, rows, :m] = np.where(pm, p.F_mkt, np.nan)
         ttm[c, rows, :m] = np.nan_to_num(p.ttm)  # kept under the mask (forwards need it)
         mask[c, rows, :m] = pm

@@ -43,6 +43,8 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "OPTIONAL_COLUMNS",
     "SettlementError",
+    "SettlementWarning",
+    "JUMP_FACTOR",
     "validate_settlements",
     "sort_settlements",
     "read_cme_settlements",
@@ -210,7 +212,53 @@ def validate_settlements(
             problems.append(unsorted)
     if problems:
         raise SettlementError(problems, source)
+    _warn_suspect_values(out, source)
     return sort_settlements(out) if sort else out
+
+
+#: a move of a contract's price by more than this factor between consecutive trade dates is
+#: reported as suspect (a price quoted in other units: cents for dollars is ×100)
+JUMP_FACTOR = 5.0
+
+
+class SettlementWarning(UserWarning):
+    """Values that parse but look wrong (weekend dates, price jumps of ×5 or more)."""
+
+
+def _warn_suspect_values(out: pd.DataFrame, source: str | None) -> None:
+    """Warn (:class:`SettlementWarning`) about weekend trade dates and about prices that move
+    by a factor of ``JUMP_FACTOR`` or more between a contract's consecutive trade dates."""
+    where = f"{source}: " if source else ""
+    if "trade_date" in out.columns:
+        weekend = out["trade_date"].dt.day_of_week >= 5
+        if weekend.any():
+            days = sorted({str(d.date()) for d in out.loc[weekend, "trade_date"]})
+            warnings.warn(
+                f"{where}trade dates on a weekend at rows {_rows(out.index[weekend])} "
+                f"({', '.join(days[:3])}{', …' if len(days) > 3 else ''}): no exchange settles "
+                "then; check the date column",
+                SettlementWarning,
+                stacklevel=3,
+            )
+    if {"contract", "trade_date", "settlement_price"} <= set(out.columns):
+        keys = ["commodity", "contract"] if "commodity" in out.columns else ["contract"]
+        o = out[out["settlement_price"].notna()].sort_values([*keys, "trade_date"])
+        ratio = o["settlement_price"] / o.groupby(keys)["settlement_price"].shift(1)
+        jump = (ratio > JUMP_FACTOR) | (ratio < 1 / JUMP_FACTOR)
+        if jump.any():
+            ex = o[jump].head(3)
+            detail = ", ".join(
+                f"{c} on {d.date()} ×{r:.3g}"
+                for c, d, r in zip(ex["contract"], ex["trade_date"], ratio[jump].head(3),
+                                   strict=True)
+            )  # fmt: skip
+            warnings.warn(
+                f"{where}prices that move by a factor of {JUMP_FACTOR:g} or more from the "
+                f"contract's previous trade date at rows {_rows(o.index[jump])} ({detail}): "
+                "a price in other units (cents for dollars is ×100)?",
+                SettlementWarning,
+                stacklevel=3,
+            )
 
 
 def _first_unsorted(out: pd.DataFrame, dated: pd.Series, has: set[str]) -> str | None:
@@ -252,6 +300,44 @@ def _source_name(path: Any) -> str | None:
     return None
 
 
+def _previous_day_figures(out: pd.DataFrame, columns: dict[str, str]) -> None:
+    """Move previous-trade-date figures (``columns``: source -> target) onto the row of the
+    date they belong to: the figure on a row dated t is the contract's figure of the CME
+    trade date before t. In place; NaN where the file has no row of that next trade date."""
+    from ssjax.data.calendars import add_trade_days
+
+    dates = pd.DatetimeIndex(out["trade_date"].unique())
+    prev = pd.Series(pd.DatetimeIndex(add_trade_days(dates, -1)), index=dates)
+    look = out.assign(belongs=out["trade_date"].map(prev))
+    look = look.set_index(["contract", "belongs"])[list(columns)]
+    look = look[~look.index.duplicated()]
+    key = pd.MultiIndex.from_arrays([out["contract"], out["trade_date"]])
+    got = look.reindex(key)
+    for src, dst in columns.items():
+        out[dst] = got[src].to_numpy()
+
+
+def _read_csv(path: Any, source: str | None, **kwargs: Any) -> pd.DataFrame:
+    """``pd.read_csv`` whose failures are :class:`SettlementError` naming the file (and the
+    line, where pandas gives one): empty file, header only, cut or malformed lines, bytes
+    that are not UTF-8."""
+    try:
+        df = pd.read_csv(path, encoding=kwargs.pop("encoding", "utf-8-sig"), **kwargs)
+    except pd.errors.EmptyDataError:
+        raise SettlementError(["the file is empty (no header line)"], source) from None
+    except pd.errors.ParserError as e:
+        raise SettlementError([f"malformed CSV: {str(e).strip()}"], source) from None
+    except UnicodeDecodeError as e:
+        raise SettlementError(
+            [f"not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}); "
+             "save the file as UTF-8 or pass encoding= (e.g. 'latin-1')"],
+            source,
+        ) from None  # fmt: skip
+    if df.empty:
+        raise SettlementError([f"no data lines (a header only: {list(df.columns)})"], source)
+    return df
+
+
 def _line_index(df: pd.DataFrame, header_lines: int = 1) -> pd.DataFrame:
     """Label rows by their line number in the source file (header on line 1)."""
     df.index = pd.RangeIndex(header_lines + 1, header_lines + 1 + len(df), name="line")
@@ -267,6 +353,7 @@ def read_cme_settlements(
     *,
     products: Iterable[str] | None = None,
     on_bad_price: str = "mask",
+    encoding: str = "utf-8-sig",
 ) -> pd.DataFrame:
     """Read a CME daily settlement CSV (futures rows) into the long schema.
 
@@ -275,25 +362,39 @@ def read_cme_settlements(
     PrevDayVol, PrevDayOI, …`` with every field quoted. Several days and exchanges may be
     concatenated in one file. Only ``SecTyp == "FUT"`` rows are read.
 
-    ``PrevDayVol``/``PrevDayOI`` are the *previous* trade date's figures, so they are moved
-    back one trade date per contract: ``volume``/``open_interest`` on date t come from the
-    row of t's next date in the file (NaN on the last date).
+    ``PrevDayVol``/``PrevDayOI`` on a row dated t are the figures of the *previous CME trade
+    date* (:func:`ssjax.data.calendars.add_trade_days` (t, −1)), so they are stored on that
+    date's row of the contract when the file has it: ``volume``/``open_interest`` on date d
+    come from the row of the trade date after d. They are NaN where the file does not have
+    that next trade date (the file's last date, a one-day file, the date before a gap):
+    the file does not say them.
     An empty ``LastTrdDt`` is derived from the contract with the exchange rule.
     """
     from ssjax.data.contracts import contract_code, last_trade_date, parse_mmy
 
     source = _source_name(path)
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    raw = _read_csv(path, source, dtype=str, keep_default_na=False, encoding=encoding)
+    # header names as the exchange spells them, whatever their case or quoting
+    canon = {c.lower(): c for c in (*_CME_COLUMNS, "PrevDayVol", "PrevDayOI")}
+    raw = raw.rename(columns=lambda c: canon.get(str(c).strip().strip('"').lower(), c))
     missing = [c for c in _CME_COLUMNS if c not in raw.columns]
     if missing:
         raise SettlementError(
-            [f"not a CME settlement file: missing column(s) {missing}; expected {_CME_COLUMNS}"],
+            [f"not a CME settlement file: missing column(s) {missing}; expected {_CME_COLUMNS}, "
+             f"got {list(raw.columns)}"],
             source,
-        )
+        )  # fmt: skip
     raw = _line_index(raw)
     fut = raw[raw["SecTyp"].str.strip() == "FUT"]
     if products is not None:
         fut = fut[fut["Sym"].isin(list(products))]
+    if fut.empty:
+        what = f"of the products {sorted(products)} " if products is not None else ""
+        raise SettlementError(
+            [f"no futures rows {what}(SecTyp == 'FUT') in {len(raw)} data line(s); "
+             f"SecTyp values present: {sorted(set(raw['SecTyp'].str.strip()))[:10]}"],
+            source,
+        )  # fmt: skip
     problems = []
     ym = []
     for line, v in zip(fut.index, fut["MMY"], strict=True):
@@ -330,14 +431,7 @@ def read_cme_settlements(
         index=fut.index,
     )
     out = validate_settlements(out, on_bad_price=on_bad_price, sort=True, source=source)
-    # the day's volume / open interest appear on the next trade date's row of the file
-    file_dates = np.sort(out["trade_date"].unique())
-    nxt = pd.Series(np.append(file_dates[1:], np.datetime64("NaT")), index=file_dates)
-    look = out.set_index(["contract", "trade_date"])[["prev_volume", "prev_oi"]]
-    key = pd.MultiIndex.from_arrays([out["contract"], out["trade_date"].map(nxt)])
-    shifted = look.reindex(key)
-    out["volume"] = shifted["prev_volume"].to_numpy()
-    out["open_interest"] = shifted["prev_oi"].to_numpy()
+    _previous_day_figures(out, {"prev_volume": "volume", "prev_oi": "open_interest"})
     return out.drop(columns=["prev_volume", "prev_oi"])
 
 
@@ -345,6 +439,7 @@ def read_cme_settlements(
 _CHRIS = re.compile(
     r"^(?:CHRIS/)?(?:[A-Z]+_)?(?P<root>[A-Z]{1,3})(?P<rank>\d+)\s*-\s*(?P<field>.+)$"
 )
+_PLAIN = re.compile(r"^(?P<root>[A-Z]{1,3})(?P<rank>\d{1,2})$")
 _SINGLE_FIELDS = {"Open", "High", "Low", "Last", "Change", "Settle", "Volume"}
 
 
@@ -353,25 +448,39 @@ def read_continuous(
     *,
     root: str | None = None,
     rank: int | None = None,
-    roll_on_last_trade_day: bool = True,
+    roll_on_last_trade_day: bool | None = None,
     price_field: str = "Settle",
     on_bad_price: str = "mask",
+    encoding: str = "utf-8-sig",
 ) -> pd.DataFrame:
     """Read continuous-contract prices (rank k = k-th nearest contract) into the long schema.
 
     Accepts the merged layout (``Date, CHRIS/CME_CL1 - Settle, …, CHRIS/CME_CL6 - …``, also
-    plain ``CL1 - Settle``) and a single-dataset download (``Date, Open, …, Settle, Volume,
+    plain ``CL1 - Settle``), a plain price table (``Date, CL1, CL2, …, CLn``: settlement
+    prices by rank) and a single-dataset download (``Date, Open, …, Settle, Volume,
     Previous Day Open Interest``, newest first; give ``root`` and ``rank``). Each rank is
-    mapped to a contract with the exchange's last-trade-date rule: with
-    ``roll_on_last_trade_day=True`` (CHRIS' convention), rank k on date t is the k-th contract
-    with last trading day > t; with ``False``, ≥ t (the expiring contract is still rank 1 on
-    its last day). ``volume`` is the row's volume; ``open_interest`` is the previous day's
-    open interest column when that is all the file has (shifted back one date per contract).
+    mapped to a contract with the exchange's last-trade-date rule, and which contract is rank
+    1 on its own last trading day differs between vendors, so the convention must be chosen
+    (a wrong one assigns the wrong contract to every rank on those days, ~5% of the rows of
+    a daily file): ``roll_on_last_trade_day=True`` (Quandl/Nasdaq CHRIS), rank k on date t is
+    the k-th contract with last trading day > t; ``False`` (most exchange and Bloomberg
+    generic series), ≥ t (the expiring contract is still rank 1 on its last day).
+    ``volume`` is the row's volume; ``open_interest`` comes from the previous-day open
+    interest column, stored on the previous CME trade date (NaN where the file lacks the next
+    trade date).
     """
     from ssjax.data.contracts import listed_contracts
 
     source = _source_name(path)
-    raw = pd.read_csv(path)
+    if roll_on_last_trade_day is None:
+        raise SettlementError(
+            ["continuous file: choose the rank convention, roll_on_last_trade_day=True (rank 1 "
+             "is the next contract on the expiring one's last trading day: Quandl/Nasdaq "
+             "CHRIS) or False (the expiring contract is still rank 1 that day: exchange and "
+             "Bloomberg generic series)"],
+            source,
+        )  # fmt: skip
+    raw = _read_csv(path, source, encoding=encoding)
     date_col = next((c for c in raw.columns if str(c).strip().lower() == "date"), None)
     if date_col is None:
         raise SettlementError(["continuous file: no 'Date' column"], source)
@@ -387,6 +496,9 @@ def read_continuous(
         if m:
             key = (m["root"], int(m["rank"]))
             fields.setdefault(key, {})[m["field"].strip()] = col
+        m = _PLAIN.match(str(col).strip())
+        if m:  # Date, CL1, ..., CLn: the settlement price by rank
+            fields.setdefault((m["root"], int(m["rank"])), {})[price_field] = col
     if not fields:
         present = {str(c).strip() for c in raw.columns} & _SINGLE_FIELDS
         if price_field not in present:
@@ -436,11 +548,8 @@ def read_continuous(
     out = out.merge(lookup, on=["commodity", "trade_date", "rank"], how="left")
     out.index = lines
     out = validate_settlements(out, on_bad_price=on_bad_price, sort=True, source=source)
-    # previous-day open interest of a contract on date t+1 is its open interest at t
-    out = out.sort_values(["contract", "trade_date"])
-    out["open_interest"] = out.groupby("contract")["prev_oi"].shift(-1)
-    out = sort_settlements(out.drop(columns=["prev_oi"]))
-    return out
+    _previous_day_figures(out, {"prev_oi": "open_interest"})
+    return sort_settlements(out.drop(columns=["prev_oi"]))
 
 
 # ---- long per-contract CSV ------------------------------------------------------------------
@@ -464,6 +573,7 @@ def read_long_csv(
     commodity: str | None = None,
     columns: dict[str, str] | None = None,
     on_bad_price: str = "mask",
+    encoding: str = "utf-8-sig",
 ) -> pd.DataFrame:
     """Read a long per-contract CSV (one row per date × contract) into the schema.
 
@@ -475,7 +585,8 @@ def read_long_csv(
     from ssjax.data.contracts import last_trade_date, parse_contract
 
     source = _source_name(path)
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    raw = _read_csv(path, _source_name(path), dtype=str, keep_default_na=False,
+                    encoding=encoding)  # fmt: skip
     raw = _line_index(raw)
     lower = {str(c).strip().lower(): c for c in raw.columns}
     mapping: dict[str, str] = {}
@@ -534,16 +645,42 @@ def read_long_csv(
     return validate_settlements(out, on_bad_price=on_bad_price, sort=True, source=source)
 
 
-def read_settlements(path: str | os.PathLike, **kwargs: Any) -> pd.DataFrame:
+def read_settlements(
+    path: str | os.PathLike, *, roll_on_last_trade_day: bool | None = None, **kwargs: Any
+) -> pd.DataFrame:
     """Read any supported layout, detected from the header line (plain or compressed:
-    ``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.zst``, by the file's extension)."""
+    ``.gz``, ``.bz2``, ``.xz``, ``.zip``, ``.zst``, by the file's extension).
+
+    CME settlement files are recognized whatever the case of their header names; a header
+    with the CME layout's ``BizDt``, ``Sym`` and ``MMY`` but no ``SettlePrice`` is refused
+    as such (not read as another layout). Continuous files (``CL1 - Settle`` or plain
+    ``CL1..CLn`` columns) need ``roll_on_last_trade_day`` (see :func:`read_continuous`; it
+    is not passed to the other layouts).
+    ``encoding=`` is passed to the reader (default UTF-8).
+    """
+    source = os.fspath(path)
     try:
-        header = pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns
+        header = pd.read_csv(path, nrows=0, encoding=kwargs.get("encoding", "utf-8-sig")).columns
     except pd.errors.EmptyDataError:
-        raise SettlementError(["the file is empty (no header line)"], os.fspath(path)) from None
+        raise SettlementError(["the file is empty (no header line)"], source) from None
+    except UnicodeDecodeError as e:
+        raise SettlementError(
+            [f"not UTF-8 text in the header (offset {e.start}); pass encoding= "
+             "(e.g. 'latin-1')"], source,
+        ) from None  # fmt: skip
     cols = [str(c).strip().strip('"') for c in header]
-    if {"BizDt", "Sym", "MMY", "SettlePrice"} <= set(cols):
+    low = {c.lower() for c in cols}
+    if {"bizdt", "sym", "mmy"} <= low:
+        if "settleprice" not in low:
+            raise SettlementError(
+                [f"a CME settlement header (BizDt, Sym, MMY) without a SettlePrice column; "
+                 f"columns are {cols}"], source,
+            )  # fmt: skip
         return read_cme_settlements(path, **kwargs)
-    if any(_CHRIS.match(c) for c in cols) or {"Date", "Settle"} <= set(cols):
-        return read_continuous(path, **kwargs)
+    if (
+        any(_CHRIS.match(c) for c in cols)
+        or {"Date", "Settle"} <= set(cols)
+        or ("date" in low and any(_PLAIN.match(c) for c in cols))
+    ):
+        return read_continuous(path, roll_on_last_trade_day=roll_on_last_trade_day, **kwargs)
     return read_long_csv(path, **kwargs)

@@ -2,8 +2,10 @@
 
 Layout under the store's root directory::
 
-    settlements/commodity=CL/year=2024/data.parquet   one file per commodity × trade year
-    panels/<name>/year=2024/data.parquet               one file per panel × year of its dates
+    manifest.json                                         the live file of every partition
+    .lock                                                 the writers' lock
+    settlements/commodity=CL/year=2024/data-v7-<id>.parquet   commodity × trade year
+    panels/<name>/year=2024/data-v7-<id>.parquet              panel × year of its dates
 
 Settlement files hold the :mod:`ssjax.data.settlements` schema (required columns plus ``volume``
 and ``open_interest``; other columns are not stored), each file sorted canonically (commodity,
@@ -13,14 +15,35 @@ Panel files hold one row per date × tenor; :meth:`ParquetStore.write_panel` rep
 :meth:`ParquetStore.append_panel` adds dates to it (a stored date it also has is replaced).
 Reads of a date range (``start``/``end``) open only the year partitions that can hold it.
 
-Every write is atomic: the new files are written to temporary files beside their targets and
-renamed into place only when all of them have been written; the old files are kept as backups
-until every rename has succeeded, so a write that fails with an exception leaves the store as it
-was. A panel is written as a whole new directory that replaces the old one by renames. (A
-process killed during the renames can leave a write half applied: every file is still a
-complete old or new version, and the old versions remain as ``*.bak-<token>`` files or
-directories; readers ignore temporary and backup files.) The store assumes one writer at a
-time (there is no locking between processes).
+What the store guarantees:
+
+* **One writer at a time.** Every write holds an exclusive lock on ``<root>/.lock``
+  (``fcntl.flock``; where there is no ``fcntl``, the exclusive creation of
+  ``<root>/.lock.excl``) for its whole read-merge-write, so writers in several threads or
+  processes queue and none loses another's rows. A writer that waits longer than the store's
+  ``timeout`` raises :class:`TimeoutError` naming the lock file. The kernel drops a ``flock``
+  when its process dies; the fallback's file stays behind a killed writer and must be deleted.
+* **Atomic, crash-consistent writes.** A write never changes a live file: it writes the
+  partitions it changes to new files (new names, flushed to disk), then commits by replacing
+  ``manifest.json`` (:func:`os.replace`, one atomic rename) with a manifest that lists the
+  live file (and SHA-256) of every partition under a version number one higher. A write that
+  fails or is killed before that rename leaves the previous version in force; after it, the
+  new one. A partition whose bytes would not change keeps its file, and a write that changes
+  nothing commits nothing (idempotent writes leave the store byte for byte as it was).
+* **Readers never see a partial write.** A read takes the manifest once and opens only the
+  files it lists, so it sees one version whole; it needs no lock. (If a writer deletes a file
+  the read was about to open, the read starts again from the newer manifest.)
+* **Leftovers are removed.** Files under ``settlements/`` and ``panels/`` that the manifest
+  does not list (superseded files, files of a write killed before its commit, temporary
+  manifests) are deleted by every write after its commit, under the lock.
+  :meth:`ParquetStore.verify` reports them with the listed files that are missing,
+  unreadable, changed since they were written (checksum), of the wrong schema or not in the
+  canonical order; ``verify(repair=True)`` deletes the leftovers.
+
+Stores written before the manifest (each partition a ``year=<Y>/data.parquet``) are read by
+listing their directories, as they were; the first write migrates such a store under the lock
+(its files are listed in the first manifest as they are, and its ``*.tmp-*``/``*.bak-*``
+leftovers are deleted).
 
 Example::
 
@@ -29,18 +52,24 @@ Example::
     cl = store.read_settlements("CL", start="2023-01-01", end="2023-12-31")
     store.write_panel("cl_nearby", nearby_panel(cl, 6))
     panel = store.read_panel("cl_nearby", start="2023-07-01")
+    assert store.verify().ok
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
 import re
-import shutil
+import signal
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -57,12 +86,18 @@ from ssjax.data.settlements import (
     validate_settlements,
 )
 
-__all__ = ["ParquetStore", "SETTLEMENT_COLUMNS"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["ParquetStore", "SETTLEMENT_COLUMNS", "StoreReport"]
 
 SETTLEMENT_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 _DATE_COLUMNS = ("trade_date", "expiration_date")
 _STR_COLUMNS = ("commodity", "contract")
 _FLOAT_COLUMNS = ("settlement_price", *OPTIONAL_COLUMNS)
+_ORDER = ["commodity", "trade_date", "expiration_date", "contract"]
 _SETTLEMENT_SCHEMA = pa.schema(
     [
         ("trade_date", pa.date32()),
@@ -74,12 +109,63 @@ _SETTLEMENT_SCHEMA = pa.schema(
         ("open_interest", pa.float64()),
     ]
 )
-_FILE = "data.parquet"
+_LEGACY_FILE = "data.parquet"  # the one file of a partition before the manifest
 _FORMAT_KEY = b"ssjax.data.store"
 _PANEL_KEY = b"ssjax.panel"
 _FORMAT_VERSION = 1
 _PANEL_FORMAT_VERSION = 2  # version 1: one file per panel (not read)
-_SCRATCH = re.compile(r"\.(?:tmp|bak)-[0-9a-f]{32}$")  # in-flight write directories
+_SCRATCH = re.compile(r"\.(?:tmp|bak)-[0-9a-f]{32}$")  # pre-manifest in-flight write directories
+_MANIFEST = "manifest.json"
+_MANIFEST_FORMAT = {"format": "ssjax.data.store", "format_version": 1}
+_LOCK = ".lock"
+_LOCK_EXCL = ".lock.excl"  # where there is no fcntl
+_SECTIONS = ("settlements", "panels")
+_READ_TRIES = 20
+#: tests only: the environment variable naming the phase of a write at which the writing
+#: process kills itself ("file": the first new file written; "manifest": every new file and
+#: the new manifest written, before the commit; "commit": just after it; "cleanup": one
+#: superseded file deleted)
+_CRASH_ENV = "SSJAX_STORE_CRASH_AT"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class StoreReport:
+    """What :meth:`ParquetStore.verify` found (paths relative to the store's root).
+
+    Attributes:
+        version: the manifest's version (0: the store has no manifest yet).
+        partitions: the number of partition files the manifest lists (all were checked).
+        missing: listed files that do not exist.
+        unreadable: ``"<file>: <reason>"`` for listed files that cannot be read as Parquet or
+            whose bytes differ from the checksum in the manifest.
+        bad_schema: ``"<file>: <reason>"`` for listed files with the wrong columns, types or
+            metadata, or rows of another commodity or year than their partition's.
+        unordered: ``"<file>: <reason>"`` for listed files whose rows are not in the
+            canonical order (or repeat a key).
+        stray: files under ``settlements/`` and ``panels/`` (and temporary manifests) that the
+            manifest does not list: what superseded or killed writes left.
+        removed: the stray files deleted (``repair=True``).
+    """
+
+    version: int
+    partitions: int = 0
+    missing: tuple[str, ...] = ()
+    unreadable: tuple[str, ...] = ()
+    bad_schema: tuple[str, ...] = ()
+    unordered: tuple[str, ...] = ()
+    stray: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """No problem found, or only stray files that were removed."""
+        bad = self.missing or self.unreadable or self.bad_schema or self.unordered
+        return not bad and set(self.stray) <= set(self.removed)
+
+
+class _OrderError(ValueError):
+    """A partition's rows are not in the canonical order."""
 
 
 class ParquetStore:
@@ -87,35 +173,32 @@ class ParquetStore:
 
     Args:
         root: the store's directory; created (with its parents) on the first write.
+        timeout: seconds a write waits for another process's write to finish before it
+            raises :class:`TimeoutError`.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, timeout: float = 60.0) -> None:
         self.root = Path(root)
+        self.timeout = float(timeout)
 
     def __repr__(self) -> str:
         return f"ParquetStore({str(self.root)!r})"
 
     # ---- settlements ------------------------------------------------------------------------
-    @property
-    def _settlements_dir(self) -> Path:
-        return self.root / "settlements"
-
-    def _partition_path(self, commodity: str, year: int) -> Path:
-        return self._settlements_dir / f"commodity={commodity}" / f"year={year}" / _FILE
-
     def write_settlements(self, df: pd.DataFrame, *, on_bad_price: str = "mask") -> list[Path]:
         """Append a settlement table; rows with an already stored key replace the stored ones.
 
         The table is validated first (:func:`ssjax.data.settlements.validate_settlements` with
-        ``sort=True``): invalid input raises and the store is not touched. Rows are then
-        merged into the partitions ``settlements/commodity=<C>/year=<trade year>/`` they
-        belong to: a stored row with the same (trade_date, commodity, contract) is replaced
-        by the new one (so writing the same day twice changes nothing), other stored rows are
-        kept, and each partition file is rewritten sorted by (commodity, trade date,
+        ``sort=True``): invalid input raises and the store is not touched. Then, holding the
+        store's lock, rows are merged into the partitions ``settlements/commodity=<C>/year=<trade
+        year>/`` they belong to: a stored row with the same (trade_date, commodity, contract) is
+        replaced by the new one (so writing the same day twice changes nothing), other stored
+        rows are kept, and each partition is rewritten sorted by (commodity, trade date,
         expiration, contract). Columns other than the schema's are not stored; a missing
         ``volume``/``open_interest`` column is stored as NaN.
 
-        The write is atomic: if anything fails, the store is left as it was.
+        The write is atomic (all partitions change together, at the manifest's commit): if
+        anything fails, or the process dies, before the commit, the store is left as it was.
 
         Args:
             df: a table in the :mod:`ssjax.data.settlements` schema.
@@ -123,12 +206,13 @@ class ParquetStore:
                 warning) or ``"raise"``; passed to the validator.
 
         Returns:
-            The partition files written, in (commodity, year) order.
+            The live file of every partition the table touched, in (commodity, year) order.
 
         Raises:
             SettlementError: the table is invalid, or a contract's expiration date differs
                 from the one already stored for it.
             ValueError: a commodity name cannot be used as a directory name.
+            TimeoutError: another writer held the lock for longer than ``timeout``.
         """
         new = validate_settlements(df, on_bad_price=on_bad_price, sort=True)
         new = _canonical(new).reset_index(drop=True)
@@ -141,32 +225,40 @@ class ParquetStore:
                 "name without path separators, NUL characters or '=' and not '.' or '..'"
             )
         years = new["trade_date"].dt.year
-        writes: list[tuple[Path, pa.Table]] = []
-        for commodity, sub in new.groupby("commodity", sort=True):
-            sub_years = years.loc[sub.index]
-            self._check_expirations(str(commodity), sub, set(sub_years.unique().tolist()))
-            for year, part in sub.groupby(sub_years, sort=True):
-                path = self._partition_path(str(commodity), int(year))
-                merged = self._merge(path, part)
-                writes.append((path, _settlements_to_table(merged)))
-        _atomic_write(writes)
-        return [p for p, _ in writes]
+        with self._locked():
+            manifest = self._manifest()
+            tables: dict[str, dict[int, pa.Table]] = {}
+            for commodity, sub in new.groupby("commodity", sort=True):
+                name = str(commodity)
+                sub_years = years.loc[sub.index]
+                parts = dict(self._parts(manifest, "settlements", name))
+                self._check_expirations(name, sub, parts, set(sub_years.unique().tolist()))
+                for year, part in sub.groupby(sub_years, sort=True):
+                    merged = self._merge(parts.get(int(year)), part, name, int(year))
+                    tables.setdefault(name, {})[int(year)] = _settlements_to_table(merged)
+            return self._commit(manifest, "settlements", tables, replace=False)
 
-    def _merge(self, path: Path, part: pd.DataFrame) -> pd.DataFrame:
-        """The partition at ``path`` with ``part``'s rows replacing those with their keys."""
-        if not path.exists():
+    def _merge(
+        self, path: Path | None, part: pd.DataFrame, commodity: str, year: int
+    ) -> pd.DataFrame:
+        """The partition file ``path`` with ``part``'s rows replacing those with their keys."""
+        if path is None:
             return part.reset_index(drop=True)
         old = _table_to_settlements(_read_table(path))
         key = ["trade_date", "contract"]  # one commodity per partition
         replaced = pd.MultiIndex.from_frame(old[key]).isin(pd.MultiIndex.from_frame(part[key]))
         merged = pd.concat([old[~replaced], part], ignore_index=True)
-        rel = path.parent.relative_to(self.root)
         merged = validate_settlements(
-            merged, on_bad_price="raise", sort=True, source=f"{rel} merged with the new rows"
+            merged,
+            on_bad_price="raise",
+            sort=True,
+            source=f"settlements/commodity={commodity}/year={year} merged with the new rows",
         )
         return merged.reset_index(drop=True)
 
-    def _check_expirations(self, commodity: str, new: pd.DataFrame, touched: set[int]) -> None:
+    def _check_expirations(
+        self, commodity: str, new: pd.DataFrame, parts: dict[int, Path], touched: set[int]
+    ) -> None:
         """Raise if a new contract's expiration differs from one stored for it elsewhere.
 
         The partitions being rewritten are checked when they are merged; here the other
@@ -176,7 +268,7 @@ class ParquetStore:
         exp = new.groupby("contract")["expiration_date"].first()
         last_year = int(exp.max().year)
         conflicts: list[str] = []
-        for year, path in self._partitions(commodity):
+        for year, path in parts.items():
             if year in touched or year > last_year:
                 continue
             old = _read_table(path, columns=["contract", "expiration_date"])
@@ -194,23 +286,9 @@ class ParquetStore:
                 f"the store's {commodity} partitions",
             )
 
-    def _partitions(self, commodity: str) -> list[tuple[int, Path]]:
-        """(year, file) of every stored partition of a commodity, by year (no file opened)."""
-        if not _safe_name(commodity):
-            return []
-        return _year_files(self._settlements_dir / f"commodity={commodity}")
-
     def commodities(self) -> list[str]:
-        """The commodities with stored settlements, sorted."""
-        base = self._settlements_dir
-        if not base.is_dir():
-            return []
-        names = [
-            d.name[len("commodity=") :]
-            for d in base.iterdir()
-            if d.is_dir() and d.name.startswith("commodity=")
-        ]
-        return sorted(c for c in names if self._partitions(c))
+        """The commodities with stored settlements, sorted (no data file opened)."""
+        return sorted(c for c, parts in self._manifest()["settlements"].items() if parts)
 
     def date_range(self, commodity: str) -> tuple[pd.Timestamp, pd.Timestamp]:
         """The first and last stored trade date of a commodity.
@@ -220,19 +298,24 @@ class ParquetStore:
         Raises:
             ValueError: nothing is stored for ``commodity``.
         """
-        parts = self._partitions(commodity)
-        if not parts:
-            raise ValueError(
-                f"no settlements stored for commodity {commodity!r}; "
-                f"stored commodities: {self.commodities()}"
+
+        def read(manifest: dict[str, Any]) -> tuple[pd.Timestamp, pd.Timestamp]:
+            parts = self._parts(manifest, "settlements", commodity)
+            if not parts:
+                stored = sorted(c for c, p in manifest["settlements"].items() if p)
+                raise ValueError(
+                    f"no settlements stored for commodity {commodity!r}; "
+                    f"stored commodities: {stored}"
+                )
+            first = _table_to_frame(_read_table(parts[0][1], columns=["trade_date"]))
+            last = (
+                first
+                if len(parts) == 1
+                else _table_to_frame(_read_table(parts[-1][1], columns=["trade_date"]))
             )
-        first = _table_to_frame(_read_table(parts[0][1], columns=["trade_date"]))
-        last = (
-            first
-            if len(parts) == 1
-            else _table_to_frame(_read_table(parts[-1][1], columns=["trade_date"]))
-        )
-        return first["trade_date"].min(), last["trade_date"].max()
+            return first["trade_date"].min(), last["trade_date"].max()
+
+        return self._read(read)
 
     def read_settlements(
         self,
@@ -242,6 +325,8 @@ class ParquetStore:
         contracts: str | Iterable[str] | None = None,
     ) -> pd.DataFrame:
         """Read stored settlements, opening only the partitions that can hold matching rows.
+
+        The read sees one committed version of the store (never part of a write).
 
         Args:
             commodity: a commodity (or several); ``None`` = all.
@@ -262,59 +347,54 @@ class ParquetStore:
         hi = _as_date(end, "end")
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"start {lo.date()} is after end {hi.date()}")
-        if commodity is None:
-            names = self.commodities()
-        elif isinstance(commodity, str):
-            names = [commodity]
-        else:
-            names = sorted(set(commodity))
         if contracts is not None:
             contracts = [contracts] if isinstance(contracts, str) else list(contracts)
-        frames = []
-        for name in names:
-            for year, path in self._partitions(name):
-                if (lo is not None and year < lo.year) or (hi is not None and year > hi.year):
-                    continue
-                df = _table_to_settlements(_read_table(path))
-                keep = np.ones(len(df), bool)
-                if lo is not None:
-                    keep &= (df["trade_date"] >= lo).to_numpy()
-                if hi is not None:
-                    keep &= (df["trade_date"] <= hi).to_numpy()
-                if contracts is not None:
-                    keep &= df["contract"].isin(contracts).to_numpy()
-                frames.append(df[keep])
+
+        def read(manifest: dict[str, Any]) -> list[pd.DataFrame]:
+            if commodity is None:
+                names = sorted(manifest["settlements"])
+            elif isinstance(commodity, str):
+                names = [commodity]
+            else:
+                names = sorted(set(commodity))
+            frames = []
+            for name in names:
+                for year, path in self._parts(manifest, "settlements", name):
+                    if (lo is not None and year < lo.year) or (hi is not None and year > hi.year):
+                        continue
+                    df = _table_to_settlements(_read_table(path))
+                    keep = np.ones(len(df), bool)
+                    if lo is not None:
+                        keep &= (df["trade_date"] >= lo).to_numpy()
+                    if hi is not None:
+                        keep &= (df["trade_date"] <= hi).to_numpy()
+                    if contracts is not None:
+                        keep &= df["contract"].isin(contracts).to_numpy()
+                    frames.append(df[keep])
+            return frames
+
+        frames = self._read(read)
         if not frames:
             return _empty_settlements()
         out = pd.concat(frames, ignore_index=True)
         return _canonical(sort_settlements(out)).reset_index(drop=True)
 
     # ---- panels -----------------------------------------------------------------------------
-    @property
-    def _panels_dir(self) -> Path:
-        return self.root / "panels"
-
-    def _panel_dir(self, name: str) -> Path:
+    @staticmethod
+    def _check_panel_name(name: str) -> None:
         if not isinstance(name, str) or not _safe_name(name) or _SCRATCH.search(name):
             raise ValueError(
                 f"invalid panel name {name!r}: a panel name must be a non-empty name without "
                 "path separators, NUL characters or '=', not '.' or '..', and not ending in "
                 "'.tmp-<hex>' or '.bak-<hex>'"
             )
-        return self._panels_dir / name
 
     def panels(self) -> list[str]:
-        """The names of the stored panels, sorted (no file opened)."""
-        if not self._panels_dir.is_dir():
-            return []
-        return sorted(
-            d.name
-            for d in self._panels_dir.iterdir()
-            if d.is_dir() and not _SCRATCH.search(d.name) and _year_files(d)
-        )
+        """The names of the stored panels, sorted (no data file opened)."""
+        return sorted(n for n, parts in self._manifest()["panels"].items() if parts)
 
     def write_panel(self, name: str, panel: Panel) -> list[Path]:
-        """Store a panel as ``panels/<name>/year=<Y>/data.parquet`` (replacing one of that name).
+        """Store a panel under ``panels/<name>/year=<Y>/`` (replacing one of that name).
 
         Each file holds one trade year's rows, one row per date × tenor (``date``, ``tenor``
         index, ``price``, ``ttm``, ``mask``, ``contract``, ``dt`` = years since the panel's
@@ -322,26 +402,23 @@ class ParquetStore:
         date-major order; the tenor names, commodity, ``M``, the file's ``T`` and whether
         ``mask``/``S`` were ``None`` are kept as JSON in the Parquet schema metadata.
 
-        The write is atomic and idempotent: the files are written into a temporary
-        directory beside ``panels/<name>/``, which is renamed into place only when every
-        file is complete (the old directory is kept until then and put back if the rename
-        fails), so a failed write leaves the store as it was, and writing the same panel
-        again gives the same files. (A process killed between the two renames leaves the
-        old and new panel as ``<name>.bak-<token>`` and ``<name>.tmp-<token>`` directories,
-        which readers ignore.)
+        The write is atomic and idempotent: every year of the old panel is replaced by the
+        new one's at the manifest's commit (years the new panel lacks go), so a failed or
+        killed write leaves the store as it was, and writing the same panel again changes no
+        file.
 
         Returns:
-            The files written, by year.
+            The panel's live files, by year.
 
         Raises:
             ValueError: a bad name; arrays whose shapes do not agree; dates that are not
                 strictly increasing; a panel without dates or tenors.
+            TimeoutError: another writer held the lock for longer than ``timeout``.
         """
-        target = self._panel_dir(name)
-        tables = _panel_tables(_panel_arrays(panel))
-        files = [(Path(f"year={year}") / _FILE, table) for year, table in tables]
-        _atomic_replace_dir(target, files)
-        return [target / rel for rel, _ in files]
+        self._check_panel_name(name)
+        tables = dict(_panel_tables(_panel_arrays(panel)))
+        with self._locked():
+            return self._commit(self._manifest(), "panels", {name: tables}, replace=True)
 
     def append_panel(self, name: str, panel: Panel) -> list[Path]:
         """Add a panel's dates to a stored panel; stored dates that it also has are replaced.
@@ -350,32 +427,33 @@ class ParquetStore:
         must have the same tenor names and commodity, and both or neither a spot series
         ``S``. The merged panel's ``mask`` is ``None`` only when both masks are; its ``dt``
         between two dates that were consecutive in the same panel is that panel's ``dt``,
-        elsewhere the ACT/365 day difference. The merged panel is written like
-        :meth:`write_panel` (atomically); with nothing stored under ``name``, this is
-        :meth:`write_panel`.
+        elsewhere the ACT/365 day difference. The stored panel is read and the merged one
+        written under the store's lock, atomically (as :meth:`write_panel`); with nothing
+        stored under ``name``, this is :meth:`write_panel`.
 
         Returns:
-            The files written, by year.
+            The panel's live files, by year.
 
         Raises:
             ValueError: as :meth:`write_panel`, or a panel that does not match the stored one.
+            TimeoutError: another writer held the lock for longer than ``timeout``.
         """
-        target = self._panel_dir(name)
+        self._check_panel_name(name)
         new = _panel_arrays(panel)
-        if not _year_files(target):
-            return self.write_panel(name, panel)
-        old = _panel_arrays(self.read_panel(name))
-        merged = _merge_panel_arrays(old, new, name)
-        files = [(Path(f"year={y}") / _FILE, t) for y, t in _panel_tables(merged)]
-        _atomic_replace_dir(target, files)
-        return [target / rel for rel, _ in files]
+        with self._locked():
+            manifest = self._manifest()
+            if self._parts(manifest, "panels", name):
+                old = _panel_arrays(self._read_panel(manifest, name, None, None))
+                new = _merge_panel_arrays(old, new, name)
+            tables = dict(_panel_tables(new))
+            return self._commit(manifest, "panels", {name: tables}, replace=True)
 
     def read_panel(self, name: str, start: Any = None, end: Any = None) -> Panel:
         """Read a panel stored with :meth:`write_panel`, or the dates from ``start`` to ``end``.
 
-        Only the year partitions that can hold dates in ``[start, end]`` are opened. A
-        range read is the stored panel's rows for those dates; its ``dt`` is the stored
-        ``dt`` between them.
+        Only the year partitions that can hold dates in ``[start, end]`` are opened, all of
+        one committed version. A range read is the stored panel's rows for those dates; its
+        ``dt`` is the stored ``dt`` between them.
 
         Args:
             name: the panel's name.
@@ -387,15 +465,20 @@ class ParquetStore:
                 range, or files that are not an ssjax panel.
             FileNotFoundError: no panel of that name.
         """
+        self._check_panel_name(name)
         lo = _as_date(start, "start")
         hi = _as_date(end, "end")
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"start {lo.date()} is after end {hi.date()}")
-        parts = _year_files(self._panel_dir(name))
+        return self._read(lambda manifest: self._read_panel(manifest, name, lo, hi))
+
+    def _read_panel(
+        self, manifest: dict[str, Any], name: str, lo: pd.Timestamp | None, hi: pd.Timestamp | None
+    ) -> Panel:
+        parts = self._parts(manifest, "panels", name)
         if not parts:
-            raise FileNotFoundError(
-                f"no panel {name!r} in {self.root} (stored panels: {self.panels()})"
-            )
+            stored = sorted(n for n, p in manifest["panels"].items() if p)
+            raise FileNotFoundError(f"no panel {name!r} in {self.root} (stored panels: {stored})")
         chosen = [
             (y, p)
             for y, p in parts
@@ -408,6 +491,272 @@ class ParquetStore:
             span = " to ".join("..." if x is None else str(x.date()) for x in (lo, hi))
             raise ValueError(f"panel {name!r} (years {years}) has no dates from {span}")
         return panel
+
+    # ---- checks -----------------------------------------------------------------------------
+    def verify(self, repair: bool = False) -> StoreReport:
+        """Check every file the manifest lists, and find the files it does not list.
+
+        Holding the lock (so that no write is half done while it looks), every listed
+        partition file is read whole: it must exist, have the SHA-256 the manifest recorded
+        (files migrated from a store without a manifest have none), read as Parquet, have the
+        settlement or panel schema with rows of its partition's commodity and year, and be
+        in the canonical order (settlements: commodity, trade date, expiration, contract,
+        without repeated keys; panels: increasing dates, tenors in order). Files under
+        ``settlements/`` and ``panels/`` that the manifest does not list, and temporary
+        manifests, are stray.
+
+        Args:
+            repair: delete the stray files (and directories left empty). Other problems are
+                only reported: they need the data written again.
+
+        Returns:
+            The report; ``report.ok`` is true when nothing (but removed stray files) was found.
+
+        Raises:
+            TimeoutError: a writer held the lock for longer than ``timeout``.
+        """
+        if not self.root.is_dir():
+            return StoreReport(version=0)
+        with self._locked():
+            manifest = self._manifest()
+            found: dict[str, list[str]] = {"missing": [], "unreadable": [], "bad_schema": []}
+            found["unordered"] = []
+            count = 0
+            for section in _SECTIONS:
+                for key, parts in sorted(manifest[section].items()):
+                    for year, entry in parts.items():
+                        count += 1
+                        problem = _check_partition(self.root, section, key, int(year), entry)
+                        if problem is not None:
+                            found[problem[0]].append(problem[1])
+            stray = self._unreferenced(manifest)
+            removed = self._remove(stray) if repair else []
+        rel = tuple(p.relative_to(self.root).as_posix() for p in stray)
+        gone = tuple(p.relative_to(self.root).as_posix() for p in removed)
+        return StoreReport(
+            version=int(manifest["version"]),
+            partitions=count,
+            **{k: tuple(v) for k, v in found.items()},
+            stray=rel,
+            removed=gone,
+        )
+
+    # ---- manifest, lock and commit ----------------------------------------------------------
+    def _parts(self, manifest: dict[str, Any], section: str, key: str) -> list[tuple[int, Path]]:
+        """(year, live file) of every partition of a commodity or panel, by year."""
+        parts = manifest[section].get(key, {}) if isinstance(key, str) else {}
+        return sorted((int(y), self.root / e["file"]) for y, e in parts.items())
+
+    def _manifest(self) -> dict[str, Any]:
+        """The committed manifest; a store without one is listed from its directories."""
+        path = self.root / _MANIFEST
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return self._legacy_manifest()
+        try:
+            manifest = json.loads(raw)
+        except ValueError as e:
+            raise ValueError(f"{path} is not a store manifest: {e}") from None
+        if not isinstance(manifest, dict) or any(
+            manifest.get(k) != v for k, v in _MANIFEST_FORMAT.items()
+        ):
+            raise ValueError(f"{path} is not a store manifest of format {_MANIFEST_FORMAT}")
+        return manifest
+
+    def _legacy_manifest(self) -> dict[str, Any]:
+        """Version 0: the ``year=<Y>/data.parquet`` files of a store written without one."""
+        manifest: dict[str, Any] = {**_MANIFEST_FORMAT, "version": 0, "settlements": {}}
+        manifest["panels"] = {}
+        for s in _SECTIONS:  # a first write killed before its commit leaves version-1 files
+            for p in self.root.glob(f"{s}/**/data-v*.parquet"):
+                if not p.name.startswith("data-v1-"):
+                    raise ValueError(
+                        f"{self.root / _MANIFEST} is missing but the store holds files that "
+                        f"a manifest listed (e.g. {p}); restore it (nothing was changed)"
+                    )
+        dirs = {
+            "settlements": [
+                (d.name[len("commodity=") :], d)
+                for d in _subdirs(self.root / "settlements")
+                if d.name.startswith("commodity=")
+            ],
+            "panels": [
+                (d.name, d) for d in _subdirs(self.root / "panels") if not _SCRATCH.search(d.name)
+            ],
+        }
+        for section, keyed in dirs.items():
+            for key, d in keyed:
+                parts = {
+                    str(y): {"file": f.relative_to(self.root).as_posix(), "sha256": None}
+                    for y, f in _legacy_year_files(d)
+                }
+                if parts and _safe_name(key):
+                    manifest[section][key] = parts
+        return manifest
+
+    def _read(self, read: Callable[[dict[str, Any]], _T]) -> _T:
+        """``read(manifest)``, again from a newer manifest if a writer deleted its files."""
+        manifest = self._manifest()
+        for _ in range(_READ_TRIES):
+            try:
+                return read(manifest)
+            except FileNotFoundError:
+                newer = self._manifest()
+                if newer["version"] == manifest["version"]:
+                    raise
+                manifest = newer
+        return read(manifest)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's write lock (waiting up to ``timeout`` seconds for it)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:  # not POSIX
+            path = self.root / _LOCK_EXCL
+
+            def take() -> bool:
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    return False
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                return True
+
+            hint = "; if no writer is running, a killed one left it behind: delete it"
+            self._wait(take, path, hint)
+            try:
+                yield
+            finally:
+                _unlink(path)
+            return
+        path = self.root / _LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+
+            def take() -> bool:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                return True
+
+            self._wait(take, path, "")
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _wait(self, take: Callable[[], bool], path: Path, hint: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        delay = 0.001
+        while not take():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"{self!r}: gave up after {self.timeout:g} s waiting for the write lock "
+                    f"{path} (another writer holds it{hint})"
+                )
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, 0.05)
+
+    def _commit(
+        self,
+        manifest: dict[str, Any],
+        section: str,
+        tables: dict[str, dict[int, pa.Table]],
+        *,
+        replace: bool,
+    ) -> list[Path]:
+        """Write the changed partitions to new files, then commit the new manifest.
+
+        ``tables`` holds, per commodity or panel, the new table of each year written; with
+        ``replace`` the years it lacks are dropped, else kept. A table whose Parquet bytes
+        are those of the live file keeps that file. Called with the lock held; a failure
+        before the commit deletes what this call wrote. Files the committed manifest does
+        not list are deleted afterwards. Returns the live files of the ``tables``.
+        """
+        new = copy.deepcopy(manifest)
+        version = int(manifest["version"]) + 1
+        new["version"] = version
+        written: list[Path] = []
+        created: list[Path] = []
+        live: list[Path] = []
+        tmp = self.root / f"{_MANIFEST}.tmp-{uuid.uuid4().hex}"
+        try:
+            for key, by_year in tables.items():
+                before = manifest[section].get(key, {})
+                parts = {} if replace else dict(before)
+                for year, table in sorted(by_year.items()):
+                    data = _parquet_bytes(table)
+                    digest = hashlib.sha256(data).hexdigest()
+                    entry = before.get(str(year))
+                    if entry is None or entry.get("sha256") != digest:
+                        d = f"commodity={key}" if section == "settlements" else key
+                        rel = f"{section}/{d}/year={year}/data-v{version}-{uuid.uuid4().hex[:8]}"
+                        entry = {"file": f"{rel}.parquet", "sha256": digest}
+                        path = self.root / entry["file"]
+                        _makedirs(path.parent, created)
+                        written.append(path)
+                        _write_new(path, data)
+                        _crash_point("file")
+                    parts[str(year)] = entry
+                    live.append(self.root / entry["file"])
+                new[section][key] = dict(sorted(parts.items(), key=lambda kv: int(kv[0])))
+            changed = any(new[s] != manifest[s] for s in _SECTIONS)
+            if changed:
+                for d in {p.parent for p in written}:
+                    _fsync_dir(d)
+                _write_new(tmp, json.dumps(new, indent=1).encode())
+                _crash_point("manifest")
+                os.replace(tmp, self.root / _MANIFEST)  # the commit
+        except BaseException:
+            for p in [*written, tmp]:
+                _unlink(p)
+            _remove_dirs(created)
+            raise
+        if changed:
+            _fsync_dir(self.root)
+            _crash_point("commit")
+        self._remove(self._unreferenced(new if changed else manifest))
+        return live
+
+    def _unreferenced(self, manifest: dict[str, Any]) -> list[Path]:
+        """Files under the sections that ``manifest`` does not list, and temporary manifests."""
+        listed = {
+            self.root / e["file"]
+            for s in _SECTIONS
+            for p in manifest[s].values()
+            for e in p.values()
+        }
+        out = [p for p in self.root.glob(f"{_MANIFEST}.tmp-*") if p.is_file()]
+        for section in _SECTIONS:
+            base = self.root / section
+            if base.is_dir():
+                out += [p for p in base.rglob("*") if not p.is_dir() and p not in listed]
+        return sorted(out)
+
+    def _remove(self, paths: list[Path]) -> list[Path]:
+        """Delete files (and the directories under the sections left empty); the deleted."""
+        removed = []
+        for p in paths:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError:  # pragma: no cover - e.g. open elsewhere on Windows: next time
+                continue
+            removed.append(p)
+            _crash_point("cleanup")
+        bases = {self.root, *(self.root / s for s in _SECTIONS)}
+        for d in sorted({p.parent for p in removed}, key=lambda d: -len(d.parts)):
+            while d not in bases:  # deepest first: a year's directory, then its panel's
+                try:
+                    d.rmdir()
+                except OSError:  # not empty
+                    break
+                d = d.parent
+        return removed
 
 
 # ---- settlement frames and tables ---------------------------------------------------------------
@@ -622,8 +971,10 @@ def _table_to_panel_rows(table: pa.Table, path: Path, year: int) -> dict[str, An
         raise ValueError(f"{path}: {table.num_rows} rows, expected T × M = {T} × {M}")
     tenor = table.column("tenor").to_numpy()
     if not np.array_equal(tenor, np.tile(np.arange(M), T)):
-        raise ValueError(f"{path}: rows are not in date-major (date, tenor) order")
+        raise _OrderError(f"{path}: rows are not in date-major (date, tenor) order")
     dates = pd.DatetimeIndex(table.column("date").to_pandas().iloc[::M])
+    if not (np.diff(dates.asi8) > 0).all():
+        raise _OrderError(f"{path}: dates are not strictly increasing")
     if int(meta["year"]) != year or not (dates.year == year).all():
         raise ValueError(f"{path}: holds dates outside the partition's year {year}")
     contracts = np.empty(T * M, dtype=object)
@@ -733,10 +1084,41 @@ def _read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     return pq.read_table(str(path), columns=list(columns) if columns else None, partitioning=None)
 
 
-def _write_file(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, str(path))
-    with open(path, "rb+") as fh:  # flush to disk before it can be renamed into place
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """The Parquet file of ``table`` (the same table gives the same bytes)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (never over an existing file) holding ``data``, flushed to disk."""
+    with open(path, "xb") as fh:
+        fh.write(data)
+        fh.flush()
         os.fsync(fh.fileno())
+
+
+def _fsync_dir(d: Path) -> None:
+    """Make the directory's entries (new files, a rename) durable, where the OS allows."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _crash_point(phase: str) -> None:
+    """Tests only: die here, like a killed process, if ``$SSJAX_STORE_CRASH_AT`` names ``phase``."""
+    if os.environ.get(_CRASH_ENV) == phase:
+        if hasattr(signal, "SIGKILL"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(137)  # pragma: no cover
 
 
 def _makedirs(d: Path, created: list[Path]) -> None:
@@ -749,14 +1131,6 @@ def _makedirs(d: Path, created: list[Path]) -> None:
     for m in reversed(missing):
         m.mkdir()
         created.append(m)
-
-
-def _backup(path: Path, bak: Path) -> None:
-    """Keep the current file at ``bak`` (hard link where possible, else a copy)."""
-    try:
-        os.link(path, bak)
-    except OSError:
-        shutil.copy2(path, bak)
 
 
 def _unlink(p: Path) -> None:
@@ -774,121 +1148,61 @@ def _remove_dirs(created: list[Path]) -> None:
             pass
 
 
-def _atomic_write(files: Sequence[tuple[Path, pa.Table]]) -> None:
-    """Write all files or none of them.
-
-    Phase 1 writes every table to ``<file>.tmp-<token>`` beside its target; a failure there
-    deletes the temporary files (and the directories this call created) and re-raises. Phase 2
-    keeps each existing target as ``<file>.bak-<token>`` and renames the temporary file over
-    it with :func:`os.replace`; a failure there moves the backups back, removes targets that
-    did not exist before, and re-raises. The backups are deleted once every rename succeeded.
-    """
-    token = uuid.uuid4().hex
-    created: list[Path] = []
-    temps: list[Path] = []
-    try:
-        for path, table in files:
-            _makedirs(path.parent, created)
-            tmp = path.with_name(f"{path.name}.tmp-{token}")
-            temps.append(tmp)
-            _write_file(table, tmp)
-    except BaseException:
-        for tmp in temps:
-            _unlink(tmp)
-        _remove_dirs(created)
-        raise
-
-    backups: dict[Path, Path] = {}
-    replaced: list[Path] = []
-    try:
-        for (path, _), tmp in zip(files, temps, strict=True):
-            if path.exists():
-                bak = path.with_name(f"{path.name}.bak-{token}")
-                _backup(path, bak)
-                backups[path] = bak
-            os.replace(tmp, path)
-            replaced.append(path)
-    except BaseException as err:
-        failed: list[str] = []
-        for path in reversed(replaced):
-            try:
-                if path in backups:
-                    os.replace(backups.pop(path), path)
-                else:
-                    path.unlink()
-            except OSError as e:  # pragma: no cover - the disk failed under us
-                failed.append(f"{path}: {e}")
-        for bak in backups.values():  # targets never replaced: the backup is a spare copy
-            _unlink(bak)
-        for tmp in temps:
-            _unlink(tmp)
-        _remove_dirs(created)
-        if failed:  # pragma: no cover
-            raise RuntimeError(
-                "write failed and the store could not be fully restored; "
-                f"backups (*.bak-{token}) kept: {failed}"
-            ) from err
-        raise
-    for bak in backups.values():
-        _unlink(bak)
+def _subdirs(d: Path) -> list[Path]:
+    return [p for p in d.iterdir() if p.is_dir()] if d.is_dir() else []
 
 
-def _year_files(d: Path) -> list[tuple[int, Path]]:
+def _legacy_year_files(d: Path) -> list[tuple[int, Path]]:
     """(year, file) of every ``year=<Y>/data.parquet`` under ``d``, by year (no file opened)."""
-    if not d.is_dir():
-        return []
     out = []
-    for ydir in d.iterdir():
+    for ydir in _subdirs(d):
         name = ydir.name
         if not name.startswith("year=") or not name[5:].lstrip("-").isdigit():
             continue
-        f = ydir / _FILE
+        f = ydir / _LEGACY_FILE
         if f.is_file():
             out.append((int(name[5:]), f))
     return sorted(out)
 
 
-def _atomic_replace_dir(target: Path, files: Sequence[tuple[Path, pa.Table]]) -> None:
-    """Make ``target`` a directory holding exactly ``files`` (relative paths), or change nothing.
+def _check_partition(
+    root: Path, section: str, key: str, year: int, entry: dict[str, Any]
+) -> tuple[str, str] | None:
+    """``(kind, message)`` of a listed partition file's problem, or None (see ``verify``)."""
+    rel = entry["file"]
+    path = root / rel
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "missing", rel
+    except OSError as e:
+        return "unreadable", f"{rel}: {e}"
+    if entry.get("sha256") not in (None, hashlib.sha256(data).hexdigest()):
+        return "unreadable", f"{rel}: its bytes differ from the manifest's checksum"
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError) as e:
+        return "unreadable", f"{rel}: {e}"
+    try:
+        if section == "settlements":
+            _check_settlement_table(table, key, year)
+        else:
+            _table_to_panel_rows(table, path, year)
+    except _OrderError as e:
+        return "unordered", f"{rel}: {e}"
+    except (pa.ArrowException, KeyError, ValueError) as e:
+        return "bad_schema", f"{rel}: {e}"
+    return None
 
-    The files are written into ``<target>.tmp-<token>`` beside it; a failure there deletes
-    that directory (and the parents this call created) and re-raises. Then an existing
-    ``target`` is renamed to ``<target>.bak-<token>`` and the temporary directory renamed to
-    ``target`` (:func:`os.replace`); if that fails, the old directory is renamed back. The old
-    directory is deleted once the new one is in place.
-    """
-    token = uuid.uuid4().hex
-    created: list[Path] = []
-    tmp = target.with_name(f"{target.name}.tmp-{token}")
-    bak = target.with_name(f"{target.name}.bak-{token}")
-    try:
-        _makedirs(target.parent, created)
-        tmp.mkdir()
-        for rel, table in files:
-            path = tmp / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_file(table, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_dirs(created)
-        raise
-    moved = False
-    try:
-        if target.exists():
-            os.replace(target, bak)
-            moved = True
-        os.replace(tmp, target)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if moved:
-            try:
-                os.replace(bak, target)
-            except OSError as e:  # pragma: no cover - the disk failed under us
-                raise RuntimeError(
-                    f"write failed and {target} could not be restored; the old version is "
-                    f"kept at {bak}: {e}"
-                ) from err
-        _remove_dirs(created)
-        raise
-    if moved:
-        shutil.rmtree(bak, ignore_errors=True)
+
+def _check_settlement_table(table: pa.Table, commodity: str, year: int) -> None:
+    """Raise if a settlement partition file has the wrong schema, rows or order."""
+    if not table.schema.remove_metadata().equals(_SETTLEMENT_SCHEMA):
+        raise ValueError(f"schema {table.schema.remove_metadata()} is not the settlement schema")
+    df = _table_to_settlements(table)
+    if not ((df["commodity"] == commodity) & (df["trade_date"].dt.year == year)).all():
+        raise ValueError(f"holds rows of another commodity than {commodity} or year than {year}")
+    if df.duplicated(["trade_date", "contract"]).any():
+        raise _OrderError("repeats a (trade_date, contract) key")
+    if not df.sort_values(_ORDER, kind="stable").index.equals(df.index):
+        raise _OrderError("rows are not sorted by (commodity, trade date, expiration, contract)")

@@ -20,6 +20,7 @@ from jax.typing import ArrayLike
 from ssjax.core.filter import FilterResult, Prior, default_prior, kalman_filter, log_likelihood_data
 from ssjax.core.market import (
     MarketData,
+    check_tenor_order,
     make_market_data,
     pad_dates,
     padded_length,
@@ -322,6 +323,29 @@ _THETA_KEYS = (
 )
 
 
+def _aligned(F: pd.DataFrame, ttm: Any, mask: Any) -> tuple[pd.DataFrame, Any, Any]:
+    """``ttm`` (and ``mask``) as DataFrames aligned to ``F_mkt``'s dates and tenors by label;
+    labels that disagree are refused (a positional match would pair the wrong cells)."""
+    out = []
+    for name, x in (("ttm", ttm), ("mask", mask)):
+        if not isinstance(x, pd.DataFrame):
+            out.append(x)
+            continue
+        if set(x.columns) != set(F.columns):
+            raise ValueError(
+                f"{name}'s columns {list(x.columns)} are not F_mkt's {list(F.columns)}: the "
+                "frames are aligned by their labels"
+            )
+        if len(x.index) != len(F.index) or not x.index.sort_values().equals(F.index.sort_values()):
+            raise ValueError(f"{name}'s index (dates) is not F_mkt's: the frames are aligned "
+                             "by their labels")  # fmt: skip
+        if x.index.has_duplicates or F.index.has_duplicates:
+            raise ValueError("F_mkt or ttm has duplicated dates in its index")
+        x = x.reindex(index=F.index, columns=F.columns)
+        out.append(x.to_numpy(bool if name == "mask" else float))
+    return F, out[0], out[1]
+
+
 class KalmanEngine:
     """Fit Θ by maximum likelihood (or EM), filter/smooth the states, compute model forwards.
 
@@ -493,12 +517,14 @@ class KalmanEngine:
             tenor_names: labels of the tenors for tables.
         """
         if isinstance(F_mkt, pd.DataFrame):
+            F_mkt, ttm, mask = _aligned(F_mkt, ttm, mask)
             tenor_names = tenor_names or [str(c) for c in F_mkt.columns]
             if dates is None and isinstance(F_mkt.index, pd.DatetimeIndex):
                 dates = F_mkt.index
             F_mkt = F_mkt.to_numpy(float)
-        if isinstance(ttm, pd.DataFrame):
-            ttm = ttm.to_numpy(float)
+        elif isinstance(ttm, pd.DataFrame):
+            raise ValueError("ttm is a DataFrame but F_mkt is not: give both as DataFrames "
+                             "(aligned by their labels) or both as arrays")  # fmt: skip
         F_np = np.asarray(F_mkt, float)
         if F_np.ndim != 2:
             raise ValueError(f"F_mkt must have shape [T, M], got {F_np.shape}")
@@ -524,6 +550,8 @@ class KalmanEngine:
             dt=steps,
             dates=None if dates_idx is None else dates_idx[sl],
         )
+        # a tenor panel: columns in maturity order on every date
+        check_tenor_order(ttm_np[sl], np.asarray(data.mask), increasing=True)
         prior = _prior(data, x0, P0)
         start = self._start(data, theta0)
         if (S is not None) != (start.spot_sd is not None):

@@ -57,7 +57,7 @@ from ssjax.core.filter import kalman_filter
 from ssjax.core.market import MarketData, make_market_data, pad_dates
 from ssjax.core.model import forward_curve
 from ssjax.core.params import Params, flatten_params
-from ssjax.data.panels import Panel
+from ssjax.data.panels import Panel, validate_panel
 from ssjax.fit.inference import per_date_scores
 from ssjax.fit.mle import default_start, fit_mle, status_message, stopped
 from ssjax.progress import progress_bar
@@ -325,10 +325,9 @@ class CalibrationPath:
 
 
 def _panel_arrays(panel: Panel):
+    validate_panel(panel)
     F_raw = np.asarray(panel.F_mkt, float)
-    if F_raw.ndim != 2:
-        raise ValueError(f"panel.F_mkt must have shape [T, M], got {F_raw.shape}")
-    mask = np.isfinite(F_raw) if panel.mask is None else np.asarray(panel.mask, bool)
+    mask = ~np.isnan(F_raw) if panel.mask is None else np.asarray(panel.mask, bool)
     F = np.where(mask, F_raw, np.nan)
     return F, mask, np.asarray(panel.ttm, float), np.asarray(panel.dt, float)
 

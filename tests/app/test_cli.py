@@ -80,7 +80,12 @@ def _copper_slice(tmp_path):
 def _continuous(tmp_path):
     path = FIX / "quandl_continuous_sample.csv"
     wide = pd.read_csv(path)
-    return path, [], "CL", wide.iloc[-1][[f"CHRIS/CME_CL{k} - Settle" for k in (1, 2, 3)]]
+    return (
+        path,
+        ["--continuous", "chris"],
+        "CL",
+        wide.iloc[-1][[f"CHRIS/CME_CL{k} - Settle" for k in (1, 2, 3)]],
+    )
 
 
 def _cme(tmp_path):

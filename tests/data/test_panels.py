@@ -70,7 +70,7 @@ def test_roll_days_before_expiry(cme):
 def test_continuous_file_round_trip_with_chris_roll():
     """CL1..CL6 settles -> long table -> nearby panel (roll_days=1: CHRIS rolls on the last
     trading day) -> the same numbers in the same places."""
-    q = read_continuous(FIX / "quandl_continuous_sample.csv")
+    q = read_continuous(FIX / "quandl_continuous_sample.csv", roll_on_last_trade_day=True)
     p = nearby_panel(q, 6, roll_days=1)
     wide = pd.read_csv(FIX / "quandl_continuous_sample.csv", parse_dates=["Date"])
     want = wide[[f"CHRIS/CME_CL{k} - Settle" for k in range(1, 7)]].to_numpy()

@@ -10,6 +10,7 @@ from repo_paths import FIXTURES
 from ssjax.data.settlements import (
     REQUIRED_COLUMNS,
     SettlementError,
+    SettlementWarning,
     read_cme_settlements,
     read_continuous,
     read_long_csv,
@@ -93,7 +94,7 @@ def test_cme_missing_expiry_is_derived():
 
 
 def test_continuous_reader_matches_cme(cme):
-    q = read_continuous(CHRIS)
+    q = read_continuous(CHRIS, roll_on_last_trade_day=True)
     assert len(q) == 360 and set(q["rank"]) == set(range(1, 7))
     m = q.merge(cme, on=["trade_date", "commodity", "contract"], suffixes=("_q", "_c"))
     assert len(m) == 360
@@ -118,13 +119,13 @@ def test_single_dataset_continuous_layout():
     single = merged[["Date", *cols]].rename(columns=lambda c: c.replace("CHRIS/CME_CL1 - ", ""))
     single = single.iloc[::-1]  # the API's newest-first order
     buf = io.StringIO(single.to_csv(index=False))
-    q = read_continuous(buf, root="CL", rank=1)
-    ref = read_continuous(CHRIS)
+    q = read_continuous(buf, root="CL", rank=1, roll_on_last_trade_day=True)
+    ref = read_continuous(CHRIS, roll_on_last_trade_day=True)
     ref = ref[ref["rank"] == 1].reset_index(drop=True)
     np.testing.assert_array_equal(q["settlement_price"], ref["settlement_price"])
     assert list(q["contract"]) == list(ref["contract"])
     with pytest.raises(SettlementError, match="give root= and rank="):
-        read_continuous(io.StringIO(single.to_csv(index=False)))
+        read_continuous(io.StringIO(single.to_csv(index=False)), roll_on_last_trade_day=True)
 
 
 def test_long_csv_aliases_and_derived_expiry():
@@ -144,7 +145,9 @@ def test_long_csv_aliases_and_derived_expiry():
 
 def test_read_settlements_detects_layouts(tmp_path):
     assert read_settlements(CME).shape[0] == 2136
-    assert read_settlements(CHRIS).shape[0] == 360
+    assert read_settlements(CHRIS, roll_on_last_trade_day=True).shape[0] == 360
+    with pytest.raises(SettlementError, match="choose the rank convention"):
+        read_settlements(CHRIS)
     p = tmp_path / "long.csv"
     p.write_text("date,contract,last_trade_date,price\n2024-08-01,CLU24,2024-08-20,76.3\n")
     assert read_settlements(p)["settlement_price"].item() == 76.3
@@ -296,16 +299,17 @@ def test_continuous_reader_accepts_prev_day_open_interest_spelling():
     cols = [c for c in merged.columns if c.startswith("CHRIS/CME_CL1 - ")]
     single = merged[["Date", *cols]].rename(columns=lambda c: c.replace("CHRIS/CME_CL1 - ", ""))
     assert "Previous Day Open Interest" in single.columns
-    ref = read_continuous(io.StringIO(single.to_csv(index=False)), root="CL", rank=1)
+    kw = {"root": "CL", "rank": 1, "roll_on_last_trade_day": True}
+    ref = read_continuous(io.StringIO(single.to_csv(index=False)), **kw)
     # the next row's previous-day figure: none for the last date and the 3 roll days
     assert ref["open_interest"].notna().sum() == 60 - 1 - 3
     old = single.rename(columns={"Previous Day Open Interest": "Prev. Day Open Interest"})
-    got = read_continuous(io.StringIO(old.to_csv(index=False)), root="CL", rank=1)
+    got = read_continuous(io.StringIO(old.to_csv(index=False)), **kw)
     pd.testing.assert_frame_equal(got, ref)
     # the same spelling in the merged layout
     renamed = merged.rename(columns=lambda c: c.replace("Previous Day", "Prev. Day"))
-    got = read_continuous(io.StringIO(renamed.to_csv(index=False)))
-    pd.testing.assert_frame_equal(got, read_continuous(CHRIS))
+    got = read_continuous(io.StringIO(renamed.to_csv(index=False)), roll_on_last_trade_day=True)
+    pd.testing.assert_frame_equal(got, read_continuous(CHRIS, roll_on_last_trade_day=True))
 
 
 def test_read_settlements_detects_the_layout_of_a_compressed_file(tmp_path):
@@ -325,3 +329,104 @@ def test_read_settlements_detects_the_layout_of_a_compressed_file(tmp_path):
     empty.write_text("")
     with pytest.raises(SettlementError, match="empty"):
         read_settlements(empty)
+
+
+# ---- readers: figures on the right date, clear errors, both conventions, sanity checks ----
+def test_cme_previous_day_figures_go_to_the_previous_trade_date(tmp_path):
+    """PrevDayVol on a row dated t is the volume of the CME trade date before t: a file with
+    a gap leaves the date before the gap without a volume (it is not the figure of the next
+    date in the file), and a one-day file has none (the file does not say them)."""
+    raw = pd.read_csv(CME, dtype=str, keep_default_na=False)
+    days = sorted(raw["BizDt"].unique())
+    assert len(days) >= 4
+    gap = raw[raw["BizDt"] != days[2]]  # drop the third date
+    p = tmp_path / "gap.csv"
+    gap.to_csv(p, index=False)
+    got = read_cme_settlements(p)
+    before_gap = got[got["trade_date"] == days[1]]
+    assert before_gap["volume"].isna().all() and before_gap["open_interest"].isna().all()
+    # the first date still gets the second date's PrevDayVol (consecutive trade dates)
+    row = raw[(raw["BizDt"] == days[1]) & (raw["Sym"] == "CL") & (raw["MMY"] == "202409")]
+    first = got[(got["trade_date"] == days[0]) & (got["contract"] == "CLU24")]
+    assert float(first["volume"].iloc[0]) == float(row["PrevDayVol"].iloc[0])
+    one = tmp_path / "one.csv"
+    raw[raw["BizDt"] == days[0]].to_csv(one, index=False)
+    assert read_cme_settlements(one)["volume"].isna().all()
+
+
+def test_cme_header_case_no_futures_and_renamed_price(tmp_path):
+    text = CME.read_text()
+    header, body = text.split("\n", 1)
+    low = tmp_path / "low.csv"
+    low.write_text(header.lower() + "\n" + body)
+    pd.testing.assert_frame_equal(read_settlements(low), read_cme_settlements(CME))
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(header.replace("SettlePrice", "Settle Price") + "\n" + body)
+    with pytest.raises(SettlementError, match="without a SettlePrice column") as e:
+        read_settlements(renamed)
+    assert "renamed.csv" in str(e.value)
+    opts = tmp_path / "options.csv"
+    raw = pd.read_csv(CME, dtype=str, keep_default_na=False)
+    raw.assign(SecTyp="OOF").head(5).to_csv(opts, index=False)
+    with pytest.raises(SettlementError, match="no futures rows") as e:
+        read_settlements(opts)
+    assert "options.csv" in str(e.value) and "OOF" in str(e.value)
+
+
+def test_malformed_files_are_refused_naming_file_and_line(tmp_path):
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("date,contract,last_trade_date,price\n")
+    with pytest.raises(SettlementError, match="no data lines") as e:
+        read_settlements(header_only)
+    assert "header.csv" in str(e.value)
+    cut = tmp_path / "cut.csv"
+    cut.write_text("date,contract,last_trade_date,price\n2024-08-01,CLU24,2024-08-20,76.3\n"
+                   "2024-08-02,CLU24,2024-08-20,77.1,extra,fields\n")  # fmt: skip
+    with pytest.raises(SettlementError, match="malformed CSV.*line 3") as e:
+        read_settlements(cut)
+    assert "cut.csv" in str(e.value)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("date,contract,last_trade_date,price,note\n"
+                      "2024-08-01,CLU24,2024-08-20,76.3,caf\xe9\n".encode("latin-1"))  # fmt: skip
+    with pytest.raises(SettlementError, match="not UTF-8") as e:
+        read_settlements(latin)
+    assert "latin.csv" in str(e.value) and "encoding=" in str(e.value)
+    assert read_settlements(latin, encoding="latin-1")["settlement_price"].item() == 76.3
+
+
+def test_continuous_plain_rank_header_and_explicit_convention(tmp_path):
+    """``Date, CL1..CLn`` reads like the CHRIS layout's Settle columns; the convention of
+    rank 1 on an expiry day must be chosen, and the two differ on those days only."""
+    merged = pd.read_csv(CHRIS)
+    plain = merged[["Date"]].copy()
+    for k in range(1, 7):
+        plain[f"CL{k}"] = merged[f"CHRIS/CME_CL{k} - Settle"]
+    p = tmp_path / "plain.csv"
+    plain.to_csv(p, index=False)
+    with pytest.raises(SettlementError, match="choose the rank convention"):
+        read_settlements(p)
+    got = read_settlements(p, roll_on_last_trade_day=True)
+    ref = read_continuous(CHRIS, roll_on_last_trade_day=True)
+    cols = ["trade_date", "commodity", "contract", "expiration_date", "settlement_price"]
+    pd.testing.assert_frame_equal(got[cols].reset_index(drop=True),
+                                  ref[cols].reset_index(drop=True))  # fmt: skip
+    other = read_settlements(p, roll_on_last_trade_day=False)
+    differ = got["contract"].to_numpy() != other["contract"].to_numpy()
+    expiry_days = set(ref["expiration_date"])
+    assert differ.any() and set(got.loc[differ, "trade_date"]) <= expiry_days
+
+
+def test_suspect_values_are_warned():
+    df = pd.DataFrame({
+        "trade_date": ["2024-08-01", "2024-08-02", "2024-08-05"],
+        "commodity": ["CL"] * 3,
+        "contract": ["CLU24"] * 3,
+        "expiration_date": ["2024-08-20"] * 3,
+        "settlement_price": [76.3, 7630.0, 76.0],
+    })  # fmt: skip
+    with pytest.warns(SettlementWarning, match=r"factor of 5 or more.*CLU24 on 2024-08-02 ×100"):
+        validate_settlements(df)
+    weekend = df.assign(trade_date=["2024-08-01", "2024-08-03", "2024-08-05"],
+                        settlement_price=[76.3, 76.5, 76.0])  # fmt: skip
+    with pytest.warns(SettlementWarning, match="weekend.*2024-08-03"):
+        validate_settlements(weekend)

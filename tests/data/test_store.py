@@ -1,6 +1,12 @@
-"""The Parquet store: settlements (partitioned, idempotent, atomic) and panels."""
+"""The Parquet store: settlements (partitioned, idempotent, atomic) and panels; the lock,
+the manifest (crash consistency, killed writers) and verify."""
 
+import json
 import os
+import re
+import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import store_worker
 
+import ssjax.data.store as store_mod
 from ssjax.data.settlements import SettlementError
 from ssjax.data.store import SETTLEMENT_COLUMNS, ParquetStore
 from ssjax.datasets import Panel, load_wti_ss2000
@@ -87,7 +95,29 @@ def spy_reads(monkeypatch):
 
 
 def part(commodity, year):
-    return os.path.join("settlements", f"commodity={commodity}", f"year={year}", "data.parquet")
+    """A settlement partition's directory (its file's name changes with every write)."""
+    return os.path.join("settlements", f"commodity={commodity}", f"year={year}")
+
+
+def data_files(root):
+    """The Parquet files under root, relative, sorted."""
+    return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*.parquet"))
+
+
+def manifest_files(root):
+    """{(section, commodity or panel, year): file} of the partitions the manifest lists."""
+    manifest = json.loads((Path(root) / "manifest.json").read_text())
+    return {
+        (section, key, int(year)): entry["file"]
+        for section in ("settlements", "panels")
+        for key, parts in manifest[section].items()
+        for year, entry in parts.items()
+    }
+
+
+def dirs(paths, root):
+    """The partition directories of files (relative to root), in order."""
+    return [os.path.dirname(os.path.relpath(p, root)) for p in paths]
 
 
 # ---- settlements ------------------------------------------------------------------------------
@@ -120,10 +150,12 @@ def test_optional_columns_absent_are_nan(tmp_path):
 
 def test_partition_layout(tmp_path):
     store = ParquetStore(tmp_path)
-    store.write_settlements(settle())
-    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert files == sorted(part(c, y) for c in ("CL", "NG") for y in (2023, 2024))
-    t = pq.read_table(tmp_path / part("CL", 2023), partitioning=None).to_pandas()
+    written = store.write_settlements(settle())
+    files = data_files(tmp_path)
+    assert dirs(files, ".") == sorted(part(c, y) for c in ("CL", "NG") for y in (2023, 2024))
+    assert dirs(written, tmp_path) == dirs(files, ".")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [".lock", "manifest.json"]
+    t = pq.read_table(written[0], partitioning=None).to_pandas()
     assert set(t["commodity"]) == {"CL"}
     assert set(pd.to_datetime(t["trade_date"]).dt.year) == {2023}
     keys = list(zip(t["trade_date"], t["expiration_date"], t["contract"], strict=True))
@@ -165,19 +197,19 @@ def test_partition_pruning(tmp_path, spy_reads):
     store.write_settlements(settle())
     spy_reads.clear()
     got = store.read_settlements("CL", start="2024-01-01")
-    assert [os.path.relpath(p, tmp_path) for p in spy_reads] == [part("CL", 2024)]
+    assert dirs(spy_reads, tmp_path) == [part("CL", 2024)]
     assert set(got["commodity"]) == {"CL"} and got["trade_date"].min() == pd.Timestamp("2024-01-02")
 
     spy_reads.clear()
     store.read_settlements(start="2023-12-29", end="2023-12-31")
-    assert sorted(os.path.relpath(p, tmp_path) for p in spy_reads) == [
+    assert sorted(dirs(spy_reads, tmp_path)) == [
         part("CL", 2023),
         part("NG", 2023),
     ]
 
     spy_reads.clear()
     store.read_settlements("NG", end=pd.Timestamp("2023-12-31"))
-    assert [os.path.relpath(p, tmp_path) for p in spy_reads] == [part("NG", 2023)]
+    assert dirs(spy_reads, tmp_path) == [part("NG", 2023)]
 
     spy_reads.clear()
     assert store.read_settlements("HO").empty
@@ -224,60 +256,58 @@ def _failing_batch(store):
     return batch
 
 
-@pytest.mark.parametrize("fail_on", [1, 2, 4])
+def flaky_writes(monkeypatch, fail_on):
+    """Make the store's nth file creation (partitions, then the manifest) leave half a file
+    and fail."""
+    real, calls = store_mod._write_new, []
+
+    def flaky(path, data):
+        calls.append(path)
+        if len(calls) == fail_on:
+            Path(path).write_bytes(data[: len(data) // 2])
+            raise OSError("disk full")
+        return real(path, data)
+
+    monkeypatch.setattr(store_mod, "_write_new", flaky)
+    return calls
+
+
+@pytest.mark.parametrize("fail_on", [1, 2, 4, 5])  # 4 partitions, then (5) the manifest
 def test_failed_parquet_write_leaves_store_unchanged(tmp_path, monkeypatch, fail_on):
     store = ParquetStore(tmp_path)
     batch = _failing_batch(store)
     before, content = snapshot(tmp_path), store.read_settlements()
-    real, calls = pq.write_table, []
-
-    def flaky(table, where, *args, **kwargs):
-        calls.append(where)
-        if len(calls) == fail_on:
-            Path(where).write_bytes(b"half a file")
-            raise OSError("disk full")
-        return real(table, where, *args, **kwargs)
-
-    monkeypatch.setattr(pq, "write_table", flaky)
+    calls = flaky_writes(monkeypatch, fail_on)
     with pytest.raises(OSError, match="disk full"):
         store.write_settlements(batch)
     monkeypatch.undo()
+    assert len(calls) == fail_on and (fail_on < 5) == calls[-1].name.endswith(".parquet")
     assert snapshot(tmp_path) == before  # same bytes, no temp files, no new directories
     pd.testing.assert_frame_equal(store.read_settlements(), content)
 
 
-@pytest.mark.parametrize("links", [True, False], ids=["hard-link backups", "copied backups"])
-@pytest.mark.parametrize("fail_on", [1, 2, 4])
-def test_failed_rename_leaves_store_unchanged(tmp_path, monkeypatch, fail_on, links):
+def test_failed_commit_leaves_store_unchanged(tmp_path, monkeypatch):
     store = ParquetStore(tmp_path)
     batch = _failing_batch(store)
-    if not links:
-
-        def no_link(*args, **kwargs):
-            raise OSError("hard links not supported")
-
-        monkeypatch.setattr(os, "link", no_link)
     before, content = snapshot(tmp_path), store.read_settlements()
     real, calls = os.replace, []
 
     def flaky(src, dst, *args, **kwargs):
         calls.append((src, dst))
-        if len(calls) == fail_on:
-            raise OSError("rename failed")
-        return real(src, dst, *args, **kwargs)
+        raise OSError("rename failed")
 
     monkeypatch.setattr(os, "replace", flaky)
     with pytest.raises(OSError, match="rename failed"):
         store.write_settlements(batch)
     monkeypatch.undo()
-    if fail_on > 1:  # CL 2023 (the first partition) had been replaced: its backup went back
-        assert ".bak-" in str(calls[-1][0]) and str(calls[-1][1]).endswith(part("CL", 2023))
+    assert [Path(dst).name for _, dst in calls] == ["manifest.json"]  # the one rename
     assert snapshot(tmp_path) == before
     pd.testing.assert_frame_equal(store.read_settlements(), content)
     # and the store still works
     store.write_settlements(batch)
     pd.testing.assert_frame_equal(store.read_settlements(), expected(settle(bump=1.0)))
-    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name or ".bak-" in p.name]
+    assert store.verify().ok and len(data_files(tmp_path)) == 4
+    assert real is os.replace
 
 
 def _bad(kind):
@@ -406,7 +436,8 @@ def assert_panel_equal(got, want):
 
 
 def panel_file(name, year):
-    return os.path.join("panels", name, f"year={year}", "data.parquet")
+    """A panel partition's directory."""
+    return os.path.join("panels", name, f"year={year}")
 
 
 def sliced(panel, start=None, end=None):
@@ -440,7 +471,7 @@ def sliced(panel, start=None, end=None):
 def test_panel_round_trip(tmp_path, panel):
     store = ParquetStore(tmp_path)
     paths = store.write_panel("cl_nearby", panel)
-    assert paths == [tmp_path / panel_file("cl_nearby", 2024)]
+    assert dirs(paths, tmp_path) == [panel_file("cl_nearby", 2024)]
     assert store.panels() == ["cl_nearby"]
     got = store.read_panel("cl_nearby")
     assert_panel_equal(got, panel)
@@ -466,15 +497,15 @@ def test_panel_partitioned_by_year_and_pruned(tmp_path, spy_reads):
     store = ParquetStore(tmp_path)
     wti = load_wti_ss2000()  # 1990-01-02 .. 1995-02-14
     written = store.write_panel("wti", wti)
-    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert files == [panel_file("wti", y) for y in range(1990, 1996)]
+    files = data_files(tmp_path)
+    assert dirs(files, ".") == [panel_file("wti", y) for y in range(1990, 1996)]
     assert [str(p.relative_to(tmp_path)) for p in written] == files
-    t = pq.read_table(tmp_path / panel_file("wti", 1993), partitioning=None).to_pandas()
+    t = pq.read_table(written[3], partitioning=None).to_pandas()
     assert set(t["date"].dt.year) == {1993} and len(t) == 52 * 5
 
     spy_reads.clear()
     got = store.read_panel("wti", start="1993-03-01", end="1994-02-01")
-    assert [os.path.relpath(p, tmp_path) for p in spy_reads] == [
+    assert dirs(spy_reads, tmp_path) == [
         panel_file("wti", 1993),
         panel_file("wti", 1994),
     ]
@@ -483,12 +514,12 @@ def test_panel_partitioned_by_year_and_pruned(tmp_path, spy_reads):
 
     spy_reads.clear()
     got = store.read_panel("wti", start="1995-01-01 12:00")  # times are dropped
-    assert [os.path.relpath(p, tmp_path) for p in spy_reads] == [panel_file("wti", 1995)]
+    assert dirs(spy_reads, tmp_path) == [panel_file("wti", 1995)]
     assert_panel_equal(got, sliced(wti, "1995-01-01"))
 
     spy_reads.clear()
     got = store.read_panel("wti", end=pd.Timestamp("1990-01-09"))
-    assert [os.path.relpath(p, tmp_path) for p in spy_reads] == [panel_file("wti", 1990)]
+    assert dirs(spy_reads, tmp_path) == [panel_file("wti", 1990)]
     assert list(got.dates.strftime("%Y-%m-%d")) == ["1990-01-02", "1990-01-09"]
     assert_panel_equal(got, sliced(wti, end="1990-01-09"))
 
@@ -498,7 +529,7 @@ def test_panel_partitioned_by_year_and_pruned(tmp_path, spy_reads):
     assert spy_reads == []
     with pytest.raises(ValueError, match="has no dates from 1993-03-03 to 1993-03-03"):
         store.read_panel("wti", start="1993-03-03", end="1993-03-03")  # a Wednesday
-    assert [os.path.relpath(p, tmp_path) for p in spy_reads] == [panel_file("wti", 1993)]
+    assert dirs(spy_reads, tmp_path) == [panel_file("wti", 1993)]
     with pytest.raises(ValueError, match="after end"):
         store.read_panel("wti", start="1994-01-01", end="1993-01-01")
     with pytest.raises(ValueError, match="end: cannot read"):
@@ -514,8 +545,9 @@ def test_panel_rewrite_is_idempotent_and_replaces_every_partition(tmp_path):
     assert snapshot(tmp_path) == before  # the same bytes
     short = sliced(wti, start="1994-01-01")
     store.write_panel("wti", short)  # fewer years: the old partitions go
-    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert files == [panel_file("wti", 1994), panel_file("wti", 1995)]
+    files = data_files(tmp_path)  # the superseded files and their directories are gone
+    assert dirs(files, ".") == [panel_file("wti", 1994), panel_file("wti", 1995)]
+    assert sorted(os.listdir(tmp_path / "panels" / "wti")) == ["year=1994", "year=1995"]
     assert_panel_equal(store.read_panel("wti"), short)
 
 
@@ -562,37 +594,26 @@ def test_append_panel_dt_and_mask(tmp_path):
     assert store.panels() == ["p", "q"]
 
 
-@pytest.mark.parametrize(
-    "existing, fail",
-    [
-        (True, ("write_table", 2)),  # the second year's file
-        (True, ("replace", 1)),  # moving the old directory aside
-        (True, ("replace", 2)),  # moving the new one in: the old one goes back
-        (False, ("write_table", 2)),
-        (False, ("replace", 1)),  # nothing to move aside: the only rename
-    ],
-    ids=["replace-write", "replace-rename-old", "replace-rename-new", "new-write", "new-rename"],
-)
+@pytest.mark.parametrize("existing", [True, False], ids=["replace", "new"])
+@pytest.mark.parametrize("fail", ["file", "commit"])
 def test_failed_panel_write_leaves_store_unchanged(tmp_path, monkeypatch, existing, fail):
     store = ParquetStore(tmp_path / "s")
     store.write_settlements(settle(days=DAYS[:1]))
     if existing:
         store.write_panel("p", small_panel())
     before = snapshot(tmp_path)
-    module = pq if fail[0] == "write_table" else os
-    real, calls = getattr(module, fail[0]), []
+    if fail == "file":
+        flaky_writes(monkeypatch, 2)  # the second year's file
+    else:
 
-    def flaky(*args, **kwargs):
-        calls.append(args)
-        if len(calls) == fail[1]:
+        def no_commit(*args, **kwargs):
             raise OSError("disk full")
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(module, fail[0], flaky)
+        monkeypatch.setattr(os, "replace", no_commit)
     with pytest.raises(OSError, match="disk full"):
         store.write_panel("p", load_wti_ss2000())  # six year partitions
     monkeypatch.undo()
-    assert snapshot(tmp_path) == before  # same bytes, no scratch directories left
+    assert snapshot(tmp_path) == before  # same bytes, no scratch files or directories left
     if existing:
         assert store.panels() == ["p"]
         assert_panel_equal(store.read_panel("p"), small_panel())
@@ -612,7 +633,8 @@ def test_panel_overwrite_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="rename failed"):
         store.write_panel("p", small_panel(S=np.arange(4.0)))
     with pytest.raises(OSError, match="rename failed"):
-        store.append_panel("p", small_panel())
+        store.append_panel("p", small_panel()._replace(F_mkt=small_panel().F_mkt + 1.0))
+    store.append_panel("p", small_panel())  # changes nothing: nothing to commit
     monkeypatch.undo()
     assert snapshot(tmp_path) == before
     assert_panel_equal(store.read_panel("p"), small_panel())
@@ -656,23 +678,321 @@ def test_panel_errors(tmp_path):
         empty = {f: getattr(p, f)[:0] for f in ("dates", "F_mkt", "ttm", "contracts", "mask")}
         store.write_panel("p", p._replace(dt=p.dt[:0], **empty))
     assert store.panels() == [] and not (tmp_path / "panels").exists()
-    # not a panel: a plain Parquet file where a partition should be
-    plain = tmp_path / panel_file("plain", 2024)
+    # not a panel: a plain Parquet file where a partition of a store without manifest is
+    plain = tmp_path / panel_file("plain", 2024) / "data.parquet"
     plain.parent.mkdir(parents=True)
     pq.write_table(pa.table({"x": [1.0, 2.0]}), plain)
     with pytest.raises(ValueError, match="not an ssjax panel file"):
         store.read_panel("plain")
-    # a partition holding another year's dates
+    # a partition holding another year's dates (the manifest lists it under 2023)
     store.write_panel("moved", p)
-    (tmp_path / "panels" / "moved" / "year=2024").rename(
-        tmp_path / "panels" / "moved" / "year=2023"
-    )
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["panels"]["moved"]["2023"] = manifest["panels"]["moved"].pop("2024")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="outside the partition's year 2023"):
         store.read_panel("moved")
-    # what a killed write leaves behind is not a panel
-    store.write_panel("kept", p)
-    scratch = tmp_path / "panels" / f"kept.bak-{'0' * 32}"
-    (tmp_path / "panels" / "kept").rename(scratch)
     assert store.panels() == ["moved", "plain"]
-    with pytest.raises(FileNotFoundError, match="no panel 'kept'"):
-        store.read_panel("kept")
+    report = store.verify()
+    assert [x.split(":")[0] for x in report.bad_schema] == [
+        manifest["panels"]["moved"]["2023"]["file"],  # sorted by panel name
+        "panels/plain/year=2024/data.parquet",
+    ]
+
+
+# ---- the manifest, verify and old stores ---------------------------------------------------
+def test_manifest_versions_and_idempotent_writes_commit_nothing(tmp_path):
+    store = ParquetStore(tmp_path)
+    store.write_settlements(settle(days=DAYS[:2]))
+    store.write_panel("p", small_panel())
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["version"] == 2
+    assert sorted(manifest["settlements"]) == ["CL", "NG"] and list(manifest["panels"]) == ["p"]
+    assert sorted(manifest_files(tmp_path).values()) == data_files(tmp_path)
+    before = snapshot(tmp_path)
+    store.write_settlements(settle(days=DAYS[1:2]))  # rows already stored: nothing to commit
+    store.write_panel("p", small_panel())
+    assert snapshot(tmp_path) == before
+    written = store.write_settlements(settle(days=DAYS[2:], commodities=("CL",)))
+    after = json.loads((tmp_path / "manifest.json").read_text())
+    assert after["version"] == 3 and after["panels"] == manifest["panels"]
+    assert after["settlements"]["NG"] == manifest["settlements"]["NG"]  # untouched: same files
+    assert dirs(written, tmp_path) == [part("CL", 2024)] and "data-v3-" in written[0].name
+
+
+def test_verify_reports_and_repairs(tmp_path):
+    store = ParquetStore(tmp_path)
+    assert ParquetStore(tmp_path / "none").verify() == store_mod.StoreReport(version=0)
+    assert not (tmp_path / "none").exists()
+    store.write_settlements(settle())
+    store.write_panel("p", small_panel())
+    report = store.verify()
+    assert report.ok and report.version == 2 and report.partitions == 5
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    files = manifest_files(tmp_path)
+    (tmp_path / files["settlements", "CL", 2023]).unlink()  # missing
+    (tmp_path / files["settlements", "CL", 2024]).write_bytes(b"garbage")  # unreadable
+    # unordered: the NG 2023 rows reversed, the checksum updated to match
+    ng = pq.read_table(tmp_path / files["settlements", "NG", 2023])
+    ng_file = tmp_path / files["settlements", "NG", 2023]
+    ng_file.unlink()
+    pq.write_table(ng.take(list(range(ng.num_rows))[::-1]), ng_file)
+    manifest["settlements"]["NG"]["2023"]["sha256"] = None
+    # bad schema: a column dropped (a changed checksum alone would read "unreadable")
+    ng24 = tmp_path / files["settlements", "NG", 2024]
+    table = pq.read_table(ng24)
+    ng24.unlink()
+    pq.write_table(table.drop(["volume"]), ng24)
+    manifest["settlements"]["NG"]["2024"]["sha256"] = None
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    strays = [
+        tmp_path / part("CL", 2023) / "data-v9-deadbeef.parquet",  # a killed write's file
+        tmp_path / "manifest.json.tmp-0123",  # and its manifest
+        tmp_path / "panels" / "old" / "year=2020" / "data.parquet",  # an old directory
+    ]
+    for p in strays:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    report = store.verify()
+    assert not report.ok and report.partitions == 5
+    assert report.missing == (files["settlements", "CL", 2023],)
+    assert [x.split(":")[0] for x in report.unreadable] == [files["settlements", "CL", 2024]]
+    assert [x.split(":")[0] for x in report.unordered] == [files["settlements", "NG", 2023]]
+    assert [x.split(":")[0] for x in report.bad_schema] == [files["settlements", "NG", 2024]]
+    want = sorted(str(p.relative_to(tmp_path)) for p in strays)
+    assert sorted(report.stray) == want and report.removed == ()
+    assert all(p.exists() for p in strays)
+    report = store.verify(repair=True)
+    assert sorted(report.removed) == want and not any(p.exists() for p in strays)
+    assert not (tmp_path / "panels" / "old").exists()  # emptied directories go too
+    assert report.missing and not store.verify().stray  # the rest is only reported
+
+
+def legacy_store(root):
+    """A store as the module wrote it before the manifest, with leftovers of killed writes."""
+    store = ParquetStore(root)
+    store.write_settlements(settle())
+    store.write_panel("p", small_panel())
+    for f in data_files(root):
+        os.replace(root / f, root / os.path.dirname(f) / "data.parquet")
+    (root / "manifest.json").unlink()
+    (root / ".lock").unlink()
+    token = "ab" * 16
+    leftovers = [
+        root / part("CL", 2023) / f"data.parquet.tmp-{token}",
+        root / part("NG", 2024) / f"data.parquet.bak-{token}",
+        root / "panels" / f"p.bak-{token}" / "year=2024" / "data.parquet",
+    ]
+    for p in leftovers:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / part("CL", 2023) / "data.parquet", p)
+    return store, leftovers
+
+
+def test_store_without_manifest_is_read_and_migrated_by_the_first_write(tmp_path):
+    store, leftovers = legacy_store(tmp_path)
+    pd.testing.assert_frame_equal(store.read_settlements(), expected(settle()))
+    assert_panel_equal(store.read_panel("p"), small_panel())
+    assert store.panels() == ["p"] and store.commodities() == ["CL", "NG"]
+    report = store.verify()
+    assert report.version == 0 and report.partitions == 5
+    assert sorted(report.stray) == sorted(str(p.relative_to(tmp_path)) for p in leftovers)
+    store.write_settlements(settle(days=DAYS[3:], commodities=("CL",), bump=1.0))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["version"] == 1
+    assert manifest["panels"]["p"]["2024"]["file"] == "panels/p/year=2024/data.parquet"
+    assert store.verify().ok and not any(p.exists() for p in leftovers)
+    want = expected(settle())
+    last = (want["commodity"] == "CL") & (want["trade_date"] == DAYS[3])
+    want.loc[last, "settlement_price"] += 1.0
+    pd.testing.assert_frame_equal(store.read_settlements(), want)
+    assert_panel_equal(store.read_panel("p"), small_panel())
+
+
+def test_lost_manifest_is_refused(tmp_path):
+    store = ParquetStore(tmp_path)
+    store.write_settlements(settle(days=DAYS[:1]))
+    store.write_settlements(settle(days=DAYS[1:2]))
+    (tmp_path / "manifest.json").unlink()
+    before = snapshot(tmp_path)
+    for call in (store.read_settlements, store.verify, lambda: store.write_settlements(settle())):
+        with pytest.raises(ValueError, match="manifest.json is missing but the store holds files"):
+            call()
+    assert snapshot(tmp_path) == before
+
+
+def test_reader_retries_when_a_writer_deletes_its_files(tmp_path, monkeypatch):
+    """A read that took the manifest just before a commit finds its files gone: it starts
+    again from the new manifest (and never mixes the two versions)."""
+    store = ParquetStore(tmp_path)
+    store.write_settlements(settle(days=DAYS[:2]))
+    real, calls = pq.read_table, []
+
+    def racing(source, *args, **kwargs):
+        calls.append(source)
+        if len(calls) == 1:  # between the reader's manifest and its first file: a write
+            monkeypatch.setattr(pq, "read_table", real)
+            ParquetStore(tmp_path).write_settlements(settle(bump=1.0))
+            monkeypatch.setattr(pq, "read_table", racing)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", racing)
+    got = store.read_settlements()
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(got, expected(settle(bump=1.0)))
+    assert not Path(calls[0]).exists() and len(calls) == 1 + 4
+
+
+# ---- the lock ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("flock", [True, False], ids=["flock", "exclusive-create"])
+def test_write_times_out_while_another_writer_holds_the_lock(tmp_path, monkeypatch, flock):
+    if not flock:
+        monkeypatch.setattr(store_mod, "fcntl", None)
+    lock = tmp_path / (".lock" if flock else ".lock.excl")
+    holder, waiter = ParquetStore(tmp_path), ParquetStore(tmp_path, timeout=0.1)
+    holder.write_settlements(settle(days=DAYS[:1]))
+    before = snapshot(tmp_path)
+    with holder._locked():
+        t0 = time.monotonic()
+        with pytest.raises(
+            TimeoutError, match=re.escape(f"0.1 s waiting for the write lock {lock}")
+        ):
+            waiter.write_settlements(settle())
+        assert 0.1 <= time.monotonic() - t0 < 2
+        with pytest.raises(TimeoutError, match="write lock"):
+            waiter.append_panel("p", small_panel())
+        with pytest.raises(TimeoutError, match="write lock"):
+            waiter.verify()
+        assert waiter.read_settlements().shape == (4, 7)  # readers take no lock
+    assert snapshot(tmp_path) == before
+    waiter.write_settlements(settle())  # released
+    pd.testing.assert_frame_equal(waiter.read_settlements(), expected(settle()))
+    assert lock.exists() == flock  # the exclusive-create lock file goes when released
+
+
+def start_worker(root, calls, **kwargs):
+    """Start a process running ``calls`` on the store at root (see store_worker)."""
+    proc = store_worker.context().Process(
+        target=store_worker.run, args=(str(root), calls), kwargs=kwargs
+    )
+    proc.start()
+    return proc
+
+
+def test_concurrent_writers_lose_no_rows(tmp_path):
+    """Two processes append 10 batches each to the same partition at the same moment."""
+    days = pd.bdate_range("2024-01-02", periods=20)
+    batches = [
+        pd.DataFrame(
+            {
+                "trade_date": [d, d],
+                "commodity": "CL",
+                "contract": ["CLM24", "CLZ24"],
+                "expiration_date": ["2024-05-20", "2024-11-19"],
+                "settlement_price": [70.0 + i, 71.0 + i],
+            }
+        )
+        for i, d in enumerate(days)
+    ]
+    go = store_worker.context().Event()
+    procs = [
+        start_worker(
+            tmp_path / "store", [("write_settlements", (b,)) for b in batches[k::2]], go=go
+        )
+        for k in range(2)
+    ]
+    go.set()  # both write at the same moment
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = ParquetStore(tmp_path / "store")
+    got = store.read_settlements()
+    pd.testing.assert_frame_equal(got, expected(pd.concat(batches)))
+    report = store.verify()
+    assert report.ok and report.version == 20 and not report.stray
+
+
+# ---- killed writers -------------------------------------------------------------------------
+PHASES = ["file", "manifest", "commit", "cleanup"]  # the store's crash points, in order
+STRAYS = {"file": 1, "manifest": 5, "commit": 2, "cleanup": 1}  # left by a kill there
+
+
+def settlement_case(root):
+    """Old: CL and NG 2023; the write changes both and adds 2024 (4 files, 2 superseded)."""
+    store = ParquetStore(root)
+    store.write_settlements(settle(days=DAYS[:2]))
+    return store, [("write_settlements", (settle(bump=1.0),))]
+
+
+def panel_case(root):
+    """Old: WTI to mid-1993; the append changes 1992-1993 and adds 1994-1995 (1990-1991
+    kept): 4 files written, 2 superseded."""
+    wti = load_wti_ss2000()
+    store = ParquetStore(root)
+    store.write_panel("wti", sliced(wti, end="1993-06-30"))
+    tail = sliced(wti, start="1992-01-01")
+    return store, [("append_panel", ("wti", tail._replace(F_mkt=tail.F_mkt + 1.0)))]
+
+
+CASES = {"settlements": settlement_case, "panels": panel_case}
+
+
+def state(store, kind):
+    return store.read_settlements() if kind == "settlements" else store.read_panel("wti")
+
+
+def assert_same_state(kind, got, want):
+    if kind == "settlements":
+        pd.testing.assert_frame_equal(got, want)
+    else:
+        assert_panel_equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def killed_writes(tmp_path_factory):
+    """One process per (kind, phase), all started at once: each runs its case's write and
+    kills itself at the phase."""
+    tmp = tmp_path_factory.mktemp("killed")
+    cases = {}
+    for kind, make in CASES.items():
+        ref, calls = make(tmp / f"{kind}-ref")
+        old = state(ref, kind)
+        for method, args in calls:
+            getattr(ref, method)(*args)
+        new = state(ref, kind)
+        for phase in PHASES:
+            store, _ = make(tmp / f"{kind}-{phase}")
+            proc = start_worker(store.root, calls, crash_at=phase)
+            cases[kind, phase] = (store, proc, old, new)
+    yield cases
+    for _, proc, _, _ in cases.values():
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+
+
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("kind", list(CASES))
+def test_killed_write_leaves_old_or_new_state(killed_writes, kind, phase):
+    store, proc, old, new = killed_writes[kind, phase]
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL  # died at the phase
+    # a reader sees the whole old state before the commit, the whole new one after it
+    assert_same_state(kind, state(store, kind), old if PHASES.index(phase) < 2 else new)
+    report = store.verify()
+    assert len(report.stray) == STRAYS[phase] and report.removed == ()
+    assert not (report.missing or report.unreadable or report.bad_schema or report.unordered)
+    assert all((store.root / f).exists() for f in report.stray)
+    if kind == "settlements":  # verify(repair=True) removes the leftovers ...
+        assert store.verify(repair=True).removed == report.stray
+        assert not any((store.root / f).exists() for f in report.stray)
+    # ... and so does the next write (the lock died with the process)
+    store.timeout = 5.0
+    if kind == "settlements":
+        store.write_settlements(settle(bump=3.0))
+        want = expected(settle(bump=3.0))
+    else:
+        want = load_wti_ss2000()
+        store.write_panel("wti", want)
+    assert_same_state(kind, state(store, kind), want)
+    report = store.verify()
+    assert report.ok and not report.stray and len(data_files(store.root)) == report.partitions
