@@ -58,7 +58,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import matplotlib
@@ -74,7 +73,7 @@ from ssjax.analysis.runs import RunFolder, panel_hash  # noqa: E402
 from ssjax.datasets import Panel  # noqa: E402
 from ssjax.trading.backtest import BacktestResult, calibrate_walk_forward, walk_forward  # noqa: E402
 from ssjax.trading.engine import TradeEngine, TradingConfig  # noqa: E402
-from ssjax.trading.metrics import deflated_sharpe  # noqa: E402
+from ssjax.trading.metrics import deflated_sharpe, expected_max_sharpe  # noqa: E402
 from ssjax.trading.settings import WalkForwardSettings  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "trading"
@@ -187,15 +186,6 @@ def entries(positions: pd.DataFrame) -> int:
     on = positions.to_numpy(float) != 0
     prev = np.vstack([np.zeros((1, on.shape[1]), bool), on[:-1]])
     return int(np.sum(on & ~prev))
-
-
-def expected_max_sharpe(n: int, se: float) -> float:
-    """E[max of n independent N(0, se²)] (Bailey and López de Prado's approximation)."""
-    if n < 2:
-        return 0.0
-    g = 0.5772156649015329
-    nd = NormalDist()
-    return se * ((1 - g) * nd.inv_cdf(1 - 1 / n) + g * nd.inv_cdf(1 - 1 / (n * math.e)))
 
 
 def half_sharpe(pnl: pd.DataFrame, split: pd.Timestamp, ppy: float) -> tuple[float, float, int]:

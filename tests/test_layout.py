@@ -29,7 +29,7 @@ ALLOWED = {
     "app": {"core", "data", "datasets", "fit", "rolling", "analysis", "trading"},
 }
 #: top-level modules any layer may use (no ssjax imports of their own)
-HELPERS = {"_lazy", "_version", "compile_cache", "progress"}
+HELPERS = {"_lazy", "_version", "checks", "compile_cache", "progress"}
 
 
 def _modules() -> dict[str, Path]:

@@ -195,15 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             cfg = _pipeline_config(args, given)
-            check_config(cfg)
             if args.check_config:
                 print(check_data(cfg))
                 return 0
+            if args.print_config:
+                check_config(cfg)
+                print(to_toml(cfg), end="")
+                return 0
         except ValueError as e:
             raise SystemExit(f"ssjax: {e}") from None
-        if args.print_config:
-            print(to_toml(cfg), end="")
-            return 0
         try:
             res = run_pipeline(cfg, quiet=args.quiet, say=print,
                                log=None if args.quiet else _progress)  # fmt: skip

@@ -4,7 +4,6 @@ context (data, devices, folder) that the modes and the refinement share.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from ssjax.checks import is_int, replace_settings
 from ssjax.core.market import MarketData, padded_length
 from ssjax.core.parallel_filter import choose_method
 from ssjax.core.params import Params
@@ -138,7 +138,7 @@ class RollingConfig:
 
         for name in ("window", "step", "chunk_size", "budget", "vector_width", "n_starts"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            if not is_int(v):
                 raise bad(name, "an integer")
         if self.window < 3:
             raise bad("window", ">= 3")
@@ -179,18 +179,12 @@ class RollingConfig:
             or self.max_refine_rounds < 0
         ):
             raise bad("max_refine_rounds", "an integer >= 0")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer):
+        if not is_int(self.seed):
             raise bad("seed", "an integer")
 
     def replace(self, **changes: Any) -> RollingConfig:
         """A copy with ``changes`` (checked like a new one); unknown names are refused."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise TypeError(
-                f"unknown recalibrate setting(s) {unknown}; the settings are {sorted(names)}"
-            )
-        return dataclasses.replace(self, **changes)
+        return replace_settings(self, changes, "recalibrate")
 
     @property
     def mode(self) -> str:

@@ -39,7 +39,6 @@ import bisect
 import contextlib
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +70,8 @@ from ssjax.trading.engine import (
 )
 from ssjax.trading.execution import (
     ExecutionModel,
-    executable_target,
     expiring_before_next,
+    filled_target,
     passive_returns,
     simulate_execution,
 )
@@ -165,14 +164,11 @@ class BacktestResult:
         w_from = src.iloc[-1].to_numpy(float)
         expiring = expiring_before_next(panel.ttm, panel.dt)[-1]
         px = np.where(mask & (F > 0), F, np.nan)
-        target = executable_target(self.targets.iloc[-1].to_numpy(float), w_from, px, codes,
-                                   expiring)  # fmt: skip
         ex = self.info.get("execution")
-        if ex is not None:  # whole lots at the last price (the next day's volume is unknown)
-            model = ExecutionModel(**ex)
-            for i in np.flatnonzero(np.abs(target - w_from) > min_trade):
-                if not expiring[i] or target[i] != 0:
-                    target[i] = model.fill(w_from[i], target[i], px[i], math.nan)
+        # whole lots at the last price; the next day's volume is unknown (no cap)
+        model = None if ex is None else ExecutionModel(**ex)
+        target = filled_target(self.targets.iloc[-1].to_numpy(float), w_from, px, codes,
+                               expiring, model, None, min_trade)  # fmt: skip
         dw = target - w_from
         orders = [
             Order(int(i), "BUY" if dw[i] > 0 else "SELL", float(abs(dw[i])))
@@ -325,7 +321,7 @@ class CalibrationPath:
 
 
 def _panel_arrays(panel: Panel):
-    validate_panel(panel)
+    validate_panel(panel)  # the whole panel, once, up front
     F_raw = np.asarray(panel.F_mkt, float)
     mask = ~np.isnan(F_raw) if panel.mask is None else np.asarray(panel.mask, bool)
     F = np.where(mask, F_raw, np.nan)
@@ -372,7 +368,6 @@ def calibrate_walk_forward(
     start = s.first
     if start > T - 1:
         raise ValueError(f"start={start} leaves no trading date in a panel of {T} dates")
-    make_market_data(F, ttm, mask=mask, dt=dt)  # validate the whole panel once, up front
     key = _calibration_key(panel, arrays, **s.key())
     warm_start, risk_premium, shared_noise = s.warm_start, s.risk_premium, s.shared_noise
 

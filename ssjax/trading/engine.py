@@ -33,6 +33,7 @@ import jax
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ssjax.checks import is_int, is_number
 from ssjax.trading.sizing import vol_target_weights, z_scores
 
 __all__ = [
@@ -122,20 +123,16 @@ class TradingConfig:
         def bad(name: str, want: str) -> ValueError:
             return ValueError(f"TradingConfig.{name} must be {want}, got {getattr(self, name)!r}")
 
-        def real(v: Any) -> bool:
-            return not isinstance(v, bool) and isinstance(v, int | float | np.integer | np.floating)
-
         for name in ("sigma_window", "execution_lag"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            if not is_int(getattr(self, name)):
                 raise bad(name, "an integer")
         if self.execution_lag < 0:
             raise bad("execution_lag", ">= 0")
         for name in ("z_in", "z_out", "gross_leverage", "shrinkage", "min_resid_sd"):
-            if not real(getattr(self, name)):
+            if not is_number(getattr(self, name)):
                 raise bad(name, "a number")
         if self.periods_per_year is not None and not (
-            real(self.periods_per_year) and self.periods_per_year > 0
+            is_number(self.periods_per_year) and self.periods_per_year > 0
         ):
             raise bad("periods_per_year", "None or a number > 0")
         for name in ("max_weight", "fee", "half_spread", "slippage"):
@@ -152,7 +149,7 @@ class TradingConfig:
         if not isinstance(self.carry_rolls, bool | np.bool_):
             raise bad("carry_rolls", "True or False")
         if self.net_exposure is not None and not (
-            real(self.net_exposure) and self.net_exposure >= 0
+            is_number(self.net_exposure) and self.net_exposure >= 0
         ):
             raise bad("net_exposure", "None or a number >= 0")
         if isinstance(self.neutral, str) or not all(f in ("X", "Y") for f in self.neutral):

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from ssjax.checks import is_int, is_number
 from ssjax.data.panels import Panel
 from ssjax.trading.engine import Order
 
@@ -26,6 +27,7 @@ __all__ = [
     "PriceBook",
     "expiring_before_next",
     "executable_target",
+    "filled_target",
     "step_pnl",
     "ExecutionModel",
     "ExecutionResult",
@@ -74,31 +76,23 @@ class PriceBook:
             s = settlements
             if panel.commodity is not None and "commodity" in s.columns:
                 s = s[s["commodity"] == panel.commodity]
-            s = s[["trade_date", "contract", "settlement_price"]].dropna(
-                subset=["contract", "settlement_price"]
-            )
-            wide = (
-                s.assign(trade_date=pd.to_datetime(s["trade_date"]))
-                .groupby(["trade_date", "contract"])["settlement_price"]
-                .last()
-                .unstack("contract")
-                .reindex(pd.DatetimeIndex(panel.dates))
-            )
-            self._settle = {str(c): wide[c].to_numpy(float) for c in wide.columns}
-            self._liq = {}
-            for col in ("volume", "open_interest"):
-                if col in settlements.columns:
-                    t = settlements
-                    if panel.commodity is not None and "commodity" in t.columns:
-                        t = t[t["commodity"] == panel.commodity]
-                    liq = (
-                        t.assign(trade_date=pd.to_datetime(t["trade_date"]))
-                        .groupby(["trade_date", "contract"])[col]
-                        .last()
-                        .unstack("contract")
-                        .reindex(pd.DatetimeIndex(panel.dates))
-                    )
-                    self._liq[col] = {str(c): liq[c].to_numpy(float) for c in liq.columns}
+            dates = pd.DatetimeIndex(panel.dates)
+
+            def by_contract(col: str) -> dict[str, np.ndarray]:
+                """``col`` on the panel's dates, one array per contract (the last value of a
+                date and contract that the table lists twice)."""
+                t = s[["trade_date", "contract", col]].dropna(subset=["contract", col])
+                wide = (
+                    t.assign(trade_date=pd.to_datetime(t["trade_date"]))
+                    .groupby(["trade_date", "contract"])[col]
+                    .last()
+                    .unstack("contract")
+                    .reindex(dates)
+                )
+                return {str(c): wide[c].to_numpy(float) for c in wide.columns}
+
+            self._settle = by_contract("settlement_price")
+            self._liq = {c: by_contract(c) for c in ("volume", "open_interest") if c in s.columns}
 
     def price(self, contract: Any, t: int) -> float:
         """Price of ``contract`` at date index ``t`` (NaN if unknown)."""
@@ -178,6 +172,33 @@ def executable_target(
     return np.where(can & exp, 0.0, out)
 
 
+def filled_target(
+    target: ArrayLike,
+    w: ArrayLike,
+    price_t: ArrayLike,
+    codes_t: ArrayLike,
+    expiring_t: ArrayLike,
+    execution: ExecutionModel | None = None,
+    liquidity: ArrayLike | None = None,
+    min_trade: float = 1e-12,
+) -> np.ndarray:
+    """The weights held after a fill at t: :func:`executable_target`, then, with an
+    ``execution`` model, each traded tenor's participation cap (against ``liquidity``, the
+    day's volume per tenor; NaN or ``None``: no cap) and whole lots; a forced close of an
+    expiring contract is whole. The rule of :func:`simulate_execution` and of the live
+    orders (:meth:`ssjax.trading.backtest.BacktestResult.live_orders`)."""
+    w = np.asarray(w, float)
+    px = np.asarray(price_t, float)
+    exp = np.asarray(expiring_t, bool)
+    target = executable_target(target, w, px, codes_t, exp)
+    if execution is not None:
+        liq = np.full(w.shape, np.nan) if liquidity is None else np.asarray(liquidity, float)
+        for i in np.flatnonzero(np.abs(target - w) > min_trade):
+            if not exp[i] or target[i] != 0:
+                target[i] = execution.fill(w[i], target[i], px[i], liq[i])
+    return target
+
+
 def step_pnl(
     w_prev: np.ndarray,
     held_prev: np.ndarray,
@@ -250,21 +271,17 @@ class ExecutionModel:
         def bad(name: str, want: str) -> ValueError:
             return ValueError(f"ExecutionModel.{name} must be {want}, got {getattr(self, name)!r}")
 
-        def num(v: Any) -> bool:
-            return (not isinstance(v, bool) and isinstance(v, int | float | np.integer |
-                    np.floating) and math.isfinite(v))  # fmt: skip
-
-        if self.capital is not None and not (num(self.capital) and self.capital > 0):
+        if self.capital is not None and not (is_number(self.capital, True) and self.capital > 0):
             raise bad("capital", "None or a number > 0")
-        if not (num(self.multiplier) and self.multiplier > 0):
+        if not (is_number(self.multiplier, True) and self.multiplier > 0):
             raise bad("multiplier", "a number > 0")
-        if isinstance(self.lot, bool) or not isinstance(self.lot, int) or self.lot < 1:
+        if not is_int(self.lot) or self.lot < 1:
             raise bad("lot", "an integer >= 1")
         for name in ("fee_per_contract", "spread", "impact"):
-            if not (num(getattr(self, name)) and getattr(self, name) >= 0):
+            if not (is_number(getattr(self, name), True) and getattr(self, name) >= 0):
                 raise bad(name, "a number >= 0")
         if self.max_participation is not None and not (
-            num(self.max_participation) and 0 < self.max_participation <= 1
+            is_number(self.max_participation, True) and 0 < self.max_participation <= 1
         ):
             raise bad("max_participation", "None or a number in (0, 1]")
         if (self.impact > 0 or self.max_participation is not None) and self.capital is None:
@@ -402,7 +419,7 @@ def simulate_execution(
     dates = pd.DatetimeIndex(panel.dates)
     if not 0 <= start < T:
         raise ValueError(f"start must lie in [0, {T - 1}], got {start}")
-    if isinstance(lag, bool) or not isinstance(lag, int | np.integer) or lag < 0:
+    if not is_int(lag) or lag < 0:
         raise ValueError(f"lag must be an integer >= 0, got {lag!r}")
     book = PriceBook(panel, settlements)
     expiring = expiring_before_next(ttm, np.asarray(panel.dt, float))
@@ -454,12 +471,9 @@ def simulate_execution(
 
         def fill(target: np.ndarray, cpc: np.ndarray, decided: Any) -> list[Order]:
             nonlocal cost, turnover
-            target = executable_target(target, w, px, codes[t], expiring[t])
-            if execution is not None:
-                for i in np.flatnonzero(np.abs(target - w) > min_trade):
-                    if not expiring[t, i] or target[i] != 0:  # a forced close is whole
-                        liq = book.liquidity(codes[t, i], t)
-                        target[i] = execution.fill(w[i], target[i], px[i], liq)
+            liq = [book.liquidity(c, t) for c in codes[t]] if execution is not None else None
+            target = filled_target(target, w, px, codes[t], expiring[t], execution, liq,
+                                   min_trade)  # fmt: skip
             dw = target - w
             orders = []
             for i in np.flatnonzero(np.abs(dw) > min_trade):

@@ -10,12 +10,19 @@ settings for the number of settings tried (Bailey & López de Prado 2014).
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-__all__ = ["compute_metrics", "yearly_metrics", "round_trips", "deflated_sharpe"]
+__all__ = [
+    "compute_metrics",
+    "yearly_metrics",
+    "round_trips",
+    "expected_max_sharpe",
+    "deflated_sharpe",
+]
 
 
 def _drawdown(net: np.ndarray) -> tuple[float, int]:
@@ -184,6 +191,16 @@ def round_trips(positions: pd.DataFrame, tenor_pnl: pd.DataFrame) -> pd.DataFram
     return trips
 
 
+def expected_max_sharpe(n: int, sd: float) -> float:
+    """E[max of ``n`` independent N(0, sd²)] Sharpe ratios (Bailey & López de Prado's
+    approximation): what the best of ``n`` unskilled settings shows by chance; 0 for n < 2."""
+    if n < 2:
+        return 0.0
+    g = 0.5772156649015329  # Euler–Mascheroni
+    nd = NormalDist()
+    return sd * ((1 - g) * nd.inv_cdf(1 - 1 / n) + g * nd.inv_cdf(1 - 1 / (n * math.e)))
+
+
 def deflated_sharpe(
     sharpe: float,
     n_trials: int,
@@ -207,20 +224,11 @@ def deflated_sharpe(
         a probability in [0, 1]; above 0.95 the best Sharpe ratio is unlikely to be the luck
         of the sweep.
     """
-    from statistics import NormalDist
-
     nd = NormalDist()
     if n_trials < 1 or n_periods < 2:
         raise ValueError("need n_trials >= 1 and n_periods >= 2")
     v = float(np.var(np.asarray(trial_sharpes, float), ddof=1)) if n_trials > 1 else 0.0
-    euler = 0.5772156649015329
-    if n_trials > 1:
-        sr0 = math.sqrt(v) * (
-            (1 - euler) * nd.inv_cdf(1 - 1 / n_trials)
-            + euler * nd.inv_cdf(1 - 1 / (n_trials * math.e))
-        )
-    else:
-        sr0 = 0.0
+    sr0 = expected_max_sharpe(n_trials, math.sqrt(v))
     den = 1 - skew * sharpe + (kurtosis - 1) / 4 * sharpe**2
     if den <= 0:
         return math.nan

@@ -13,11 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ssjax.checks import is_int, replace_settings
+
 __all__ = ["WalkForwardSettings"]
-
-
-def _is_int(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, int | np.integer)
 
 
 @dataclass(frozen=True)
@@ -54,10 +52,10 @@ class WalkForwardSettings:
             return ValueError(f"WalkForwardSettings.{name} must be {want}, got {value!r}")
 
         for name in ("min_window", "recalibrate_every"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
         if self.start is not None:
-            if not _is_int(self.start):
+            if not is_int(self.start):
                 raise bad("start", "None or an integer")
             if self.start < self.min_window:
                 raise ValueError(
@@ -74,13 +72,7 @@ class WalkForwardSettings:
 
     def replace(self, **changes: Any) -> WalkForwardSettings:
         """A copy with ``changes`` (checked like a new one); unknown names are refused."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise TypeError(
-                f"unknown walk-forward setting(s) {unknown}; the settings are {sorted(names)}"
-            )
-        return dataclasses.replace(self, **changes)
+        return replace_settings(self, changes, "walk-forward")
 
     def key(self) -> dict[str, Any]:
         """The settings as a plain dict, ``start`` resolved (what a calibration is keyed by)."""
