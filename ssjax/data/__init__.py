@@ -2,7 +2,7 @@
 
 * :mod:`~ssjax.data.settlements` — one long schema, its validator, exchange readers;
 * :mod:`~ssjax.data.contracts` — contract codes and last-trade-date rules;
-* :mod:`~ssjax.data.calendars` — the CME settlement calendar;
+* :mod:`~ssjax.data.calendars` — settlement calendars (CME, NYMEX, COMEX, ICE Europe);
 * :mod:`~ssjax.data.panels` — ``Panel``, nearby / constant-maturity panels, stacking;
 * :mod:`~ssjax.data.store` — a Parquet store for settlements and panels.
 
@@ -12,16 +12,21 @@ Depends on :mod:`ssjax.core` only. The bundled real datasets are :mod:`ssjax.dat
 from __future__ import annotations
 
 from ssjax.data.calendars import (
+    CALENDARS,
     FIRST_YEAR,
     LAST_YEAR,
     SPECIAL_CLOSURES,
     CMETradeDateHolidayCalendar,
+    TradeCalendar,
     add_trade_days,
     cme_holidays,
     cme_trade_dates,
+    get_calendar,
+    holidays,
     is_trade_date,
     next_trade_date,
     previous_trade_date,
+    trade_dates,
     trade_days_between,
 )
 from ssjax.data.contracts import (
@@ -29,7 +34,9 @@ from ssjax.data.contracts import (
     EXPIRY_RULES,
     MONTH_CODES,
     MONTH_OF_CODE,
+    ROOT_CALENDARS,
     ContractCode,
+    calendar_of_root,
     contract_code,
     last_trade_date,
     last_trade_dates,
@@ -69,6 +76,11 @@ from ssjax.data.store import (
 )
 
 __all__ = [
+    "CALENDARS",
+    "TradeCalendar",
+    "get_calendar",
+    "holidays",
+    "trade_dates",
     "FIRST_YEAR",
     "LAST_YEAR",
     "SPECIAL_CLOSURES",
@@ -81,6 +93,8 @@ __all__ = [
     "previous_trade_date",
     "trade_days_between",
     "EXPIRY_RULES",
+    "ROOT_CALENDARS",
+    "calendar_of_root",
     "MONTH_CODES",
     "MONTH_OF_CODE",
     "CODE_OF_MONTH",

@@ -5,8 +5,9 @@ A contract code is a root, a month letter and a year: ``CLZ24`` is NYMEX WTI cru
 
     F Jan  G Feb  H Mar  J Apr  K May  M Jun  N Jul  Q Aug  U Sep  V Oct  X Nov  Z Dec
 
-The last trading day of a contract follows the exchange's rule on the CME trade-date calendar
-(:mod:`ssjax.data.calendars`; "business day" below means a CME trade date). The rules are kept in
+The last trading day of a contract follows the exchange's rule on the expiry business days of
+its exchange's calendar (:mod:`ssjax.data.calendars`: :data:`ROOT_CALENDARS` names it; "business
+day" below means an expiry business day of that calendar). The rules are kept in
 :data:`EXPIRY_RULES` (root -> function of year and month):
 
 * ``CL`` (NYMEX WTI): 3 business days before the 25th calendar day of the month before the
@@ -15,6 +16,15 @@ The last trading day of a contract follows the exchange's rule on the CME trade-
   day is 2024-12-19).
 * ``NG`` (NYMEX Henry Hub): the 3rd-last business day of the month before the contract month.
 * ``HG`` (COMEX copper): the 3rd-last business day of the contract month.
+* ``B``, ``BRN``, ``LCO`` (ICE Brent, on ICE Futures Europe business days): up to the February
+  2016 contract, the business day before the 15th calendar day before the first day of the
+  contract month when that day is a business day, else the business day before the last
+  business day before it (BRNG07: 17 Jan 2007, last trade 2007-01-16); from the March 2016
+  contract, the last business day of the second month before the contract month (BRNH16:
+  2016-01-29).
+
+Checked against the expiries in the shared data (tests/data/test_contracts.py): natural gas and
+Brent 2007–2014 (every contract) and copper 1996–2010 (every contract).
 """
 
 from __future__ import annotations
@@ -27,14 +37,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from ssjax.data.calendars import add_trade_days, previous_trade_date
+from ssjax.data.calendars import TradeCalendar, add_trade_days, get_calendar, previous_trade_date
 
 __all__ = [
     "EXPIRY_RULES",
+    "ROOT_CALENDARS",
     "MONTH_CODES",
     "MONTH_OF_CODE",
     "CODE_OF_MONTH",
     "ContractCode",
+    "calendar_of_root",
     "contract_code",
     "last_trade_date",
     "last_trade_dates",
@@ -204,28 +216,60 @@ def _prev_month(year: int, month: int) -> tuple[int, int]:
     return (year, month - 1) if month > 1 else (year - 1, 12)
 
 
-def _nth_last_business_day(year: int, month: int, n: int) -> pd.Timestamp:
-    """The n-th last trade date (n = 1: the last one) of a calendar month."""
+#: Root -> the calendar (:data:`ssjax.data.calendars.CALENDARS`) of its trade dates.
+ROOT_CALENDARS: dict[str, str] = {
+    "CL": "NYMEX",
+    "NG": "NYMEX",
+    "HG": "COMEX",
+    "B": "ICE_EUROPE",
+    "BRN": "ICE_EUROPE",
+    "LCO": "ICE_EUROPE",
+}
+
+
+def calendar_of_root(root: str) -> TradeCalendar:
+    """The trade-date calendar of a contract root (``"CME"`` for a root not listed)."""
+    return get_calendar(ROOT_CALENDARS.get(str(root).strip().upper(), "CME"))
+
+
+def _expiry_days(root: str) -> TradeCalendar:
+    return calendar_of_root(root).for_expiry()
+
+
+def _nth_last_business_day(year: int, month: int, n: int, cal: TradeCalendar) -> pd.Timestamp:
+    """The n-th last business day (n = 1: the last one) of a calendar month."""
     month_end = pd.Timestamp(year, month, 1) + pd.offsets.MonthEnd(0)
-    return add_trade_days(previous_trade_date(month_end), -(n - 1))
+    return add_trade_days(previous_trade_date(month_end, calendar=cal), -(n - 1), cal)
 
 
 def _ltd_cl(year: int, month: int) -> pd.Timestamp:
     """NYMEX WTI: 3 business days before the 25th (or the last business day before it) of the
     month before the contract month."""
+    cal = _expiry_days("CL")
     y, m = _prev_month(year, month)
-    anchor = previous_trade_date(pd.Timestamp(y, m, 25))
-    return add_trade_days(anchor, -3)
+    anchor = previous_trade_date(pd.Timestamp(y, m, 25), calendar=cal)
+    return add_trade_days(anchor, -3, cal)
 
 
 def _ltd_ng(year: int, month: int) -> pd.Timestamp:
     """NYMEX Henry Hub: the 3rd-last business day of the month before the contract month."""
-    return _nth_last_business_day(*_prev_month(year, month), 3)
+    return _nth_last_business_day(*_prev_month(year, month), 3, _expiry_days("NG"))
 
 
 def _ltd_hg(year: int, month: int) -> pd.Timestamp:
     """COMEX copper: the 3rd-last business day of the contract month."""
-    return _nth_last_business_day(year, month, 3)
+    return _nth_last_business_day(year, month, 3, _expiry_days("HG"))
+
+
+def _ltd_brent(year: int, month: int) -> pd.Timestamp:
+    """ICE Brent: mid-month rule up to the February 2016 contract, then the last business day
+    of the second month before the contract month."""
+    cal = _expiry_days("BRN")
+    if (year, month) >= (2016, 3):
+        return _nth_last_business_day(*_prev_month(*_prev_month(year, month)), 1, cal)
+    day15 = pd.Timestamp(year, month, 1) - pd.Timedelta(days=15)
+    last_on_or_before = previous_trade_date(day15, calendar=cal)
+    return previous_trade_date(last_on_or_before, inclusive=False, calendar=cal)
 
 
 #: Root -> rule giving the last trading day of the (year, month) contract.
@@ -233,6 +277,9 @@ EXPIRY_RULES: dict[str, Callable[[int, int], pd.Timestamp]] = {
     "CL": _ltd_cl,
     "NG": _ltd_ng,
     "HG": _ltd_hg,
+    "B": _ltd_brent,
+    "BRN": _ltd_brent,
+    "LCO": _ltd_brent,
 }
 
 
@@ -248,7 +295,8 @@ def _last_trade_date(root: str, year: int, month: int) -> pd.Timestamp:
 
 
 def last_trade_date(root: str, year: int, month: int) -> pd.Timestamp:
-    """Last trading day of the ``root`` contract for ``month``/``year`` (a CME trade date).
+    """Last trading day of the ``root`` contract for ``month``/``year`` (a trade date of the
+    root's calendar).
 
     ``last_trade_date("CL", 2025, 1) == Timestamp("2024-12-19")``. Raises ``ValueError`` for a
     root without a rule in :data:`EXPIRY_RULES` (the message lists the supported roots).

@@ -131,8 +131,9 @@ def nearby_panel(
         ranks: how many nearby ranks (``6`` → 1..6), or which ones (``[1, 5, 9, 13, 17]``).
         commodity: which commodity (required when the table has several).
         roll_days: 0 rolls at expiry (a contract is eligible through its last trading day,
-            where its ttm is 0); N > 0 keeps a contract while at least N CME trade dates
-            remain until its last trading day, so it is last used N trade dates before it.
+            where its ttm is 0); N > 0 keeps a contract while at least N trade dates
+            remain until its last trading day, so it is last used N trade dates before it
+            (trade dates of the commodity's calendar: ``ssjax.data.contracts.ROOT_CALENDARS``).
             ``roll_days=1`` is the convention of continuous series that roll on the last
             trading day (Quandl/Nasdaq CHRIS).
         among: ``"listed"`` ranks every contract the table lists on that date (from its first
@@ -146,6 +147,7 @@ def nearby_panel(
     ``contracts`` names the contract even where its price is missing.
     """
     from ssjax.data.calendars import trade_days_between
+    from ssjax.data.contracts import calendar_of_root
 
     if among not in ("listed", "observed"):
         raise ValueError(f"among must be 'listed' or 'observed', got {among!r}")
@@ -164,6 +166,7 @@ def nearby_panel(
     if len(dates) == 0:
         raise ValueError("no trade dates left after start/end/resample")
     contracts, exp, first, price = _wide(df, dates)
+    calendar = calendar_of_root(commodity)
     T, M = len(dates), len(ranks_)
     F = np.full((T, M), np.nan)
     ttm = np.full((T, M), np.nan)
@@ -175,7 +178,7 @@ def nearby_panel(
             ok &= np.isfinite(price[t])
         if roll_days:
             cand = np.flatnonzero(ok)
-            left = np.array([trade_days_between(d, exp[j]) for j in cand])
+            left = np.array([trade_days_between(d, exp[j], calendar) for j in cand])
             ok[cand[left < roll_days]] = False
         idx = np.flatnonzero(ok)
         have = r_idx < idx.size

@@ -222,7 +222,8 @@ JUMP_FACTOR = 5.0
 
 
 class SettlementWarning(UserWarning):
-    """Values that parse but look wrong (weekend dates, price jumps of ×5 or more)."""
+    """Values that parse but look wrong (weekend dates, holidays of the product's calendar,
+    price jumps of ×5 or more)."""
 
 
 def _warn_suspect_values(out: pd.DataFrame, source: str | None) -> None:
@@ -240,6 +241,7 @@ def _warn_suspect_values(out: pd.DataFrame, source: str | None) -> None:
                 SettlementWarning,
                 stacklevel=3,
             )
+        _warn_holidays(out, where, weekend)
     if {"contract", "trade_date", "settlement_price"} <= set(out.columns):
         keys = ["commodity", "contract"] if "commodity" in out.columns else ["contract"]
         o = out[out["settlement_price"].notna()].sort_values([*keys, "trade_date"])
@@ -258,6 +260,34 @@ def _warn_suspect_values(out: pd.DataFrame, source: str | None) -> None:
                 "a price in other units (cents for dollars is ×100)?",
                 SettlementWarning,
                 stacklevel=3,
+            )
+
+
+def _warn_holidays(out: pd.DataFrame, where: str, weekend: pd.Series) -> None:
+    """Warn about weekday dates that are holidays of a known product's calendar."""
+    from ssjax.data.calendars import is_trade_date
+    from ssjax.data.contracts import ROOT_CALENDARS
+
+    if "commodity" not in out.columns:
+        return
+    roots = out["commodity"].astype(str).str.strip().str.upper().to_numpy()
+    dates = pd.DatetimeIndex(out["trade_date"])
+    usable = ~np.asarray(weekend) & ~dates.isna()
+    for root in pd.unique(roots[usable]):
+        cal = ROOT_CALENDARS.get(root)
+        if cal is None:
+            continue
+        pos = np.flatnonzero(usable & (roots == root))
+        closed = ~is_trade_date(dates[pos], cal)
+        if closed.any():
+            days = sorted({str(d.date()) for d in dates[pos[closed]]})
+            warnings.warn(
+                f"{where}{root} trade dates that are {cal} holidays at rows "
+                f"{_rows(out.index[pos[closed]])} ({', '.join(days[:3])}"
+                f"{', …' if len(days) > 3 else ''}): the exchange had no settlement then "
+                "(ssjax.data.calendars); check the date column",
+                SettlementWarning,
+                stacklevel=4,
             )
 
 
@@ -302,13 +332,23 @@ def _source_name(path: Any) -> str | None:
 
 def _previous_day_figures(out: pd.DataFrame, columns: dict[str, str]) -> None:
     """Move previous-trade-date figures (``columns``: source -> target) onto the row of the
-    date they belong to: the figure on a row dated t is the contract's figure of the CME
-    trade date before t. In place; NaN where the file has no row of that next trade date."""
+    date they belong to: the figure on a row dated t is the contract's figure of the trade date
+    before t (on the calendar of the contract's root). In place; NaN where the file has no
+    row of that next trade date."""
     from ssjax.data.calendars import add_trade_days
+    from ssjax.data.contracts import calendar_of_root
 
-    dates = pd.DatetimeIndex(out["trade_date"].unique())
-    prev = pd.Series(pd.DatetimeIndex(add_trade_days(dates, -1)), index=dates)
-    look = out.assign(belongs=out["trade_date"].map(prev))
+    belongs = np.full(len(out), np.datetime64("NaT"), dtype="datetime64[ns]")
+    roots = out["commodity"].to_numpy()
+    days = pd.DatetimeIndex(out["trade_date"])
+    for root in pd.unique(roots):
+        pos = np.flatnonzero(roots == root)
+        dates = days[pos].unique()
+        prev = pd.Series(
+            pd.DatetimeIndex(add_trade_days(dates, -1, calendar_of_root(str(root)))), index=dates
+        )
+        belongs[pos] = prev.reindex(days[pos]).to_numpy()
+    look = out.assign(belongs=belongs)
     look = look.set_index(["contract", "belongs"])[list(columns)]
     look = look[~look.index.duplicated()]
     key = pd.MultiIndex.from_arrays([out["contract"], out["trade_date"]])

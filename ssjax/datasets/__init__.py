@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -97,11 +98,27 @@ class Bundled(NamedTuple):
     panel: Panel
 
 
+#: Rows of the bundled files dated on exchange holidays, kept as the sources have them: the
+#: Schwartz–Smith panel's 1990-12-25 and 1991-01-01 (Tuesdays of its weekly grid; the data
+#: README notes that two copies of the panel give different prices there) and copper's
+#: 2007-01-02 (COMEX closed for President Ford's funeral; the source repeats 2006-12-29).
+_KNOWN_HOLIDAY_ROWS = {
+    "ss2000_wti_weekly_contracts_long.csv.gz": "1990-12-25, 1991-01-01",
+    "schwartz97_copper_daily.csv.gz": "2007-01-02",
+}
+
+
 def _read_gz(name: str) -> pd.DataFrame:
+    import warnings
+
     from ssjax.data.settlements import read_long_csv
 
     with resources.as_file(resources.files(__name__) / name) as path:
-        return read_long_csv(path)
+        with warnings.catch_warnings():
+            if name in _KNOWN_HOLIDAY_ROWS:
+                days = re.escape(_KNOWN_HOLIDAY_ROWS[name])
+                warnings.filterwarnings("ignore", message=rf".*holidays at rows .*\({days}\)")
+            return read_long_csv(path)
 
 
 def load_wti_ss2000_contracts(ranks: tuple[int, ...] = (1, 5, 9, 13, 17)) -> Bundled:

@@ -221,3 +221,140 @@ def test_out_of_range_and_bad_input():
         add_trade_days("1971-01-04", -5)
     with pytest.raises(ValueError, match="not a date"):
         is_trade_date(pd.NaT)
+
+
+# ----------------------------------------------------------------------------- groups
+from importlib import resources  # noqa: E402
+
+import ssjax  # noqa: E402
+from ssjax.data.calendars import get_calendar, holidays, trade_dates  # noqa: E402
+from ssjax.data.contracts import last_trade_date, parse_contract  # noqa: E402
+
+
+def _rtl(name: str, kind: str) -> pd.DataFrame:
+    path = resources.files("ssjax.datasets") / f"rtl_{name}_futures_daily_{kind}_2007_2014.csv.gz"
+    with resources.as_file(path) as p:
+        return pd.read_csv(p, parse_dates=["date"]).set_index("date")
+
+
+@pytest.mark.parametrize(
+    ("day", "cme", "nymex", "comex", "ice"),
+    [
+        ("2012-10-29", False, True, True, True),  # Hurricane Sandy: energy settled
+        ("2007-01-02", False, True, False, True),  # President Ford: energy settled
+        ("2009-07-03", False, True, False, True),  # Independence Day observed
+        ("2018-12-05", False, True, True, True),  # President G. H. W. Bush
+        ("2001-09-14", False, True, True, True),  # NYMEX and COMEX reopened
+        ("2001-09-11", False, False, True, True),  # the copper pit opened
+        ("2024-01-15", False, False, False, True),  # MLK Day: ICE Europe trades
+        ("2024-11-28", False, False, False, True),  # Thanksgiving
+        ("2024-03-29", False, False, False, False),  # Good Friday
+        ("2011-12-26", False, False, False, False),  # Christmas (Sunday) observed
+        ("2010-12-24", False, False, False, True),  # Christmas on Saturday: ICE does not move it
+        ("2012-01-02", False, False, False, False),  # New Year's Day (Sunday) observed
+    ],
+)
+def test_calendars_by_exchange_group(day, cme, nymex, comex, ice):
+    got = [is_trade_date(day, c) for c in ("CME", "NYMEX", "COMEX", "ICE_EUROPE")]
+    assert got == [cme, nymex, comex, ice]
+
+
+def test_calendar_names_and_errors():
+    assert get_calendar("ice").name == "ICE_EUROPE" and get_calendar("nymex").name == "NYMEX"
+    with pytest.raises(ValueError, match=r"unknown calendar 'LME'; calendars: .*ICE_EUROPE"):
+        is_trade_date("2024-01-02", "LME")
+    assert list(holidays("2024-01-01", "2024-12-31", "ICE_EUROPE").strftime("%m-%d")) == [
+        "01-01",
+        "03-29",
+        "12-25",
+    ]
+    # the issue's case: CLF19's roll counted on the NYMEX calendar (2018-12-05 settled)
+    assert trade_days_between("2018-12-04", "2018-12-19", "NYMEX") == 11
+    assert trade_days_between("2018-12-04", "2018-12-19") == 10
+
+
+def test_natural_gas_settlement_days_are_exactly_the_nymex_trade_dates():
+    """Every weekday of 2007-2014 with a NYMEX natural-gas settlement is a NYMEX trade date
+    and every NYMEX trade date has one (2,018 dates)."""
+    d = _rtl("natgas", "prices").index
+    assert len(d) == 2018
+    assert list(trade_dates(d[0], d[-1], "NYMEX")) == list(d)
+    assert (~is_trade_date(d, "CME")).sum() == 4  # the CME financial calendar closes 4
+
+
+def test_brent_settlement_days_are_exactly_the_ice_europe_trade_dates():
+    d = _rtl("brent", "prices").index
+    assert len(d) == 2066
+    assert list(trade_dates(d[0], d[-1], "ICE_EUROPE")) == list(d)
+    assert (~is_trade_date(d, "CME")).sum() == 52  # US holidays on which ICE Europe settles
+
+
+def test_copper_settlement_days_are_comex_trade_dates():
+    """Every copper date is a COMEX trade date except 2007-01-02, a stale copy of the previous
+    day (COMEX was closed for President Ford's funeral)."""
+    path = resources.files("ssjax.datasets") / "schwartz97_copper_daily.csv.gz"
+    with resources.as_file(path) as p:
+        raw = pd.read_csv(p, parse_dates=["date"])
+    wide = raw.pivot_table(index="date", columns="nearby", values="price")
+    closed = wide.index[~is_trade_date(wide.index, "COMEX")]
+    assert list(closed.strftime("%Y-%m-%d")) == ["2007-01-02"]
+    i = wide.index.get_loc(closed[0])
+    np.testing.assert_array_equal(wide.iloc[i].to_numpy(), wide.iloc[i - 1].to_numpy())
+    assert len(wide) == 3681
+
+
+@pytest.mark.parametrize(("name", "root"), [("natgas", "NG"), ("brent", "BRN")])
+def test_expiry_rules_reproduce_every_expiry_in_the_data(name, root):
+    """The date + days-to-expiry of the front two ranks gives each contract's last trading
+    day: the rule reproduces all 98 (NG: the month before the contract month; Brent, before
+    2016: the month before too)."""
+    ttm = _rtl(name, "ttm_days")
+    expiries = set()
+    for col in ttm.columns[:2]:
+        expiries |= set((ttm.index + pd.to_timedelta(ttm[col], unit="D")).dropna())
+    assert len(expiries) == 98
+    for e in sorted(expiries):
+        year, month = (e.year, e.month + 1) if e.month < 12 else (e.year + 1, 1)
+        assert last_trade_date(root, year, month) == e, (root, year, month)
+
+
+def test_copper_expiry_rule_reproduces_the_source():
+    path = resources.files("ssjax.datasets") / "schwartz97_copper_daily.csv.gz"
+    with resources.as_file(path) as p:
+        raw = pd.read_csv(p, parse_dates=["date", "last_trade_date"]).dropna(subset=["contract"])
+    first = raw.drop_duplicates("contract")
+    assert len(first) == 184
+    for code, ltd, ref in zip(
+        first["contract"], first["last_trade_date"], first["date"], strict=True
+    ):
+        assert last_trade_date(*parse_contract(code, ref)) == ltd, code
+
+
+def test_known_expiries_moved_by_the_group_calendars():
+    # Hurricane Sandy did not close energy: NGX12 expired on 2012-10-29
+    assert last_trade_date("NG", 2012, 11) == pd.Timestamp("2012-10-29")
+    # holiday sessions (2006-2012) did not count: the day after Thanksgiving, 2010-12-31
+    assert last_trade_date("NG", 2008, 12) == pd.Timestamp("2008-11-24")
+    assert last_trade_date("NG", 2011, 1) == pd.Timestamp("2010-12-28")
+    # from 2013 the day after Thanksgiving counts again
+    assert last_trade_date("NG", 2013, 12) == pd.Timestamp("2013-11-26")
+    # ICE Brent: the mid-month rule to February 2016, then the 2nd month's last business day
+    assert last_trade_date("BRN", 2007, 2) == pd.Timestamp("2007-01-16")
+    assert last_trade_date("LCO", 2016, 2) == pd.Timestamp("2016-01-14")
+    assert last_trade_date("B", 2016, 3) == pd.Timestamp("2016-01-29")
+    assert last_trade_date("BRN", 2017, 1) == pd.Timestamp("2016-11-30")
+    assert ssjax.data.calendar_of_root("brn").name == "ICE_EUROPE"
+
+
+def test_settlements_on_a_holiday_of_the_products_calendar_warn(tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_text(
+        "trade_date,commodity,contract,expiration_date,settlement_price\n"
+        "2024-07-03,BRN,BRNU24,2024-07-31,85.0\n"
+        "2024-07-04,BRN,BRNU24,2024-07-31,86.0\n"
+        "2024-07-03,CL,CLQ24,2024-07-22,83.0\n"
+        "2024-07-04,CL,CLQ24,2024-07-22,84.0\n"
+    )
+    with pytest.warns(ssjax.data.SettlementWarning, match=r"CL trade dates that are NYMEX"):
+        out = ssjax.data.read_long_csv(f)
+    assert len(out) == 4  # Brent settles on July 4: no warning for it

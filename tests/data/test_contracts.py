@@ -9,12 +9,14 @@ from repo_paths import FIXTURES
 
 import ssjax
 from ssjax.data.calendars import add_trade_days, cme_trade_dates, is_trade_date, trade_days_between
+from ssjax.data.calendars import trade_days_between as count_trade_days
 from ssjax.data.contracts import (
     CODE_OF_MONTH,
     EXPIRY_RULES,
     MONTH_CODES,
     MONTH_OF_CODE,
     ContractCode,
+    calendar_of_root,
     contract_code,
     last_trade_date,
     last_trade_dates,
@@ -295,10 +297,16 @@ def test_cl_rule_against_nfcp_wti_dates():
 @pytest.mark.parametrize("root", ["CL", "NG", "HG"])
 def test_rule_invariants(root):
     years = range(1990, 2031)
+    cal = calendar_of_root(root)
+    days = cal.for_expiry()  # the business days the rules count
+
+    def trade_days_between(a, b):
+        return count_trade_days(a, b, days)
+
     for year in years:
         for month in range(1, 13):
             ltd = last_trade_date(root, year, month)
-            assert is_trade_date(ltd)
+            assert is_trade_date(ltd, cal) and is_trade_date(ltd, days)
             prev = (year, month - 1) if month > 1 else (year - 1, 12)
             if root == "CL":
                 assert (ltd.year, ltd.month) == prev and ltd.day < 25
@@ -315,11 +323,11 @@ def test_rule_invariants(root):
 
 
 def test_unknown_root_lists_supported_roots():
-    with pytest.raises(ValueError, match=r"'BRN'.*supported roots: CL, HG, NG"):
-        last_trade_date("BRN", 2024, 12)
+    with pytest.raises(ValueError, match=r"'ZZ'.*supported roots: B, BRN, CL, HG, LCO, NG"):
+        last_trade_date("ZZ", 2024, 12)
     with pytest.raises(ValueError, match="month"):
         last_trade_date("CL", 2024, 13)
-    assert set(EXPIRY_RULES) == {"CL", "NG", "HG"}
+    assert set(EXPIRY_RULES) == {"CL", "NG", "HG", "B", "BRN", "LCO"}
 
 
 def test_registry_is_extensible(monkeypatch):

@@ -136,7 +136,10 @@ def test_bundled_wti_contracts_reproduce_the_paper_panel():
 
 @pytest.mark.skipif(not SHARED.exists(), reason="shared data folder not present")
 def test_shared_wti_long_file_reproduces_f1_to_f17():
-    settle = ssjax.data.settlements.read_long_csv(SHARED / "ss2000_wti_weekly_contracts_long.csv")
+    with pytest.warns(ssjax.data.SettlementWarning, match="1990-12-25, 1991-01-01"):
+        settle = ssjax.data.settlements.read_long_csv(
+            SHARED / "ss2000_wti_weekly_contracts_long.csv"
+        )
     p = nearby_panel(settle, [1, 5, 9, 13, 17])
     ref = pd.read_csv(SHARED / "ss2000_wti_weekly.csv")
     np.testing.assert_array_equal(p.F_mkt, ref[["F1", "F5", "F9", "F13", "F17"]].to_numpy())
