@@ -281,7 +281,9 @@ def test_cl_rule_against_nfcp_wti_dates():
     assert len(nfcp) == 82
     assert nfcp["contract"].iloc[0] == "CLG90" and nfcp["contract"].iloc[-1] == "CLM97"
     ours = last_trade_dates(nfcp["contract"], ref_dates="1990-01-01")
-    theirs = pd.DatetimeIndex(pd.to_datetime(nfcp["last_trade_date"]))
+    # the bundled file carries the rule's days, the source's beside them
+    assert (ours == pd.DatetimeIndex(pd.to_datetime(nfcp["last_trade_date"]))).all()
+    theirs = pd.DatetimeIndex(pd.to_datetime(nfcp["nfcp_last_trade_date"]))
     assert is_trade_date(theirs).all()
     lag = trade_days_between(ours, theirs)  # NFCP minus rule, in trade dates
     assert int((lag == 0).sum()) == 58
