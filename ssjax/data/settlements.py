@@ -357,12 +357,43 @@ def _previous_day_figures(out: pd.DataFrame, columns: dict[str, str]) -> None:
         out[dst] = got[src].to_numpy()
 
 
+#: separators other than the comma that a header line is recognized by
+_OTHER_SEPARATORS = (";", "\t", "|")
+
+
+def _header_separator(columns: Iterable[Any]) -> str | None:
+    """The separator of a header that a comma-separated read saw as one column (else None)."""
+    cols = list(columns)
+    if len(cols) != 1:
+        return None
+    name = str(cols[0])
+    found = [sep for sep in _OTHER_SEPARATORS if sep in name]
+    return found[0] if len(found) == 1 else None
+
+
+def _sniff_separator(path: Any, encoding: str) -> str | None:
+    """The file's separator when it is not a comma (``;``, tab or ``|``), from its header."""
+    pos = path.tell() if hasattr(path, "seek") and path.seekable() else None
+    try:
+        header = pd.read_csv(path, nrows=0, encoding=encoding).columns
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        return None  # the read proper reports it
+    finally:
+        if pos is not None:
+            path.seek(pos)
+    return _header_separator(header)
+
+
 def _read_csv(path: Any, source: str | None, **kwargs: Any) -> pd.DataFrame:
     """``pd.read_csv`` whose failures are :class:`SettlementError` naming the file (and the
     line, where pandas gives one): empty file, header only, cut or malformed lines, bytes
-    that are not UTF-8."""
+    that are not UTF-8. A file separated by ``;``, tabs or ``|`` is read with its separator
+    (numbers still need a decimal point)."""
+    encoding = kwargs.pop("encoding", "utf-8-sig")
+    if "sep" not in kwargs and (sep := _sniff_separator(path, encoding)) is not None:
+        kwargs["sep"] = sep
     try:
-        df = pd.read_csv(path, encoding=kwargs.pop("encoding", "utf-8-sig"), **kwargs)
+        df = pd.read_csv(path, encoding=encoding, **kwargs)
     except pd.errors.EmptyDataError:
         raise SettlementError(["the file is empty (no header line)"], source) from None
     except pd.errors.ParserError as e:
@@ -708,6 +739,9 @@ def read_settlements(
             [f"not UTF-8 text in the header (offset {e.start}); pass encoding= "
              "(e.g. 'latin-1')"], source,
         ) from None  # fmt: skip
+    if (sep := _header_separator(header)) is not None:
+        header = pd.read_csv(path, nrows=0, sep=sep, encoding=kwargs.get("encoding", "utf-8-sig"))
+        header = header.columns
     cols = [str(c).strip().strip('"') for c in header]
     low = {c.lower() for c in cols}
     if {"bizdt", "sym", "mmy"} <= low:

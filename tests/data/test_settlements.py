@@ -433,3 +433,40 @@ def test_suspect_values_are_warned():
                         settlement_price=[76.3, 76.5, 76.0])  # fmt: skip
     with pytest.warns(SettlementWarning, match="weekend.*2024-08-03"):
         validate_settlements(weekend)
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_files_separated_otherwise_than_by_commas_are_read(tmp_path, sep):
+    """A long, CME or continuous file separated by ``;``, tabs or ``|`` reads like the comma
+    one; a decimal comma is reported by column and line."""
+    long = tmp_path / "long.csv"
+    long.write_text(
+        sep.join(["trade_date", "commodity", "contract", "expiration_date", "settlement_price"])
+        + "\n"
+        + sep.join(["2024-07-03", "CL", "CLQ24", "2024-07-22", "83.0"])
+        + "\n"
+    )
+    out = read_settlements(long)
+    assert out["settlement_price"].tolist() == [83.0] and out["contract"].tolist() == ["CLQ24"]
+    cme = tmp_path / "cme.csv"
+    cme.write_text(
+        sep.join(["BizDt", "Sym", "MMY", "SecTyp", "LastTrdDt", "SettlePrice"])
+        + "\n"
+        + sep.join(["2024-08-14", "CL", "202410", "FUT", "2024-09-19", "77.5"])
+        + "\n"
+    )
+    assert read_settlements(cme)["contract"].tolist() == ["CLV24"]
+    cont = tmp_path / "cont.csv"
+    cont.write_text(
+        sep.join(["Date", "CL1", "CL2"]) + "\n" + sep.join(["2024-08-14", "77.5", "77"])
+    )
+    got = read_settlements(cont, roll_on_last_trade_day=False)
+    assert got["contract"].tolist() == ["CLU24", "CLV24"]
+    if sep == ";":
+        bad = tmp_path / "decimal_comma.csv"
+        bad.write_text(long.read_text().replace("83.0", "83,0"))
+        with pytest.raises(
+            SettlementError,
+            match=r"decimal_comma.csv.*\n- settlement_price: not a number at rows \[2\]",
+        ):
+            read_settlements(bad)
