@@ -126,3 +126,17 @@ def test_experiment_scripts_run(tmp_path, monkeypatch):
     cfg = json.loads((tmp_path / "oos" / "config.json").read_text())
     assert cfg["config"]["refit_every"] == 52 and cfg["seconds"] > 0
     assert (tmp_path / "oos" / "dm_wti.md").exists()
+
+
+def test_bench_scale_quick_runs_end_to_end(tmp_path, monkeypatch):
+    """experiments/bench_scale.py --quick: panels, a worker process, the optimum check and the
+    result files, on 2 commodities x 12 windows."""
+    scale = _load("bench_scale", monkeypatch)
+    assert scale.main(["--quick", "--out", str(tmp_path)]) == 0
+    tab = pd.read_csv(tmp_path / "cpu.csv")
+    assert tab["C"].tolist() == [2] and tab["windows"].tolist() == [24]
+    assert (tab["fits/s"] > 0).all() and tab["at ref optimum"].eq("yes").all()
+    assert (tab["peak RSS MB"] > 0).all()
+    meta = json.loads((tmp_path / "cpu.json").read_text())
+    assert meta["cpu_count"] and "load" in meta["load_start"]
+    assert "os.cpu_count()" in (tmp_path / "cpu.md").read_text()
