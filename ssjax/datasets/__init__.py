@@ -53,8 +53,10 @@ def load_wti_ss2000(maturities: str = "act365") -> Panel:
             ``"act365"`` (default) — calendar days from the date to the contract's last
             trading day / 365 (the document's ACT/365 convention), the last trading day by
             the NYMEX rule (the source's dates disagree with it on 24 of 82 contracts and are
-            corrected: datasets README); the two cells where the source prices a contract
-            after that day (F1 on 1994-08-23 and 1995-01-24) are masked;
+            corrected: datasets README); on the two dates where the source's F1 is a contract
+            past that day (1994-08-23 and 1995-01-24) the row is the n-th available
+            contracts by the rule, rebuilt from the contract file (as
+            :func:`load_wti_ss2000_contracts`; an independent copy of the data has them);
             ``"bus262"`` — the source's business days / 262;
             ``"fixed"`` — the paper's fixed maturities 1, 5, 9, 13, 17 months (/12).
 
@@ -74,9 +76,12 @@ def load_wti_ss2000(maturities: str = "act365") -> Panel:
             [df[f"{t}_contract"].map(ltd["last_trade_date"]).to_numpy() for t in _TENORS], 1
         )
         ttm = year_fraction(dates.values[:, None], last)
-        expired = ttm < 0  # priced after its last trading day (F1 on two dates)
-        F = np.where(expired, np.nan, F)
-        ttm = np.where(expired, np.nan, ttm)
+        rows = (ttm < 0).any(axis=1)  # F1 priced after its last trading day (two dates)
+        if rows.any():
+            rebuilt = load_wti_ss2000_contracts().panel
+            F[rows], ttm[rows] = rebuilt.F_mkt[rows], rebuilt.ttm[rows]
+            contracts = contracts.copy()
+            contracts[rows] = rebuilt.contracts[rows]
     elif maturities == "bus262":
         ttm = df[[f"{t}_ttm_years" for t in _TENORS]].to_numpy(float)
     elif maturities == "fixed":
