@@ -15,7 +15,7 @@ from ssjax.data.panels import Panel, StackedPanels, as_stacked, market_stack
 from ssjax.fit.mle import FTOL, GTOL
 from ssjax.fit.optimum import bound_vector
 from ssjax.rolling.config import RollingConfig, _Run
-from ssjax.rolling.devices import _mesh, _put
+from ssjax.rolling.devices import _lead, _mesh, _put
 from ssjax.rolling.kernels import _params_template
 from ssjax.rolling.modes import _run_cold, _run_warm
 from ssjax.rolling.refine import _explore, _refine
@@ -116,7 +116,7 @@ def _plan(panels, cfg: RollingConfig, ends, devices, out_dir, progress) -> _Run:
         config=cfg, filter_method=cfg.resolved_filter(), stack=stack,
         stack_dev=_put(stack, mesh, P()), template=_params_template(stack, window),
         ends=ends, valid=valid, panels=sp, mesh=mesh,
-        out_dir=out_dir, progress=progress,
+        out_dir=out_dir, progress=progress if _lead() else False,  # process 0's bar only
     )  # fmt: skip
 
 

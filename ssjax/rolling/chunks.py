@@ -1,10 +1,11 @@
 """A run cut into chunks: the resumable Parquet files in ``out_dir`` (with a manifest naming
-the run) and the progress bar.
+the run and the device layout it ran on) and the progress bar.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -12,15 +13,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pandas as pd
 
 from ssjax.core.market import MarketData
 from ssjax.core.params import Params, flatten_params
 from ssjax.progress import progress_bar
+from ssjax.rolling.devices import _from_lead, _lead
 
 _MANIFEST = "manifest.json"
-_FORMAT_VERSION = 5  # 4: robust standard errors in the post-fit numbers; 5: FitStatus codes
+# 4: robust standard errors in the post-fit numbers; 5: FitStatus codes; 6: the device layout
+_FORMAT_VERSION = 6
+#: the parts of the device layout a run's numbers depend on: a folder written under another
+#: count of devices or another platform is not resumed (the last bits differ; how the devices
+#: are spread over processes changes nothing: docs/design.md, "Several processes")
+RESULT_LAYOUT = ("devices", "platform")
 
 
 def _digest(stack: MarketData, config: dict) -> str:
@@ -33,35 +41,87 @@ def _digest(stack: MarketData, config: dict) -> str:
 
 
 class _ChunkStore:
-    """A folder of per-chunk Parquet files and a manifest naming the run they belong to."""
+    """A folder of per-chunk Parquet files and a manifest naming the run they belong to.
 
-    def __init__(self, path: str | os.PathLike, key: str, config: dict, n_chunks: int):
+    Under several processes (``jax.distributed``) only process 0 touches the folder (the
+    others may not see it, or see it late on a network file system): it checks the manifest,
+    lists the files and reads them, and sends the others what it found; it alone writes.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, key: str, config: dict, n_chunks: int, layout: dict
+    ):
         self.path = Path(path)
+        self.lead = _lead()
+        self.multi = jax.process_count() > 1
+        want = {"format": _FORMAT_VERSION, "key": key, "n_chunks": n_chunks, "config": config,
+                "layout": layout}  # fmt: skip
+        error = self._open(want) if self.lead else ""
+        if self.multi:  # pragma: no cover - several processes
+            files = sorted(p.name for p in self.path.glob("*.parquet")) if self.lead else []
+            sent = json.loads(_from_lead(json.dumps([error, files]).encode()))
+            error, self.files = sent[0], set(sent[1])
+        if error:
+            raise ValueError(error)
+
+    def _open(self, want: dict) -> str:
+        """Create the folder and its manifest, or check the one there; the refusal, if any."""
         self.path.mkdir(parents=True, exist_ok=True)
         manifest = self.path / _MANIFEST
-        want = {"format": _FORMAT_VERSION, "key": key, "n_chunks": n_chunks, "config": config}
-        if manifest.exists():
-            have = json.loads(manifest.read_text())
-            if have.get("key") != key or have.get("format") != _FORMAT_VERSION:
-                raise ValueError(
-                    f"out_dir {str(self.path)!r} holds chunks of a different run (other data "
-                    "or settings); use another folder or delete it"
-                )
-        else:
+        if not manifest.exists():
             _atomic_write(manifest, lambda p: Path(p).write_text(json.dumps(want, indent=2)))
+            return ""
+        have = json.loads(manifest.read_text())
+        where = f"out_dir {str(self.path)!r}"
+        if have.get("format") != want["format"]:
+            return (
+                f"{where} was written by another version of ssjax (run-folder format "
+                f"{have.get('format')}, this one writes {want['format']}); use another folder "
+                "or delete it"
+            )
+        if have.get("key") != want["key"]:
+            return (
+                f"{where} holds chunks of a different run (other data or settings); use another "
+                "folder or delete it"
+            )
+        old, new = have["layout"], want["layout"]
+        if any(old[k] != new[k] for k in RESULT_LAYOUT):
+            return (
+                f"{where} was written on {layout_text(old)}; this run is on "
+                f"{layout_text(new)}. A run's numbers depend on the number of devices and the "
+                "platform (in the last bits), so chunks of both would not equal one "
+                f"uninterrupted run: resume it on {old['devices']} {old['platform']} "
+                "device(s) (recalibrate(devices=...); the number of processes may differ), "
+                "or use another folder"
+            )
+        return ""
 
     def file(self, kind: str, k: int) -> Path:
         return self.path / f"{kind}-{k:05d}.parquet"
 
     def has(self, kind: str, k: int) -> bool:
+        if self.multi:  # pragma: no cover - several processes: what process 0 found
+            return self.file(kind, k).name in self.files
         return self.file(kind, k).exists()
 
     def write(self, kind: str, k: int, arrays: dict[str, np.ndarray]) -> None:
+        if not self.lead:  # pragma: no cover - several processes: process 0 writes
+            return
         df = _arrays_to_frame(arrays)
         _atomic_write(self.file(kind, k), lambda p: df.to_parquet(p, index=False))
 
     def read(self, kind: str, k: int, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
+        if self.multi:  # pragma: no cover - several processes: process 0's file
+            data = _from_lead(self.file(kind, k).read_bytes() if self.lead else None)
+            return _frame_to_arrays(pd.read_parquet(io.BytesIO(data)), shapes)
         return _frame_to_arrays(pd.read_parquet(self.file(kind, k)), shapes)
+
+
+def layout_text(layout: dict) -> str:
+    """``4 cpu devices in 2 processes (2 + 2)``: a layout of the manifest, in words."""
+    n, per = layout["devices"], layout["devices_per_process"]
+    procs = f"{len(per)} processes ({' + '.join(map(str, per))})" if len(per) > 1 else "1 process"
+    return f"{n} {layout['platform']} device{'s' if n != 1 else ''} in {procs}"
 
 
 def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:

@@ -19,6 +19,7 @@ from ssjax.core.params import Params
 from ssjax.data.panels import StackedPanels
 from ssjax.fit.mle import check_fit_options
 from ssjax.rolling.chunks import _ChunkStore, _digest
+from ssjax.rolling.devices import _layout
 
 __all__ = ["RollingConfig", "REFINE_MODES", "EXPLORE_STRIDE"]
 
@@ -291,7 +292,7 @@ class _Run:
         if self.out_dir is None:
             return None
         m = self.manifest()
-        return _ChunkStore(self.out_dir, _digest(self.stack, m), m, n_chunks)
+        return _ChunkStore(self.out_dir, _digest(self.stack, m), m, n_chunks, _layout(self.mesh))
 
     def fit_kw(self, width: int) -> dict[str, Any]:
         """The static settings of a window-fit program."""
