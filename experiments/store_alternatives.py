@@ -86,29 +86,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ssjax.data.store import SETTLEMENT_COLUMNS, SETTLEMENT_SCHEMA
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "store"
 
-COLUMNS = [
-    "trade_date",
-    "commodity",
-    "contract",
-    "expiration_date",
-    "settlement_price",
-    "volume",
-    "open_interest",
-]
-SCHEMA = pa.schema(
-    [
-        ("trade_date", pa.date32()),
-        ("commodity", pa.string()),
-        ("contract", pa.string()),
-        ("expiration_date", pa.date32()),
-        ("settlement_price", pa.float64()),
-        ("volume", pa.float64()),
-        ("open_interest", pa.float64()),
-    ]
-)
+COLUMNS = list(SETTLEMENT_COLUMNS)
+SCHEMA = SETTLEMENT_SCHEMA
 ORDER = ["commodity", "trade_date", "expiration_date", "contract"]
 KEY = ["trade_date", "commodity", "contract"]
 MODULES = {  # backend: the module it needs (beyond pandas/pyarrow)

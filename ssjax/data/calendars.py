@@ -138,31 +138,6 @@ GROUP_OPENINGS: dict[str, dict[str, str]] = {
 }
 
 
-def _nymex_holiday_sessions() -> dict[str, str]:
-    """NYMEX energy from 2006 (holiday sessions on Globex) to 2012: holiday sessions that
-    settled but were not business days for contract expiries (evidence: NGZ08, NGZ09, NGZ10
-    and NGF11 expired a day earlier than counting them; the WTI expiries of 1990, 1994 and 1995
-    in the Schwartz–Smith file count the day after Thanksgiving)."""
-    out: dict[str, str] = {}
-    for year in range(2006, 2013):
-        first = pd.Timestamp(year, 11, 1)
-        thanksgiving = first + pd.Timedelta(days=(3 - first.weekday()) % 7 + 21)
-        out[str((thanksgiving + pd.Timedelta(days=1)).date())] = "day after Thanksgiving"
-        dec31 = pd.Timestamp(year, 12, 31)
-        if dec31.weekday() == 4:
-            out[str(dec31.date())] = "New Year's Day (a Saturday) observed"
-    return out
-
-
-#: Calendar name -> trade dates that are not business days for contract expiries.
-EXPIRY_EXCLUSIONS: dict[str, dict[str, str]] = {
-    "NYMEX": _nymex_holiday_sessions(),
-    "COMEX": {
-        "1996-11-29": "day after Thanksgiving (HGX96 expired 1996-11-25)",
-        "2002-11-29": "day after Thanksgiving (HGX02 expired 2002-11-25)",
-    },
-}
-
 _START = pd.Timestamp(f"{FIRST_YEAR}-01-01")
 
 NewYearsDay = Holiday("New Year's Day", month=1, day=1, observance=sunday_to_monday)
@@ -191,6 +166,30 @@ LaborDay = Holiday("Labor Day", month=9, day=1, offset=pd.DateOffset(weekday=MO(
 ThanksgivingDay = Holiday("Thanksgiving Day", month=11, day=1, offset=pd.DateOffset(weekday=TH(4)))
 ChristmasDay = Holiday("Christmas Day", month=12, day=25, observance=nearest_workday)
 UKChristmasDay = Holiday("Christmas Day", month=12, day=25, observance=sunday_to_monday)
+
+
+def _nymex_holiday_sessions() -> dict[str, str]:
+    """NYMEX energy from 2006 (holiday sessions on Globex) to 2012: holiday sessions that
+    settled but were not business days for contract expiries (evidence: NGZ08, NGZ09, NGZ10
+    and NGF11 expired a day earlier than counting them; the WTI expiries of 1990, 1994 and 1995
+    in the Schwartz–Smith file count the day after Thanksgiving)."""
+    thanksgivings = ThanksgivingDay.dates(pd.Timestamp(2006, 1, 1), pd.Timestamp(2012, 12, 31))
+    out = {str((d + pd.Timedelta(days=1)).date()): "day after Thanksgiving" for d in thanksgivings}
+    for year in range(2006, 2013):
+        dec31 = pd.Timestamp(year, 12, 31)
+        if dec31.weekday() == 4:
+            out[str(dec31.date())] = "New Year's Day (a Saturday) observed"
+    return out
+
+
+#: Calendar name -> trade dates that are not business days for contract expiries.
+EXPIRY_EXCLUSIONS: dict[str, dict[str, str]] = {
+    "NYMEX": _nymex_holiday_sessions(),
+    "COMEX": {
+        "1996-11-29": "day after Thanksgiving (HGX96 expired 1996-11-25)",
+        "2002-11-29": "day after Thanksgiving (HGX02 expired 2002-11-25)",
+    },
+}
 
 
 class CMETradeDateHolidayCalendar(AbstractHolidayCalendar):
@@ -256,22 +255,20 @@ def _expiry_calendar(cal: TradeCalendar) -> TradeCalendar:
     )
 
 
-_CME_ONLY = dict(SPECIAL_CLOSURES)
-
 #: The bundled calendars by name (see the module docstring).
 CALENDARS: dict[str, TradeCalendar] = {
-    "CME": TradeCalendar("CME", CMETradeDateHolidayCalendar, _CME_ONLY),
+    "CME": TradeCalendar("CME", CMETradeDateHolidayCalendar, SPECIAL_CLOSURES),
     "NYMEX": TradeCalendar(
         "NYMEX",
         CMETradeDateHolidayCalendar,
-        _CME_ONLY,
+        SPECIAL_CLOSURES,
         GROUP_OPENINGS["NYMEX"],
         EXPIRY_EXCLUSIONS["NYMEX"],
     ),
     "COMEX": TradeCalendar(
         "COMEX",
         CMETradeDateHolidayCalendar,
-        _CME_ONLY,
+        SPECIAL_CLOSURES,
         GROUP_OPENINGS["COMEX"],
         EXPIRY_EXCLUSIONS["COMEX"],
     ),

@@ -91,14 +91,15 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ParquetStore", "SETTLEMENT_COLUMNS", "StoreReport"]
+__all__ = ["ParquetStore", "SETTLEMENT_COLUMNS", "SETTLEMENT_SCHEMA", "StoreReport"]
 
 SETTLEMENT_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 _DATE_COLUMNS = ("trade_date", "expiration_date")
 _STR_COLUMNS = ("commodity", "contract")
 _FLOAT_COLUMNS = ("settlement_price", *OPTIONAL_COLUMNS)
 _ORDER = ["commodity", "trade_date", "expiration_date", "contract"]
-_SETTLEMENT_SCHEMA = pa.schema(
+#: The Arrow schema of a settlement partition.
+SETTLEMENT_SCHEMA = pa.schema(
     [
         ("trade_date", pa.date32()),
         ("commodity", pa.string()),
@@ -783,7 +784,7 @@ def _empty_settlements() -> pd.DataFrame:
 
 def _settlements_to_table(df: pd.DataFrame) -> pa.Table:
     arrays = []
-    for field in _SETTLEMENT_SCHEMA:
+    for field in SETTLEMENT_SCHEMA:
         col = df[field.name]
         if field.name in _DATE_COLUMNS:
             values = col.to_numpy().astype("datetime64[D]")
@@ -793,7 +794,7 @@ def _settlements_to_table(df: pd.DataFrame) -> pa.Table:
             values = col.to_numpy(dtype=float)
         arrays.append(pa.array(values, type=field.type))
     meta = {_FORMAT_KEY: json.dumps({"version": _FORMAT_VERSION, "kind": "settlements"})}
-    return pa.Table.from_arrays(arrays, schema=_SETTLEMENT_SCHEMA.with_metadata(meta))
+    return pa.Table.from_arrays(arrays, schema=SETTLEMENT_SCHEMA.with_metadata(meta))
 
 
 def _table_to_frame(table: pa.Table) -> pd.DataFrame:
@@ -1197,7 +1198,7 @@ def _check_partition(
 
 def _check_settlement_table(table: pa.Table, commodity: str, year: int) -> None:
     """Raise if a settlement partition file has the wrong schema, rows or order."""
-    if not table.schema.remove_metadata().equals(_SETTLEMENT_SCHEMA):
+    if not table.schema.remove_metadata().equals(SETTLEMENT_SCHEMA):
         raise ValueError(f"schema {table.schema.remove_metadata()} is not the settlement schema")
     df = _table_to_settlements(table)
     if not ((df["commodity"] == commodity) & (df["trade_date"].dt.year == year)).all():
