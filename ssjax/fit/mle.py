@@ -175,6 +175,7 @@ def fit_mle(
     precondition: bool = True,
     gradient: str = "autodiff",
     filter_method: str = "sequential",
+    step_limit: ArrayLike | None = None,
 ) -> MLEResult:
     """Maximize the exact log-likelihood from ``init`` with optax L-BFGS (zoom line search).
 
@@ -202,6 +203,9 @@ def fit_mle(
             autodiff) or ``"auto"`` (parallel on a GPU/TPU from
             ``ssjax.core.parallel_filter.PARALLEL_MIN_DATES`` dates on, sequential otherwise).
             The start's BHHH scaling always uses the sequential filter (one evaluation).
+        step_limit: an optional per-fit cap on the steps below ``max_steps`` that may be a
+            traced value (so a vmapped batch can give each lane its own budget, as warm
+            rolling fits do); a fit stopped by it reports ``MAX_STEPS``.
 
     Returns:
         :class:`MLEResult`. Pure and jittable: ``jax.vmap(fit_mle, in_axes=(0, 0))`` fits a
@@ -290,6 +294,8 @@ def fit_mle(
 
     w0 = jnp.zeros_like(v0)
     step0 = jnp.zeros((), jnp.int32)
+    if step_limit is not None:
+        max_steps = jnp.minimum(jnp.asarray(step_limit, jnp.int32), max_steps)
     if gradient == "fisher" and filter_method == "sequential":
         # the fast gradient takes the fit to the optimum's neighbourhood; plain autodiff
         # finishes it, so the stopping rules see the accurate gradient (the Fisher one loses

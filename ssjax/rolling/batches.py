@@ -12,7 +12,7 @@ from ssjax.core.params import Params
 from ssjax.fit.optimum import bound_vector
 from ssjax.rolling.config import _Run
 from ssjax.rolling.devices import _AXIS, _bucket, _host, _put
-from ssjax.rolling.kernels import _flat_fit, _program, _unflat_params
+from ssjax.rolling.kernels import NO_LIMIT, _flat_fit, _program, _unflat_params
 
 __all__ = ["REFINE_ACCEPT", "ESCAPE_RHOS"]
 #: a refit replaces a window's result when it ends higher by more than this (nats)
@@ -57,20 +57,33 @@ ESCAPE_RHOS = (-0.5, 0.0, 0.5)
 def _escape(run: _Run, r: dict, full, cap: int, cs, es) -> int:
     """Refit every degenerate fit in ``r`` (flat host arrays, changed in place) from its end
     point moved inside, ρ at each of :data:`ESCAPE_RHOS`; the best refit replaces it when
-    higher. Returns the number of fits replaced."""
+    higher. Returns the number of fits replaced.
+
+    The refits get ``budget`` steps; one still running then goes on (``max_steps``) only if
+    it is already above the degenerate fit: on a likelihood whose supremum lies on the
+    boundary (a ridge to |ρ| = 1, σ → ∞) every refit walks back towards it for ``max_steps``
+    slow steps, and a whole vmapped group with it."""
     template, dtype = run.template, run.dtype
     deg = np.flatnonzero(_degenerate_lanes(r, template))
     if deg.size == 0:
         return 0
     nr = len(ESCAPE_RHOS)
     lanes = np.repeat(deg, nr)
-    rho = np.tile(np.asarray(ESCAPE_RHOS), deg.size)
+    rho = np.tile(np.asarray(ESCAPE_RHOS), deg.size).astype(dtype)
+    budget = min(int(run.config.budget), run.config.steps)
     inits = _unflat_params(np.asarray(r["params"])[lanes].astype(dtype), template)
-    off = (np.zeros((lanes.size, 4), dtype), rho.astype(dtype), np.zeros(lanes.size, bool))
-    parts = _batched(run, full, cap, cs[lanes], es[lanes], inits,
-                     extra=(np.ones(lanes.size, bool), off))  # fmt: skip
-    parts = [_flat_fit(p) for p in parts]
-    res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    off = (np.zeros((lanes.size, 4), dtype), rho, np.zeros(lanes.size, bool),
+           np.full(lanes.size, budget, np.int32))  # fmt: skip
+    use = np.ones(lanes.size, bool)
+    res = _fits(run, full, cap, cs[lanes], es[lanes], inits, (use, off))
+    ll0 = np.asarray(r["loglik"], float)[lanes]
+    go = np.flatnonzero(~res["stopped"] & (res["loglik"] > ll0 + REFINE_ACCEPT))
+    if go.size:  # on from where the budget left them
+        inits = _unflat_params(res["params"][go].astype(dtype), template)
+        off2 = tuple(np.asarray(a)[go] for a in off[:3]) + (np.full(go.size, NO_LIMIT, np.int32),)
+        res2 = _fits(run, full, cap, cs[lanes[go]], es[lanes[go]], inits, (use[go], off2))
+        for k in res:
+            res[k][go] = res2[k]
     pick = _best_per_window(res, nr)
     n = 0
     for i, lane in enumerate(deg):
@@ -80,6 +93,12 @@ def _escape(run: _Run, r: dict, full, cap: int, cs, es) -> int:
                 r[k][lane] = res[k][j]
             n += 1
     return n
+
+
+def _fits(run: _Run, prog, cap: int, cs, es, inits, extra) -> dict:
+    """A window-fit program over lanes (cs, es) as flat host arrays (see :func:`_batched`)."""
+    parts = [_flat_fit(p) for p in _batched(run, prog, cap, cs, es, inits, extra=extra)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _batched(run: _Run, prog, cap: int, cs, es, payload, extra=(), pow2: bool = True) -> list:

@@ -48,7 +48,12 @@ class RollingConfig:
             the number of devices in cold mode.
         budget: first-pass step budget of cold mode; windows not converged within it are
             refitted from their start with ``max_steps`` (so every window follows the same
-            path as a standalone :class:`ssjax.KalmanEngine` fit).
+            path as a standalone :class:`ssjax.KalmanEngine` fit). In warm mode (MLE) the
+            step budget of a window that starts from an earlier optimum: one that does not
+            stop within it hands its end point to the next window and is refitted after
+            its chunk, with ``max_steps``, from that end point and from its data-derived
+            start, in a compacted batch (so a lane on a ridge of the likelihood does not
+            hold its vmapped group for ``max_steps`` steps in every window).
         max_steps: the full step budget (default 1000 L-BFGS steps, 500 EM iterations).
         vector_width: lanes vmapped together on a device (cold mode: windows; warm mode:
             commodities, at most C). Each group of lanes runs until its slowest lane stops,
@@ -263,6 +268,13 @@ class _Run:
         return self.config.vector_width
 
     @property
+    def warm_budget(self) -> int | None:
+        """Warm mode's step budget for a window that starts from an earlier optimum
+        (``budget``; ``None`` for EM fits, which run ``max_steps`` iterations)."""
+        c = self.config
+        return int(c.budget) if c.fit_method == "MLE" and c.budget < c.steps else None
+
+    @property
     def unit(self) -> int:
         """Lanes per call are a multiple of this: whole groups on every device."""
         return self.width * self.n_dev
@@ -275,7 +287,7 @@ class _Run:
     def manifest(self) -> dict[str, Any]:
         """What names the run in ``out_dir`` (with the data's hash)."""
         c = self.config
-        cold_budget = c.mode == "cold" or bool(c.stride)
+        cold_budget = c.mode == "cold" or bool(c.stride) or self.warm_budget is not None
         return dict(
             window=c.window, ends=self.ends.tolist(), method=c.fit_method, mode=c.mode,
             chunk_size=c.chunk_size, budget=c.budget if cold_budget else None,

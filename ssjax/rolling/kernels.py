@@ -22,8 +22,8 @@ from ssjax.core.model import forward_curve
 from ssjax.core.params import Params, flatten_params, unflatten_params
 from ssjax.fit.em import fit_em
 from ssjax.fit.inference import parameter_uncertainty
+from ssjax.fit.mle import MAX_STEPS, fit_mle, stopped
 from ssjax.fit.mle import default_start as _default_start
-from ssjax.fit.mle import fit_mle, stopped
 from ssjax.fit.optimum import move_inside, offset_start, pull_back
 from ssjax.rolling.devices import _AXIS, _host
 
@@ -103,17 +103,22 @@ def _fit_window(
     floor,
     revert=True,
     pad=True,
+    step_limit=None,
 ) -> WindowFit:
     """Fit one window from ``init`` moved inside and off the boundary (``use_init``) or from
-    its data-derived start moved by ``offset`` (one start of a design:
-    ``(log_scale [4], rho, keep_rho)``, see :func:`ssjax.fit.optimum.offset_start`; with
-    ``use_init`` its ``rho`` is what a ρ at ±1 in ``init`` becomes)."""
+    its data-derived start moved by ``offset`` (one start of a design and a step limit:
+    ``(log_scale [4], rho, keep_rho, limit)``, see :func:`ssjax.fit.optimum.offset_start`;
+    with ``use_init`` its ``rho`` is what a ρ at ±1 in ``init`` becomes). ``limit`` (or
+    ``step_limit`` when given) caps the L-BFGS steps below ``max_steps`` per lane (a traced
+    value; EM ignores it)."""
+    log_scale, rho, keep_rho, limit = offset
+    if step_limit is None:
+        step_limit = limit
     raw = window_data(stack, c, end, window)
     # padded like a standalone KalmanEngine fit (the same floating-point path) unless asked not
     # to: a warm fit starts elsewhere anyway, and the padded dates cost ~20% of its time
     data = _padded_window(stack, c, end, window) if pad else raw
     ds = _default_start(raw)
-    log_scale, rho, keep_rho = offset
     # a degenerate optimum (a factor gone, |ρ| = 1) is no start: its degenerate coordinates
     # are moved back inside first (the others are kept)
     init = move_inside(init, ds, rho)
@@ -132,28 +137,35 @@ def _fit_window(
             max_steps=max_steps,
             gradient=gradient,
             filter_method=filter_method,
+            step_limit=step_limit,
         )
         return WindowFit(r.params, r.loglik, stopped(r.status), r.num_steps, r.status)
     r = fit_em(data, start, prior, free, max_iters=max_steps)
     return WindowFit(r.params, r.loglik, stopped(r.status), r.num_iters, r.status)
 
 
+#: a lane's step limit when it has none of its own (the program's ``max_steps`` caps it)
+NO_LIMIT = np.iinfo(np.int32).max
+
+
 def _NO_OFFSET(dtype):
     """The zero offset (the data-derived start itself; ρ at ±1 in a start moves to 0)."""
-    return (jnp.zeros(4, dtype), jnp.zeros((), dtype), jnp.ones((), bool))
+    return (jnp.zeros(4, dtype), jnp.zeros((), dtype), jnp.ones((), bool), jnp.int32(NO_LIMIT))
 
 
-def _zero_offsets(n: int, dtype) -> tuple:
+def _zero_offsets(n: int, dtype, limit: int = NO_LIMIT) -> tuple:
     """``n`` lanes of the zero offset (host arrays; see :func:`_NO_OFFSET`)."""
-    return (np.zeros((n, 4), dtype), np.zeros(n, dtype), np.ones(n, bool))
+    return (np.zeros((n, 4), dtype), np.zeros(n, dtype), np.ones(n, bool),
+            np.full(n, limit, np.int32))  # fmt: skip
 
 
-def _offsets(design, idx: np.ndarray, dtype) -> tuple:
+def _offsets(design, idx: np.ndarray, dtype, limit: int = NO_LIMIT) -> tuple:
     """Host arrays of the design's offsets for lanes taking start ``idx``."""
     return (
         np.asarray(design.log_scale[idx], dtype),
         np.asarray(design.rho[idx], dtype),
         np.asarray(design.keep_rho[idx], bool),
+        np.full(np.size(idx), limit, np.int32),
     )
 
 
@@ -173,18 +185,30 @@ def _cold_body(stack, cs, ends, inits, use_init, offsets, *, width, **fit_kw):
     return _lanes(lambda *a: fn(stack, *a), (cs, ends, inits, use_init, offsets), width)
 
 
-def _warm_body(stack, cs, ends, carry, have, *, width, **fit_kw):
-    """``lax.scan`` over the window ends of each commodity, vmapped over commodities."""
+def _warm_body(stack, cs, ends, carry, have, *, width, budget=None, **fit_kw):
+    """``lax.scan`` over the window ends of each commodity, vmapped over commodities.
+
+    With a ``budget``, a window that starts from an earlier optimum gets at most that many
+    L-BFGS steps (a commodity's first fit, from its data-derived start, gets ``max_steps``):
+    a lane that does not stop in time no longer holds the vmapped group for ``max_steps``
+    steps; its end point is the next window's start, and it is refitted afterwards in a
+    compacted batch. Also returns, per window, whether
+    it started from an earlier optimum."""
     TRACE_COUNTS["warm"] += 1
     fn = functools.partial(_fit_window, pad=False, **fit_kw)
 
     def per_commodity(c, p0, h0):
         def body(state, e):
             p, h = state
-            r = fn(stack, c, e, p, h, _NO_OFFSET(p.kappa.dtype))
+            limit = None if budget is None else jnp.where(h, budget, fit_kw["max_steps"])
+            r = fn(stack, c, e, p, h, _NO_OFFSET(p.kappa.dtype), step_limit=limit)
             ok = r.stopped & jnp.isfinite(r.loglik)
-            nxt = jax.tree.map(lambda a, b: jnp.where(ok, a, b), r.params, p)
-            return (nxt, h | ok), r
+            # a fit cut short by the budget hands its end point on (it was on its way)
+            cut = h & (r.status == MAX_STEPS) & jnp.isfinite(r.loglik)
+            if budget is None:
+                cut = jnp.zeros_like(cut)
+            nxt = jax.tree.map(lambda a, b: jnp.where(ok | cut, a, b), r.params, p)
+            return (nxt, h | ok), (r, h)
 
         (p_last, h_last), res = lax.scan(body, (p0, h0), ends)
         return res, p_last, h_last

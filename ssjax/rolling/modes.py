@@ -10,11 +10,18 @@ from jax.sharding import PartitionSpec as P
 
 from ssjax.core.params import flatten_params
 from ssjax.fit.optimum import start_design
-from ssjax.rolling.batches import _best_per_window, _escape, _run_post
+from ssjax.rolling.batches import _batched, _best_per_window, _escape, _run_post
 from ssjax.rolling.chunks import _cold_shapes, _Progress
 from ssjax.rolling.config import _Run
 from ssjax.rolling.devices import _AXIS, _bucket, _host, _put
-from ssjax.rolling.kernels import _fit_arrays, _offsets, _program, _unflat_params
+from ssjax.rolling.kernels import (
+    _fit_arrays,
+    _flat_fit,
+    _offsets,
+    _program,
+    _unflat_params,
+    _zero_offsets,
+)
 
 
 def _run_cold(run: _Run) -> tuple[dict, dict, dict]:
@@ -124,8 +131,9 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
     cs = np.concatenate([np.arange(C), np.zeros(Cp - C, int)]).astype(np.int32)
     n_chunks = -(-W // Bw)
     store = run.store(n_chunks)
-    prog = _program("warm", mesh, max_steps=c.steps, **run.fit_kw(width_c))
-    # the escapes from degenerate end points
+    prog = _program("warm", mesh, max_steps=c.steps, budget=run.warm_budget,
+                    **run.fit_kw(width_c))  # fmt: skip
+    # the stragglers' refits and the escapes from degenerate end points
     full = _program("cold", mesh, max_steps=c.steps, **run.fit_kw(width))
     unit = run.unit
     n = flatten_params(template).shape[0]
@@ -133,7 +141,7 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
     have = np.zeros(Cp, bool)
     bar = _Progress(n_chunks, int(valid.sum()), run.progress, f"recalibrate {c.fit_method} warm")
     fit_parts, post_parts = [], []
-    computed = escaped = 0
+    computed = escaped = stragglers = 0
     shapes = _cold_shapes(template, stack)
     B_post = -(-(C * Bw) // (width * n_dev)) * (width * n_dev)
     for k in range(n_chunks):
@@ -147,7 +155,7 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
         else:
             e_chunk = ends[np.concatenate([w_idx, np.full(Bw - nw, w_idx[-1])])]
             p0 = _unflat_params(carry.astype(stack.log_f.dtype), template)
-            res, p_last, h_last = prog(
+            (res, warm), p_last, h_last = prog(
                 run.stack_dev,
                 _put(cs, mesh, P(_AXIS)),
                 _put(e_chunk.astype(np.int32), mesh, P()),
@@ -156,18 +164,22 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
             # the padded ends repeat the chunk's last window: their fits equal it, so the
             # carry after them is the carry after the last real window
             res = jax.tree.map(lambda a: a[:C, :nw].reshape((C * nw,) + a.shape[2:]), res)
+            warm = np.asarray(_host(warm))[:C, :nw].reshape(-1)
             r = _fit_arrays(res)
             carry = np.array(jax.vmap(flatten_params)(_host(p_last)), np.float64)
             have = np.array(_host(h_last))
             # lanes in commodity-major order within the chunk
             lane_c = np.repeat(np.arange(C), nw).astype(np.int32)
             lane_e = np.tile(ends[w_idx], C).astype(np.int32)
-            # a degenerate end point (a factor gone, |ρ| = 1) is refitted from inside; where
-            # that wins in a commodity's last window, the next chunk starts from the new one
             live = np.flatnonzero(valid[:, w_idx].reshape(-1))
             sub_r = {name: v[live] for name, v in r.items()}
+            # a warm fit that did not stop within the budget is refitted, with the other
+            # stragglers of the chunk, from its data-derived start with the full budget
+            n_str = _stragglers(run, sub_r, full, warm[live], lane_c[live], lane_e[live])
+            # a degenerate end point (a factor gone, |ρ| = 1) is refitted from inside
             n_esc = _escape(run, sub_r, full, -(-Bw // unit) * unit, lane_c[live], lane_e[live])
-            if n_esc:
+            if n_esc or n_str:
+                # where a refit wins in a commodity's last window, the next chunk starts there
                 for name in r:
                     r[name][live] = sub_r[name]
                 last = np.arange(C) * nw + (nw - 1)
@@ -175,6 +187,7 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
                 carry[:C][won] = r["params"][last][won]
                 have[:C] |= won
             escaped += n_esc
+            stragglers += n_str
             pad = B_post - lane_c.size  # one shape for every chunk: one compiled post-fit
             pc = np.concatenate([lane_c, np.zeros(pad, np.int32)])
             pe = np.concatenate([lane_e, np.full(pad, lane_e[-1], np.int32)])
@@ -202,6 +215,35 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
     flat = assemble(fit_parts)
     post = assemble([(w, p) for (w, _), p in zip(fit_parts, post_parts, strict=True)])
     flat["params"] = _unflat_params(flat["params"], template)
-    info = {"chunks": n_chunks, "chunks_computed": computed, "second_pass_windows": 0,
-            "escaped": escaped}  # fmt: skip
+    info = {"chunks": n_chunks, "chunks_computed": computed,
+            "second_pass_windows": stragglers, "escaped": escaped}  # fmt: skip
     return flat, post, info
+
+
+def _stragglers(run: _Run, r: dict, full, warm: np.ndarray, cs, es) -> int:
+    """Refit the warm fits that ran out of the warm budget (started from an earlier optimum,
+    did not stop) with ``max_steps``, in one compacted batch, from their end points and from
+    their windows' data-derived starts (the path of a standalone ``KalmanEngine(n_starts=1)``
+    fit). The better refit (one that stopped first) replaces the warm end point when it
+    stopped or ends higher. Changes ``r`` in place; returns the number of windows refitted."""
+    if run.warm_budget is None:
+        return 0
+    todo = np.flatnonzero(warm & ~np.asarray(r["stopped"], bool))
+    if todo.size == 0:
+        return 0
+    template, dtype = run.template, run.dtype
+    # two lanes per straggler: on from its warm end point, and from the data-derived start
+    lanes = np.repeat(todo, 2)
+    use = np.tile([True, False], todo.size)
+    inits = _unflat_params(np.asarray(r["params"])[lanes].astype(dtype), template)
+    off = _zero_offsets(lanes.size, dtype)
+    parts = _batched(run, full, run.cap, cs[lanes], es[lanes], inits, extra=(use, off))
+    parts = [_flat_fit(p) for p in parts]
+    res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    pick = _best_per_window(res, 2)
+    ll_old = np.where(np.isfinite(r["loglik"][todo]), r["loglik"][todo], -np.inf)
+    ll_new = np.asarray(res["loglik"], float)[pick]
+    take = np.isfinite(ll_new) & (res["stopped"][pick] | (ll_new > ll_old))
+    for k in r:
+        r[k][todo[take]] = res[k][pick[take]]
+    return int(todo.size)

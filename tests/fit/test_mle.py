@@ -82,6 +82,19 @@ def test_max_steps_reports_not_converged(wti_data):
     assert "not converged" in status_message(int(r.status))
 
 
+def test_step_limit_is_a_traced_per_fit_cap(wti_data):
+    """``step_limit`` caps each vmapped fit's steps on its own (warm rolling fits' budget)."""
+    init = default_start(wti_data)
+    batch = jax.tree.map(lambda a: jnp.stack([a, a]), init)
+    fit = jax.vmap(lambda i, k: fit_mle(wti_data, i, max_steps=60, step_limit=k))
+    r = fit(batch, jnp.array([4, 1000]))
+    assert int(r.num_steps[0]) == 4 and int(r.status[0]) == MAX_STEPS
+    assert int(r.num_steps[1]) > 4  # capped by max_steps=60 at most, not by the other lane
+    alone = fit_mle(wti_data, init, max_steps=60)
+    np.testing.assert_allclose(r.loglik[1], alone.loglik, rtol=1e-10)
+    assert int(r.num_steps[1]) == int(alone.num_steps)
+
+
 def test_fixed_parameters_stay_put(wti_data):
     init = default_start(wti_data)._replace(rho=jnp.asarray(0.0))
     free = free_mask(init, {"rho": True, "mu": True})

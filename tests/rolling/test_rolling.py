@@ -162,6 +162,22 @@ def _same_result(a, b):
     np.testing.assert_array_equal(a.refined, b.refined)
 
 
+def test_warm_budget_refits_its_stragglers(small_panels):
+    """A warm fit that does not stop within ``budget`` steps hands its end point on and is
+    refitted after its chunk: the windows end where a run without the budget ends (or
+    higher), all stopped, with the stragglers counted."""
+    kw = dict(SMALL, warm_start=True, refine="none", standard_errors=False)
+    free = recalibrate(small_panels, **dict(kw, budget=1000))  # budget >= max_steps: none
+    cut = recalibrate(small_panels, **dict(kw, budget=3))
+    assert free.info["second_pass_windows"] == 0
+    assert cut.info["second_pass_windows"] > 0
+    v = free.valid
+    np.testing.assert_array_equal(cut.valid, v)
+    np.testing.assert_array_equal(np.asarray(cut.converged)[v], np.asarray(free.converged)[v])
+    assert (cut.loglik[v] >= free.loglik[v] - 1e-3).all(), (cut.loglik - free.loglik)[v]
+    assert (cut.num_steps[v] <= 1000).all()
+
+
 def test_chunks_share_one_compiled_program(small_panels, small_cold):
     assert small_cold.info["chunks"] >= 3
     recalibrate(small_panels, **SMALL, refine="none")
