@@ -103,17 +103,13 @@ def _fit_window(
     floor,
     revert=True,
     pad=True,
-    step_limit=None,
 ) -> WindowFit:
     """Fit one window from ``init`` moved inside and off the boundary (``use_init``) or from
     its data-derived start moved by ``offset`` (one start of a design and a step limit:
     ``(log_scale [4], rho, keep_rho, limit)``, see :func:`ssjax.fit.optimum.offset_start`;
-    with ``use_init`` its ``rho`` is what a ρ at ±1 in ``init`` becomes). ``limit`` (or
-    ``step_limit`` when given) caps the L-BFGS steps below ``max_steps`` per lane (a traced
-    value; EM ignores it)."""
+    with ``use_init`` its ``rho`` is what a ρ at ±1 in ``init`` becomes). ``limit`` caps
+    the L-BFGS steps below ``max_steps`` per lane (a traced value; EM ignores it)."""
     log_scale, rho, keep_rho, limit = offset
-    if step_limit is None:
-        step_limit = limit
     raw = window_data(stack, c, end, window)
     # padded like a standalone KalmanEngine fit (the same floating-point path) unless asked not
     # to: a warm fit starts elsewhere anyway, and the padded dates cost ~20% of its time
@@ -137,7 +133,7 @@ def _fit_window(
             max_steps=max_steps,
             gradient=gradient,
             filter_method=filter_method,
-            step_limit=step_limit,
+            step_limit=limit,
         )
         return WindowFit(r.params, r.loglik, stopped(r.status), r.num_steps, r.status)
     r = fit_em(data, start, prior, free, max_iters=max_steps)
@@ -153,19 +149,19 @@ def _NO_OFFSET(dtype):
     return (jnp.zeros(4, dtype), jnp.zeros((), dtype), jnp.ones((), bool), jnp.int32(NO_LIMIT))
 
 
-def _zero_offsets(n: int, dtype, limit: int = NO_LIMIT) -> tuple:
+def _zero_offsets(n: int, dtype) -> tuple:
     """``n`` lanes of the zero offset (host arrays; see :func:`_NO_OFFSET`)."""
     return (np.zeros((n, 4), dtype), np.zeros(n, dtype), np.ones(n, bool),
-            np.full(n, limit, np.int32))  # fmt: skip
+            np.full(n, NO_LIMIT, np.int32))  # fmt: skip
 
 
-def _offsets(design, idx: np.ndarray, dtype, limit: int = NO_LIMIT) -> tuple:
+def _offsets(design, idx: np.ndarray, dtype) -> tuple:
     """Host arrays of the design's offsets for lanes taking start ``idx``."""
     return (
         np.asarray(design.log_scale[idx], dtype),
         np.asarray(design.rho[idx], dtype),
         np.asarray(design.keep_rho[idx], bool),
-        np.full(np.size(idx), limit, np.int32),
+        np.full(np.size(idx), NO_LIMIT, np.int32),
     )
 
 
@@ -192,22 +188,21 @@ def _warm_body(stack, cs, ends, carry, have, *, width, budget=None, **fit_kw):
     L-BFGS steps (a commodity's first fit, from its data-derived start, gets ``max_steps``):
     a lane that does not stop in time no longer holds the vmapped group for ``max_steps``
     steps; its end point is the next window's start, and it is refitted afterwards in a
-    compacted batch. Also returns, per window, whether
-    it started from an earlier optimum."""
+    compacted batch. Also returns, per window, whether it started from an earlier optimum."""
     TRACE_COUNTS["warm"] += 1
     fn = functools.partial(_fit_window, pad=False, **fit_kw)
 
     def per_commodity(c, p0, h0):
         def body(state, e):
             p, h = state
-            limit = None if budget is None else jnp.where(h, budget, fit_kw["max_steps"])
-            r = fn(stack, c, e, p, h, _NO_OFFSET(p.kappa.dtype), step_limit=limit)
+            off = _NO_OFFSET(p.kappa.dtype)
+            if budget is not None:
+                off = off[:3] + (jnp.where(h, budget, NO_LIMIT).astype(jnp.int32),)
+            r = fn(stack, c, e, p, h, off)
             ok = r.stopped & jnp.isfinite(r.loglik)
-            # a fit cut short by the budget hands its end point on (it was on its way)
-            cut = h & (r.status == MAX_STEPS) & jnp.isfinite(r.loglik)
-            if budget is None:
-                cut = jnp.zeros_like(cut)
-            nxt = jax.tree.map(lambda a, b: jnp.where(ok | cut, a, b), r.params, p)
+            if budget is not None:  # a fit cut short hands its end point on (on its way)
+                ok = ok | (h & (r.status == MAX_STEPS) & jnp.isfinite(r.loglik))
+            nxt = jax.tree.map(lambda a, b: jnp.where(ok, a, b), r.params, p)
             return (nxt, h | ok), (r, h)
 
         (p_last, h_last), res = lax.scan(body, (p0, h0), ends)

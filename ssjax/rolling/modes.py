@@ -10,13 +10,12 @@ from jax.sharding import PartitionSpec as P
 
 from ssjax.core.params import flatten_params
 from ssjax.fit.optimum import start_design
-from ssjax.rolling.batches import _batched, _best_per_window, _escape, _run_post
+from ssjax.rolling.batches import _best_per_window, _escape, _fits, _run_post
 from ssjax.rolling.chunks import _cold_shapes, _Progress
 from ssjax.rolling.config import _Run
 from ssjax.rolling.devices import _AXIS, _bucket, _host, _put
 from ssjax.rolling.kernels import (
     _fit_arrays,
-    _flat_fit,
     _offsets,
     _program,
     _unflat_params,
@@ -174,7 +173,7 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
             live = np.flatnonzero(valid[:, w_idx].reshape(-1))
             sub_r = {name: v[live] for name, v in r.items()}
             # a warm fit that did not stop within the budget is refitted, with the other
-            # stragglers of the chunk, from its data-derived start with the full budget
+            # stragglers of the chunk, from its end point and its data-derived start
             n_str = _stragglers(run, sub_r, full, warm[live], lane_c[live], lane_e[live])
             # a degenerate end point (a factor gone, |ρ| = 1) is refitted from inside
             n_esc = _escape(run, sub_r, full, -(-Bw // unit) * unit, lane_c[live], lane_e[live])
@@ -237,9 +236,7 @@ def _stragglers(run: _Run, r: dict, full, warm: np.ndarray, cs, es) -> int:
     use = np.tile([True, False], todo.size)
     inits = _unflat_params(np.asarray(r["params"])[lanes].astype(dtype), template)
     off = _zero_offsets(lanes.size, dtype)
-    parts = _batched(run, full, run.cap, cs[lanes], es[lanes], inits, extra=(use, off))
-    parts = [_flat_fit(p) for p in parts]
-    res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    res = _fits(run, full, run.cap, cs[lanes], es[lanes], inits, (use, off))
     pick = _best_per_window(res, 2)
     ll_old = np.where(np.isfinite(r["loglik"][todo]), r["loglik"][todo], -np.inf)
     ll_new = np.asarray(res["loglik"], float)[pick]

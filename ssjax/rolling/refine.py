@@ -9,7 +9,7 @@ import numpy as np
 
 from ssjax.core.params import Params, flatten_params
 from ssjax.fit.optimum import bound_vector, start_design
-from ssjax.rolling.batches import REFINE_ACCEPT, _batched, _batched_post
+from ssjax.rolling.batches import REFINE_ACCEPT, _batched, _batched_post, _fits
 from ssjax.rolling.chunks import _cold_shapes
 from ssjax.rolling.config import _Run
 from ssjax.rolling.kernels import (
@@ -198,9 +198,7 @@ def _refit_diff(run: _Run, prog, tgt, inits_flat, cur, lane_c, lane_e, shapes) -
     dtype = np.dtype(run.dtype)
     inits = _unflat_params(np.asarray(inits_flat).astype(dtype), run.template)
     use = (np.ones(len(tgt), bool), _zero_offsets(len(tgt), dtype))
-    parts = _batched(run, prog, run.cap, lane_c[tgt], lane_e[tgt], inits, extra=use)
-    parts = [_flat_fit(p) for p in parts]  # _batched brought them to the host
-    res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    res = _fits(run, prog, run.cap, lane_c[tgt], lane_e[tgt], inits, use)
     best: dict[int, int] = {}
     for i in range(len(tgt)):
         t = int(tgt[i])
