@@ -2,6 +2,7 @@
 
 * :mod:`~ssjax.fit.mle` — L-BFGS on the exact log-likelihood, data-derived starts;
 * :mod:`~ssjax.fit.linesearch` — its zoom line search;
+* :mod:`~ssjax.fit.coordinates` — its coordinates (spot–slope ones for the κ → 0, ρ → −1 ridge);
 * :mod:`~ssjax.fit.em` — structured EM (smoother E-step, ECM M-step);
 * :mod:`~ssjax.fit.optimum` — bounds, degenerate end points, multi-start designs;
 * :mod:`~ssjax.fit.inference` — standard errors from exact derivatives;

@@ -36,6 +36,7 @@ from ssjax.core.params import (
     validate_params,
 )
 from ssjax.core.smoother import SmootherResult, rts_smoother
+from ssjax.fit.coordinates import on_ridge
 from ssjax.fit.em import EM_STATUS_MESSAGES, fit_em
 from ssjax.fit.inference import parameter_uncertainty
 from ssjax.fit.mle import (
@@ -244,9 +245,11 @@ def _fit_lanes(
                 nan = jnp.full_like(em.loglik, jnp.nan)
                 return _Lanes(em.params, em.loglik, em.status, em.converged, em.num_iters, nan, em)
             init = em.params
+        # a start on the κ → 0, ρ → −1 ridge runs in the spot–slope coordinates (as in the
+        # rolling fits: one floating-point path for both)
         r = fit_mle(
             data, init, prior, free, max_steps=max_steps, gtol=gtol, ftol=ftol,
-            gradient=gradient, filter_method=filter_method,
+            gradient=gradient, filter_method=filter_method, spot_slope=on_ridge(init),
         )  # fmt: skip
         return _Lanes(r.params, r.loglik, r.status, r.converged, r.num_steps, r.grad_norm, em)
 

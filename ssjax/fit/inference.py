@@ -10,6 +10,7 @@ Fixed parameters are excluded (their rows and columns are NaN).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -43,11 +44,13 @@ def per_date_scores(
     data: MarketData,
     prior: Prior | None = None,
     unconstrained: bool = False,
+    transform: Callable[[Params], Params] | None = None,
 ) -> Array:
     """Per-date scores s_t = ∇ℓ_t [T, n] at the flat vector ``vec`` (forward mode).
 
     ``vec`` is ``flatten_params`` of physical parameters shaped like ``like``, or of their
-    unconstrained form with ``unconstrained=True`` (``like`` is then the unconstrained tree).
+    unconstrained form with ``unconstrained=True`` (``like`` is then the unconstrained tree),
+    or of any coordinates that ``transform`` maps to physical parameters.
     The building block of the sandwich covariance, the OPG standard errors and the optimizer's
     BHHH scaling. Jittable.
     """
@@ -55,7 +58,11 @@ def per_date_scores(
 
     def terms(v):
         p = unflatten_params(v, like)
-        return log_likelihood_terms(from_unconstrained(p) if unconstrained else p, data, prior)
+        if transform is not None:
+            p = transform(p)
+        elif unconstrained:
+            p = from_unconstrained(p)
+        return log_likelihood_terms(p, data, prior)
 
     return jax.jacfwd(terms)(vec)
 

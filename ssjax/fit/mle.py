@@ -31,14 +31,9 @@ from jax.typing import ArrayLike
 from ssjax.core.filter import Prior, default_prior, log_likelihood_data
 from ssjax.core.market import MarketData
 from ssjax.core.parallel_filter import choose_method, log_likelihood_parallel
-from ssjax.core.params import (
-    Params,
-    flatten_params,
-    from_unconstrained,
-    to_unconstrained,
-    unflatten_params,
-)
+from ssjax.core.params import Params, flatten_params, unflatten_params
 from ssjax.core.score import log_likelihood_fisher
+from ssjax.fit.coordinates import unconstrained_maps
 from ssjax.fit.inference import per_date_scores
 from ssjax.fit.linesearch import scale_by_zoom_linesearch
 from ssjax.fit.optimum import BOUNDARY, BOUNDARY_MESSAGE, FitStatus, bound_vector
@@ -107,6 +102,7 @@ def negative_loglik(
     scale: Array,
     gradient: str = "autodiff",
     filter_method: str = "sequential",
+    spot_slope: ArrayLike | None = None,
 ) -> Array:
     """−loglik / scale at the flat unconstrained vector ``v``.
 
@@ -116,9 +112,11 @@ def negative_loglik(
     ``filter_method``: ``"sequential"`` (the ``lax.scan`` filter), ``"parallel"`` (the
     parallel-in-time filter, :mod:`ssjax.core.parallel_filter`) or ``"auto"``
     (:func:`ssjax.core.parallel_filter.choose_method`, decided at trace time).
+    ``spot_slope``: ``v`` is in the spot–slope coordinates (:mod:`ssjax.fit.coordinates`;
+    a traced boolean is allowed).
     """
     check_fit_options(gradient, filter_method)
-    p = from_unconstrained(unflatten_params(v, template))
+    p = unconstrained_maps(spot_slope)[1](unflatten_params(v, template))
     if filter_method == "auto":
         filter_method = choose_method(data.log_f.shape[-2])
     if filter_method == "parallel":
@@ -128,10 +126,12 @@ def negative_loglik(
     return -log_likelihood_data(p, data, prior, unroll=1) / scale
 
 
-def _bhhh_scale(v0: Array, template: Params, data: MarketData, prior: Prior, scale) -> Array:
+def _bhhh_scale(
+    v0: Array, template: Params, data: MarketData, prior: Prior, scale, from_u
+) -> Array:
     """sqrt(diag(Σ_t s_t s_tᵀ) / n): the per-coordinate curvature scale at the start."""
 
-    J = per_date_scores(v0, template, data, prior, unconstrained=True)  # [T, n]
+    J = per_date_scores(v0, template, data, prior, transform=from_u)  # [T, n]
     d = jnp.sqrt(jnp.sum(J * J, axis=0) / scale)
     d = jnp.where(jnp.isfinite(d), d, 1.0)
     top = jnp.max(d)
@@ -176,6 +176,7 @@ def fit_mle(
     gradient: str = "autodiff",
     filter_method: str = "sequential",
     step_limit: ArrayLike | None = None,
+    spot_slope: ArrayLike | None = None,
 ) -> MLEResult:
     """Maximize the exact log-likelihood from ``init`` with optax L-BFGS (zoom line search).
 
@@ -206,6 +207,9 @@ def fit_mle(
         step_limit: an optional per-fit cap on the steps below ``max_steps`` that may be a
             traced value (so a vmapped batch can give each lane its own budget, as warm
             rolling fits do); a fit stopped by it reports ``MAX_STEPS``.
+        spot_slope: optimize in the spot–slope coordinates (:mod:`ssjax.fit.coordinates`:
+            much faster where the likelihood rises along the κ → 0, ρ → −1 ridge) instead
+            of the factors' own; may be a traced boolean (one choice per vmapped lane).
 
     Returns:
         :class:`MLEResult`. Pure and jittable: ``jax.vmap(fit_mle, in_axes=(0, 0))`` fits a
@@ -215,11 +219,15 @@ def fit_mle(
     if filter_method == "auto":  # decided at trace time; the Fisher phase needs "sequential"
         filter_method = choose_method(data.log_f.shape[-2])
     prior = default_prior(data) if prior is None else prior
-    template = to_unconstrained(init)
+    to_u, from_u = unconstrained_maps(spot_slope)
+    template = to_u(init)
     v0 = flatten_params(template)
     free = jnp.ones_like(v0) if free is None else jnp.asarray(free, v0.dtype)
     scale = jnp.maximum(data.nobs.astype(v0.dtype), 1.0)
-    d = _bhhh_scale(v0, template, data, prior, scale) if precondition else jnp.ones_like(v0)
+    if precondition:
+        d = _bhhh_scale(v0, template, data, prior, scale, from_u)
+    else:
+        d = jnp.ones_like(v0)
 
     def objective(how):
         def fun(w):
@@ -227,7 +235,7 @@ def fit_mle(
             # start; fixed coordinates are pinned at their initial value (zero gradient)
             # (optax's line search may hand over a float64 trial point in a float32 fit)
             v = (v0 + free * w / d).astype(v0.dtype)
-            return negative_loglik(v, template, data, prior, scale, how, filter_method)
+            return negative_loglik(v, template, data, prior, scale, how, filter_method, spot_slope)
 
         return fun
 
@@ -304,7 +312,7 @@ def fit_mle(
         c = run(objective("autodiff"), first.v, first.step, max_steps)
     else:
         c = run(objective("autodiff"), w0, step0, max_steps)
-    params = from_unconstrained(unflatten_params(v0 + free * c.v / d, template))
+    params = from_u(unflatten_params(v0 + free * c.v / d, template))
     met = (c.status == GTOL) | (c.status == FTOL)
     status = jnp.where(met & jnp.any(bound_vector(params, free)), BOUNDARY, c.status)
     status = status.astype(c.status.dtype)

@@ -20,6 +20,7 @@ from ssjax.core.filter import default_prior, kalman_filter, log_likelihood_data
 from ssjax.core.market import MarketData, pad_dates, padded_length, window_data
 from ssjax.core.model import forward_curve
 from ssjax.core.params import Params, flatten_params, unflatten_params
+from ssjax.fit.coordinates import on_ridge
 from ssjax.fit.em import fit_em
 from ssjax.fit.inference import parameter_uncertainty
 from ssjax.fit.mle import MAX_STEPS, fit_mle, stopped
@@ -108,8 +109,13 @@ def _fit_window(
     its data-derived start moved by ``offset`` (one start of a design and a step limit:
     ``(log_scale [4], rho, keep_rho, limit)``, see :func:`ssjax.fit.optimum.offset_start`;
     with ``use_init`` its ``rho`` is what a ρ at ±1 in ``init`` becomes). ``limit`` caps
-    the L-BFGS steps below ``max_steps`` per lane (a traced value; EM ignores it)."""
+    the L-BFGS steps below ``max_steps`` per lane (a traced value; EM ignores it).
+
+    A window whose ``init`` lies on the κ → 0, ρ → −1 ridge (an earlier optimum there) is
+    fitted in the spot–slope coordinates, from either start (:mod:`ssjax.fit.coordinates`:
+    the factors' coordinates walk that ridge for hundreds of steps)."""
     log_scale, rho, keep_rho, limit = offset
+    ridge = on_ridge(init)
     raw = window_data(stack, c, end, window)
     # padded like a standalone KalmanEngine fit (the same floating-point path) unless asked not
     # to: a warm fit starts elsewhere anyway, and the padded dates cost ~20% of its time
@@ -134,6 +140,7 @@ def _fit_window(
             gradient=gradient,
             filter_method=filter_method,
             step_limit=limit,
+            spot_slope=ridge,
         )
         return WindowFit(r.params, r.loglik, stopped(r.status), r.num_steps, r.status)
     r = fit_em(data, start, prior, free, max_iters=max_steps)
