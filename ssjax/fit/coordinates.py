@@ -62,9 +62,12 @@ def to_spot_slope(p: Params) -> Params:
     k, a, b, r = p.kappa, p.sigma_x, p.sigma_y, p.rho
     # v² = (σ_X + ρσ_Y)² + σ_Y²(1 − ρ)(1 + ρ): no cancellation beyond σ_X + ρσ_Y's
     m = a + r * b
-    v = jnp.sqrt(m * m + b * b * (1.0 - r) * (1.0 + r))
+    tiny = jnp.finfo(jnp.result_type(m)).tiny
+    v = jnp.sqrt(jnp.maximum(m * m + b * b * (1.0 - r) * (1.0 + r), tiny))
+    # (|c| = 1 only at |ρ| = 1 exactly: kept a hair inside, so that its artanh is finite)
+    c = jnp.clip(m / v, -1.0 + 1e-12, 1.0 - 1e-12)
     return p._replace(
-        kappa=jnp.maximum(k - KAPPA_FLOOR, 0.1 * KAPPA_FLOOR), sigma_x=k * a, sigma_y=v, rho=m / v
+        kappa=jnp.maximum(k - KAPPA_FLOOR, 0.1 * KAPPA_FLOOR), sigma_x=k * a, sigma_y=v, rho=c
     )
 
 

@@ -115,16 +115,24 @@ def _fit_window(
     fitted in the spot–slope coordinates, from either start (:mod:`ssjax.fit.coordinates`:
     the factors' coordinates walk that ridge for hundreds of steps)."""
     log_scale, rho, keep_rho, limit = offset
-    ridge = on_ridge(init)
+    # (an escape's lanes, which set ρ, move a ridge point inside and run in the factors'
+    # coordinates: they look for an interior optimum)
+    ridge = on_ridge(init) & keep_rho
     raw = window_data(stack, c, end, window)
     # padded like a standalone KalmanEngine fit (the same floating-point path) unless asked not
     # to: a warm fit starts elsewhere anyway, and the padded dates cost ~20% of its time
     data = _padded_window(stack, c, end, window) if pad else raw
     ds = _default_start(raw)
     # a degenerate optimum (a factor gone, |ρ| = 1) is no start: its degenerate coordinates
-    # are moved back inside first (the others are kept)
-    init = move_inside(init, ds, rho)
+    # are moved back inside first (the others are kept), unless it lies on the ridge, where
+    # the spot–slope coordinates keep it finite (moved inside, σ_X ≈ σ_Y ≈ 10³ with ρ = 0, it
+    # is far from everything)
+    init = jax.tree.map(lambda a, b: jnp.where(ridge, a, b), init, move_inside(init, ds, rho))
+    ridge_rho = init.rho
     init = escape_boundary(init, ds, floor, data, default_prior(raw), revert=revert)
+    # (nor is ρ capped there: 1 + ρ ~ 1e-7 is where the ridge point is; at ρ = −0.995 the
+    # spot's volatility would be ~100)
+    init = init._replace(rho=jnp.where(ridge, ridge_rho, init.rho))
     seed = offset_start(ds, log_scale, rho, keep_rho)
     start = jax.tree.map(lambda a, b: jnp.where(use_init, a, b), init, seed)
     prior = default_prior(raw)
