@@ -127,10 +127,11 @@ def negative_loglik(
 
 
 def _bhhh_scale(
-    v0: Array, template: Params, data: MarketData, prior: Prior, scale, from_u
+    v0: Array, template: Params, data: MarketData, prior: Prior, scale, from_u=None
 ) -> Array:
     """sqrt(diag(Σ_t s_t s_tᵀ) / n): the per-coordinate curvature scale at the start."""
 
+    from_u = unconstrained_maps()[1] if from_u is None else from_u
     J = per_date_scores(v0, template, data, prior, transform=from_u)  # [T, n]
     d = jnp.sqrt(jnp.sum(J * J, axis=0) / scale)
     d = jnp.where(jnp.isfinite(d), d, 1.0)
