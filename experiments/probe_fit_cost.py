@@ -32,7 +32,7 @@ import pandas as pd
 import ssjax
 from ssjax.analysis.runs import markdown_table
 from ssjax.core.filter import default_prior, log_likelihood_data
-from ssjax.core.params import flatten_params, to_unconstrained
+from ssjax.core.params import flatten_params, from_unconstrained, to_unconstrained
 from ssjax.fit.inference import per_date_scores
 from ssjax.fit.linesearch import scale_by_zoom_linesearch
 from ssjax.fit.mle import negative_loglik
@@ -68,7 +68,7 @@ def fit(data, init, ridge, max_steps=1000, gtol=1e-6, ftol=1e-11, patience=5):
     template = to_unconstrained(init)
     v0 = flatten_params(template)
     scale = jnp.maximum(data.nobs.astype(v0.dtype), 1.0)
-    J = per_date_scores(v0, template, data, prior, unconstrained=True)
+    J = per_date_scores(v0, template, data, prior, transform=from_unconstrained)
     B = J.T @ J / scale
     d = jnp.sqrt(jnp.diag(B))
     d = jnp.where(jnp.isfinite(d), d, 1.0)

@@ -55,6 +55,13 @@ KAPPA_FLOOR = 5e-5
 RIDGE = {"kappa": 1e-2, "one_plus_rho": 1e-3}
 
 
+def _root_sum(x: Array, y: Array, one_minus: Array, one_plus: Array) -> Array:
+    """√(x² + y²(1 − c)(1 + c)), kept above the dtype's smallest normal (its derivative is
+    finite at 0: the unselected branch of a per-lane choice may get there)."""
+    sq = x * x + y * y * one_minus * one_plus
+    return jnp.sqrt(jnp.maximum(sq, jnp.finfo(jnp.result_type(sq)).tiny))
+
+
 def to_spot_slope(p: Params) -> Params:
     """Factors → spot–slope: a ``Params`` whose ``kappa, sigma_x, sigma_y, rho`` hold
     κ − κ₀, s = κσ_X, v and c (the other fields unchanged). A κ at or below the floor
@@ -62,8 +69,7 @@ def to_spot_slope(p: Params) -> Params:
     k, a, b, r = p.kappa, p.sigma_x, p.sigma_y, p.rho
     # v² = (σ_X + ρσ_Y)² + σ_Y²(1 − ρ)(1 + ρ): no cancellation beyond σ_X + ρσ_Y's
     m = a + r * b
-    tiny = jnp.finfo(jnp.result_type(m)).tiny
-    v = jnp.sqrt(jnp.maximum(m * m + b * b * (1.0 - r) * (1.0 + r), tiny))
+    v = _root_sum(m, b, 1.0 - r, 1.0 + r)
     # (|c| = 1 only at |ρ| = 1 exactly: kept a hair inside, so that its artanh is finite)
     c = jnp.clip(m / v, -1.0 + 1e-12, 1.0 - 1e-12)
     return p._replace(
@@ -77,8 +83,8 @@ def from_spot_slope(q: Params) -> Params:
     s, v, c = q.sigma_x, q.sigma_y, q.rho
     a = s / k
     d = a - c * v
-    # (a guard only for the unselected branch of a per-lane choice, where c may be ±1)
-    b = jnp.sqrt(jnp.maximum(d * d + v * v * (1.0 - c) * (1.0 + c), jnp.finfo(d.dtype).tiny))
+    # (the guard matters only for the unselected branch of a per-lane choice: c may be ±1)
+    b = _root_sum(d, v, 1.0 - c, 1.0 + c)
     return q._replace(kappa=k, sigma_x=a, sigma_y=b, rho=-d / b)
 
 

@@ -36,7 +36,7 @@ from ssjax.core.params import (
     validate_params,
 )
 from ssjax.core.smoother import SmootherResult, rts_smoother
-from ssjax.fit.coordinates import on_ridge
+from ssjax.fit.coordinates import KAPPA_FLOOR, on_ridge
 from ssjax.fit.em import EM_STATUS_MESSAGES, fit_em
 from ssjax.fit.inference import parameter_uncertainty
 from ssjax.fit.mle import (
@@ -246,14 +246,21 @@ def _fit_lanes(
                 return _Lanes(em.params, em.loglik, em.status, em.converged, em.num_iters, nan, em)
             init = em.params
         # a start on the κ → 0, ρ → −1 ridge runs in the spot–slope coordinates (as in the
-        # rolling fits: one floating-point path for both)
+        # rolling fits: one floating-point path for both), unless one of κ, σ_X, σ_Y, ρ is
+        # held fixed (the spot–slope coordinates mix them)
+        ridge = on_ridge(init) & _factors_free(free)
         r = fit_mle(
             data, init, prior, free, max_steps=max_steps, gtol=gtol, ftol=ftol,
-            gradient=gradient, filter_method=filter_method, spot_slope=on_ridge(init),
+            gradient=gradient, filter_method=filter_method, spot_slope=ridge,
         )  # fmt: skip
         return _Lanes(r.params, r.loglik, r.status, r.converged, r.num_steps, r.grad_norm, em)
 
     return jax.vmap(one)(inits)
+
+
+def _factors_free(free: Array) -> Array:
+    """True when κ, σ_X, σ_Y and ρ (the first four entries of the flat mask) are all free."""
+    return jnp.all(jnp.asarray(free)[:4] > 0)
 
 
 def _pick(lanes: _Lanes) -> int:
@@ -637,6 +644,7 @@ class KalmanEngine:
             return self._escape(lanes, best, n_design, data_start, data_pad, prior, free_j)
 
         lanes, best, escapes = escape(lanes, best)
+        lanes, best, ridge = self._ridge_polish(lanes, best, n_design, data_pad, prior, free_j)
         # an end point with a noise s.d. at its bound can sit on the flat boundary short of a
         # better optimum that prices another tenor exactly: restart it with those s.d.s
         # raised to a spread of floors (from near its optimum: a few steps each)
@@ -686,7 +694,7 @@ class KalmanEngine:
         r = self._result(lanes, best, data_pad, prior, free_j)
         r.extra.update(
             n_starts=n_design, starts_at_best=at_best, escape_rounds=escapes,
-            polish_rounds=polishes, switch_rounds=switches, fits=ll_all.size,
+            ridge_rounds=ridge, polish_rounds=polishes, switch_rounds=switches, fits=ll_all.size,
             start_logliks=ll_all,
         )  # fmt: skip
         return r
@@ -707,6 +715,24 @@ class KalmanEngine:
             if not improved:
                 break
         return lanes, best, rounds
+
+    def _ridge_polish(self, lanes, best, n_design, data_pad, prior, free_j):
+        """A best end point on the κ → 0, ρ → −1 ridge (one the escape kept: nothing inside
+        is higher) is refitted from itself in the spot–slope coordinates, where the ridge is
+        the single direction log κ (:mod:`ssjax.fit.coordinates`): the factors' coordinates
+        stop on the ridge's curved valley up to a few nats short. The lanes spread κ along
+        the ridge (× 0.3 … 3); only ``method="MLE"`` has this round. Returns (lanes, best,
+        rounds)."""
+        end = jax.tree.map(lambda a, i=best: jnp.asarray(a[i]), lanes.params)
+        if self.method != "MLE" or not bool(on_ridge(end) & _factors_free(free_j)):
+            return lanes, best, 0
+        scales = np.geomspace(0.3, 3.0, n_design) if n_design > 1 else np.ones(1)
+        # (κ stays above the spot–slope floor, so that the lane's start maps back exactly)
+        inits = stack_params(
+            [end._replace(kappa=jnp.maximum(end.kappa * f, 2.0 * KAPPA_FLOOR)) for f in scales]
+        )
+        lanes, best, _ = self._restart(lanes, best, inits, data_pad, prior, free_j, strict=True)
+        return lanes, best, 1
 
     def _run_lanes(self, data: MarketData, inits: Params, prior: Prior, free: Array) -> _Lanes:
         """Fit from every start in ``inits`` by the engine's method (one vmapped program)."""

@@ -19,7 +19,7 @@ from jax import Array
 
 from ssjax.core.filter import Prior, default_prior, log_likelihood_terms
 from ssjax.core.market import MarketData
-from ssjax.core.params import Params, flatten_params, from_unconstrained, unflatten_params
+from ssjax.core.params import Params, flatten_params, unflatten_params
 
 __all__ = ["Uncertainty", "parameter_uncertainty", "per_date_scores"]
 
@@ -43,14 +43,15 @@ def per_date_scores(
     like: Params,
     data: MarketData,
     prior: Prior | None = None,
-    unconstrained: bool = False,
     transform: Callable[[Params], Params] | None = None,
 ) -> Array:
     """Per-date scores s_t = ∇ℓ_t [T, n] at the flat vector ``vec`` (forward mode).
 
-    ``vec`` is ``flatten_params`` of physical parameters shaped like ``like``, or of their
-    unconstrained form with ``unconstrained=True`` (``like`` is then the unconstrained tree),
-    or of any coordinates that ``transform`` maps to physical parameters.
+    ``vec`` is ``flatten_params`` of physical parameters shaped like ``like``, or of any
+    coordinates that ``transform`` maps to physical parameters (``like`` is then a tree of
+    those coordinates): ``transform=ssjax.core.params.from_unconstrained`` for the
+    optimizer's unconstrained ones, :func:`ssjax.fit.coordinates.unconstrained_maps` for the
+    spot–slope ones.
     The building block of the sandwich covariance, the OPG standard errors and the optimizer's
     BHHH scaling. Jittable.
     """
@@ -60,8 +61,6 @@ def per_date_scores(
         p = unflatten_params(v, like)
         if transform is not None:
             p = transform(p)
-        elif unconstrained:
-            p = from_unconstrained(p)
         return log_likelihood_terms(p, data, prior)
 
     return jax.jacfwd(terms)(vec)

@@ -179,11 +179,13 @@ def move_inside(
 
 
 @jax.jit
-def pull_back(p: Params, ref: Params, floor: float | Array) -> Params:
+def pull_back(p: Params, ref: Params, floor: float | Array, cap_rho: bool | Array = True) -> Params:
     """``p`` moved off the boundary of the parameter space before it is used as a start.
 
     Each noise s.d. (and σ_X) is raised to at least ``floor`` × its value in ``ref`` (a
-    data-derived start), and |ρ| is capped at ``1 − floor / 10``. The likelihood is flat in
+    data-derived start), and |ρ| is capped at ``1 − floor / 10`` unless ``cap_rho`` is false
+    (a traced boolean is fine: a point on the κ → 0, ρ → −1 ridge keeps its ρ, see
+    :mod:`ssjax.fit.coordinates`). The likelihood is flat in
     log s.d. as an s.d. heads to zero, so an optimum with a tenor fitted exactly (s.d. ≈ 1e-10)
     used as a start pins that tenor: L-BFGS sees no gradient to leave it even where the next
     window's optimum has the s.d. well above zero. ``floor = 0`` leaves ``p`` unchanged.
@@ -197,7 +199,7 @@ def pull_back(p: Params, ref: Params, floor: float | Array) -> Params:
         sigma_x=lo(p.sigma_x, ref.sigma_x),
         meas_sd=lo(p.meas_sd, ref.meas_sd),
         spot_sd=lo(p.spot_sd, ref.spot_sd),
-        rho=jnp.where(floor > 0, jnp.clip(p.rho, -lim, lim), p.rho),
+        rho=jnp.where((floor > 0) & cap_rho, jnp.clip(p.rho, -lim, lim), p.rho),
     )
 
 

@@ -211,6 +211,7 @@ class KalmanFit:
         rounds = [
             f"{self.extra[k]} {label}"
             for k, label in (("escape_rounds", "from a degenerate point"),
+                             ("ridge_rounds", "along the κ → 0, ρ → −1 ridge"),
                              ("polish_rounds", "with boundary s.d.s raised"),
                              ("switch_rounds", "pricing another tenor exactly"))
             if self.extra.get(k)

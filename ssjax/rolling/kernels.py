@@ -64,15 +64,17 @@ def escape_boundary(
     prior: Any = None,
     *,
     revert: bool = True,
+    cap_rho: bool | Array = True,
 ) -> Params:
-    """A start for ``data`` from another optimum ``p``: :func:`pull_back`, then each raised
-    s.d. kept only where the log-likelihood of ``data`` grows with it there.
+    """A start for ``data`` from another optimum ``p``: :func:`pull_back` (``cap_rho`` is
+    its), then each raised s.d. kept only where the log-likelihood of ``data`` grows with it
+    there.
 
     A tenor whose s.d. the likelihood drives back to zero would cost L-BFGS many steps to
     walk back down the flat log-s.d. direction; it starts where it was. (One gradient
     evaluation; ``floor = 0`` returns ``p``; ``revert=False`` is :func:`pull_back` alone.)
     """
-    pb = pull_back(p, ref, floor)
+    pb = pull_back(p, ref, floor, cap_rho)
     if floor <= 0 or not revert:
         return pb
     prior = default_prior(data) if prior is None else prior
@@ -128,11 +130,9 @@ def _fit_window(
     # the spot–slope coordinates keep it finite (moved inside, σ_X ≈ σ_Y ≈ 10³ with ρ = 0, it
     # is far from everything)
     init = jax.tree.map(lambda a, b: jnp.where(ridge, a, b), init, move_inside(init, ds, rho))
-    ridge_rho = init.rho
-    init = escape_boundary(init, ds, floor, data, default_prior(raw), revert=revert)
     # (nor is ρ capped there: 1 + ρ ~ 1e-7 is where the ridge point is; at ρ = −0.995 the
     # spot's volatility would be ~100)
-    init = init._replace(rho=jnp.where(ridge, ridge_rho, init.rho))
+    init = escape_boundary(init, ds, floor, data, default_prior(raw), revert=revert, cap_rho=~ridge)
     seed = offset_start(ds, log_scale, rho, keep_rho)
     start = jax.tree.map(lambda a, b: jnp.where(use_init, a, b), init, seed)
     prior = default_prior(raw)

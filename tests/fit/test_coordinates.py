@@ -101,3 +101,32 @@ def test_on_the_ridge_the_spot_slope_fit_climbs_higher_and_reports_the_boundary(
         # digits the factors' variances, ~1e6 here, leave the filter)
         ll = log_likelihood_data(ridge.params, data)
         np.testing.assert_allclose(float(ll), float(ridge.loglik), atol=1e-4, rtol=0)
+
+
+def test_the_engine_polishes_a_best_point_on_the_ridge_in_spot_slope_coordinates():
+    """``KalmanEngine``'s ridge round: an end point the factors' coordinates left on the ridge
+    (short of its top) is refitted from itself in the spot–slope ones and climbs; an end point
+    off the ridge, a fixed ρ, or ``method="EM"`` get no such round."""
+    import ssjax
+    from ssjax.core.filter import default_prior
+    from ssjax.core.params import flatten_params
+    from ssjax.fit.optimum import stack_params
+
+    data = _ridge_panel(1)
+    st, prior = default_start(data), default_prior(data)
+    free = jnp.ones(flatten_params(st).shape[0])
+    eng = ssjax.KalmanEngine(n_starts=1)
+    lanes = eng._run_lanes(data, stack_params([st]), prior, free)
+    end = jax.tree.map(lambda a: a[0], lanes.params)
+    assert bool(on_ridge(end))  # (the factors' fit from the data-derived start stops there)
+    out, best, rounds = eng._ridge_polish(lanes, 0, 1, data, prior, free)
+    assert rounds == 1 and best == 1
+    assert float(out.loglik[1]) > float(lanes.loglik[0]) + 0.5
+    assert float(out.params.kappa[1]) >= KAPPA_FLOOR
+    # held fixed ρ: the spot–slope coordinates would move it, so no round; nor for EM
+    fixed = free.at[3].set(0.0)
+    assert eng._ridge_polish(lanes, 0, 1, data, prior, fixed)[2] == 0
+    assert ssjax.KalmanEngine(method="EM")._ridge_polish(lanes, 0, 1, data, prior, free)[2] == 0
+    # off the ridge: nothing to do
+    inside = lanes._replace(params=lanes.params._replace(rho=jnp.asarray([0.2])))
+    assert eng._ridge_polish(inside, 0, 1, data, prior, free)[2] == 0

@@ -366,6 +366,10 @@ def test_pull_back_moves_only_boundary_values():
     assert float(q.sigma_x) == pytest.approx(0.003) and float(q.rho) == pytest.approx(0.999)
     np.testing.assert_allclose(q.meas_sd, [4e-5, 0.01])
     assert float(q.kappa) == 1.0 and float(q.mu) == 0.01 and float(q.sigma_y) == 0.2
+    # cap_rho=False (a traced False too: a ridge lane) keeps ρ and moves the rest the same way
+    for cap in (False, jnp.asarray(False)):
+        r = pull_back(p, ref, 0.01, cap)
+        assert float(r.rho) == 0.9999 and float(r.sigma_x) == pytest.approx(0.003)
     same = pull_back(p, ref, 0.0)
     for x, y in zip(jax.tree.leaves(same), jax.tree.leaves(p), strict=True):
         np.testing.assert_array_equal(x, y)
