@@ -12,7 +12,7 @@ from ssjax.core.params import Params
 from ssjax.fit.optimum import bound_vector
 from ssjax.rolling.config import _Run
 from ssjax.rolling.devices import _AXIS, _bucket, _host, _put
-from ssjax.rolling.kernels import NO_LIMIT, _flat_fit, _program, _unflat_params
+from ssjax.rolling.kernels import NO_LIMIT, _flat_fit, _program, _unflat_params, _with_limit
 
 __all__ = ["REFINE_ACCEPT", "ESCAPE_RHOS"]
 #: a refit replaces a window's result when it ends higher by more than this (nats)
@@ -73,14 +73,14 @@ def _escape(run: _Run, r: dict, full, cap: int, cs, es) -> int:
     budget = min(int(run.config.budget), run.config.steps)
     inits = _unflat_params(np.asarray(r["params"])[lanes].astype(dtype), template)
     off = (np.zeros((lanes.size, 4), dtype), rho, np.zeros(lanes.size, bool),
-           np.full(lanes.size, budget, np.int32))  # fmt: skip
+           np.full(lanes.size, budget, np.int32), np.ones(lanes.size, bool))  # fmt: skip
     use = np.ones(lanes.size, bool)
     res = _fits(run, full, cap, cs[lanes], es[lanes], inits, (use, off))
     ll0 = np.asarray(r["loglik"], float)[lanes]
     go = np.flatnonzero(~res["stopped"] & (res["loglik"] > ll0 + REFINE_ACCEPT))
     if go.size:  # on from where the budget left them
         inits = _unflat_params(res["params"][go].astype(dtype), template)
-        off2 = tuple(np.asarray(a)[go] for a in off[:3]) + (np.full(go.size, NO_LIMIT, np.int32),)
+        off2 = _with_limit(tuple(np.asarray(a)[go] for a in off), NO_LIMIT)
         res2 = _fits(run, full, cap, cs[lanes[go]], es[lanes[go]], inits, (use[go], off2))
         for k in res:
             res[k][go] = res2[k]

@@ -63,7 +63,7 @@ def escape_boundary(
     data: MarketData,
     prior: Any = None,
     *,
-    revert: bool = True,
+    revert: bool | Array = True,
     cap_rho: bool | Array = True,
 ) -> Params:
     """A start for ``data`` from another optimum ``p``: :func:`pull_back` (``cap_rho`` is
@@ -72,10 +72,11 @@ def escape_boundary(
 
     A tenor whose s.d. the likelihood drives back to zero would cost L-BFGS many steps to
     walk back down the flat log-s.d. direction; it starts where it was. (One gradient
-    evaluation; ``floor = 0`` returns ``p``; ``revert=False`` is :func:`pull_back` alone.)
+    evaluation; ``floor = 0`` returns ``p``; ``revert=False`` is :func:`pull_back` alone; a
+    traced ``revert`` chooses per lane.)
     """
     pb = pull_back(p, ref, floor, cap_rho)
-    if floor <= 0 or not revert:
+    if floor <= 0 or revert is False:
         return pb
     prior = default_prior(data) if prior is None else prior
     g = jax.grad(lambda q: log_likelihood_data(q, data, prior))(pb)
@@ -83,11 +84,14 @@ def escape_boundary(
     def keep(a_pb, a, ga):
         return None if a is None else jnp.where(ga > 0, a_pb, a)
 
-    return pb._replace(
+    out = pb._replace(
         sigma_x=keep(pb.sigma_x, p.sigma_x, g.sigma_x),
         meas_sd=keep(pb.meas_sd, p.meas_sd, g.meas_sd),
         spot_sd=keep(pb.spot_sd, p.spot_sd, g.spot_sd),
     )
+    if revert is True:
+        return out
+    return jax.tree.map(lambda a, b: jnp.where(revert, a, b), out, pb)
 
 
 def _fit_window(
@@ -104,19 +108,21 @@ def _fit_window(
     gradient,
     filter_method,
     floor,
-    revert=True,
     pad=True,
 ) -> WindowFit:
     """Fit one window from ``init`` moved inside and off the boundary (``use_init``) or from
-    its data-derived start moved by ``offset`` (one start of a design and a step limit:
-    ``(log_scale [4], rho, keep_rho, limit)``, see :func:`ssjax.fit.optimum.offset_start`;
-    with ``use_init`` its ``rho`` is what a ρ at ±1 in ``init`` becomes). ``limit`` caps
-    the L-BFGS steps below ``max_steps`` per lane (a traced value; EM ignores it).
+    its data-derived start moved by ``offset`` (one start of a design, a step limit and a
+    choice: ``(log_scale [4], rho, keep_rho, limit, revert)``, see
+    :func:`ssjax.fit.optimum.offset_start`; with ``use_init`` its ``rho`` is what a ρ at ±1
+    in ``init`` becomes). ``limit`` caps the L-BFGS steps below ``max_steps`` per lane (a
+    traced value; EM ignores it), so one compiled program serves budgeted and full fits;
+    ``revert`` is :func:`escape_boundary`'s, per lane (False: every boundary s.d. of
+    ``init`` raised, the refinement's restart of a fit from its own end point).
 
     A window whose ``init`` lies on the κ → 0, ρ → −1 ridge (an earlier optimum there) is
     fitted in the spot–slope coordinates, from either start (:mod:`ssjax.fit.coordinates`:
     the factors' coordinates walk that ridge for hundreds of steps)."""
-    log_scale, rho, keep_rho, limit = offset
+    log_scale, rho, keep_rho, limit, revert = offset
     # (an escape's lanes, which set ρ, move a ridge point inside and run in the factors'
     # coordinates: they look for an interior optimum)
     ridge = on_ridge(init) & keep_rho
@@ -160,24 +166,33 @@ NO_LIMIT = np.iinfo(np.int32).max
 
 
 def _NO_OFFSET(dtype):
-    """The zero offset (the data-derived start itself; ρ at ±1 in a start moves to 0)."""
-    return (jnp.zeros(4, dtype), jnp.zeros((), dtype), jnp.ones((), bool), jnp.int32(NO_LIMIT))
+    """The zero offset (the data-derived start itself; ρ at ±1 in a start moves to 0; no
+    step limit; raised s.d.s reverted where the likelihood wants them back)."""
+    return (jnp.zeros(4, dtype), jnp.zeros((), dtype), jnp.ones((), bool), jnp.int32(NO_LIMIT),
+            jnp.ones((), bool))  # fmt: skip
 
 
-def _zero_offsets(n: int, dtype) -> tuple:
-    """``n`` lanes of the zero offset (host arrays; see :func:`_NO_OFFSET`)."""
+def _zero_offsets(n: int, dtype, limit: int = NO_LIMIT, revert: bool = True) -> tuple:
+    """``n`` lanes of the zero offset (host arrays; see :func:`_NO_OFFSET`), with a step
+    ``limit`` and ``revert`` for all."""
     return (np.zeros((n, 4), dtype), np.zeros(n, dtype), np.ones(n, bool),
-            np.full(n, NO_LIMIT, np.int32))  # fmt: skip
+            np.full(n, limit, np.int32), np.full(n, revert, bool))  # fmt: skip
 
 
-def _offsets(design, idx: np.ndarray, dtype) -> tuple:
-    """Host arrays of the design's offsets for lanes taking start ``idx``."""
+def _offsets(design, idx: np.ndarray, dtype, limit: int = NO_LIMIT) -> tuple:
+    """Host arrays of the design's offsets for lanes taking start ``idx`` (step ``limit``)."""
     return (
         np.asarray(design.log_scale[idx], dtype),
         np.asarray(design.rho[idx], dtype),
         np.asarray(design.keep_rho[idx], bool),
-        np.full(np.size(idx), NO_LIMIT, np.int32),
+        np.full(np.size(idx), limit, np.int32),
+        np.ones(np.size(idx), bool),
     )
+
+
+def _with_limit(off: tuple, limit: int) -> tuple:
+    """Host offsets ``off`` with every lane's step limit set to ``limit``."""
+    return off[:3] + (np.full(np.shape(off[3]), limit, np.int32),) + off[4:]
 
 
 def _lanes(fn, xs, width: int):
@@ -212,7 +227,7 @@ def _warm_body(stack, cs, ends, carry, have, *, width, budget=None, **fit_kw):
             p, h = state
             off = _NO_OFFSET(p.kappa.dtype)
             if budget is not None:
-                off = off[:3] + (jnp.where(h, budget, NO_LIMIT).astype(jnp.int32),)
+                off = off[:3] + (jnp.where(h, budget, NO_LIMIT).astype(jnp.int32),) + off[4:]
             r = fn(stack, c, e, p, h, off)
             ok = r.stopped & jnp.isfinite(r.loglik)
             if budget is not None:  # a fit cut short hands its end point on (on its way)

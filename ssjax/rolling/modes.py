@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from ssjax.core.params import flatten_params
 from ssjax.fit.optimum import start_design
-from ssjax.rolling.batches import _best_per_window, _escape, _fits, _run_post
+from ssjax.rolling.batches import _batched_post, _best_per_window, _escape, _fits, _run_post
 from ssjax.rolling.chunks import _cold_shapes, _Progress
 from ssjax.rolling.config import _Run
 from ssjax.rolling.devices import _AXIS, _bucket, _host, _put
@@ -19,6 +19,7 @@ from ssjax.rolling.kernels import (
     _offsets,
     _program,
     _unflat_params,
+    _with_limit,
     _zero_offsets,
 )
 
@@ -40,8 +41,11 @@ def _run_cold(run: _Run) -> tuple[dict, dict, dict]:
     n_chunks = -(-N // B)
     store = run.store(n_chunks)
     kw = run.fit_kw(run.width)
-    first = _program("cold", run.mesh, max_steps=c.budget, **kw)
     full = _program("cold", run.mesh, max_steps=c.steps, **kw)
+    # the first pass's budget is a per-lane step limit of the same program (one compile);
+    # EM fits ignore that limit, so theirs is a program of its own
+    first = _program("cold", run.mesh, max_steps=c.budget, **kw) if c.fit_method == "EM" else full
+    budget = min(int(c.budget), c.steps)
     dtype = run.dtype
     dummy = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (B * K,) + a.shape), template)
     label = f"recalibrate {c.fit_method} cold"
@@ -67,7 +71,7 @@ def _run_cold(run: _Run) -> tuple[dict, dict, dict]:
             off = _offsets(design, lane_s, dtype)
             use = np.zeros(L, bool)
             d1 = jax.tree.map(lambda a: a[:L], dummy)
-            args = _put((cs, es, d1, use, off), run.mesh, P(_AXIS))
+            args = _put((cs, es, d1, use, _with_limit(off, budget)), run.mesh, P(_AXIS))
             r = _fit_arrays(first(run.stack_dev, *args))
             r = {name: v[: n * K] for name, v in r.items()}
             real = valid_all[lane_w[: n * K]]
@@ -142,7 +146,6 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
     fit_parts, post_parts = [], []
     computed = escaped = stragglers = 0
     shapes = _cold_shapes(template, stack)
-    B_post = -(-(C * Bw) // (width * n_dev)) * (width * n_dev)
     for k in range(n_chunks):
         w_idx = np.arange(k * Bw, min((k + 1) * Bw, W))
         nw = w_idx.size
@@ -187,11 +190,8 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
                 have[:C] |= won
             escaped += n_esc
             stragglers += n_str
-            pad = B_post - lane_c.size  # one shape for every chunk: one compiled post-fit
-            pc = np.concatenate([lane_c, np.zeros(pad, np.int32)])
-            pe = np.concatenate([lane_e, np.full(pad, lane_e[-1], np.int32)])
-            pp = np.concatenate([r["params"], np.repeat(r["params"][-1:], pad, axis=0)])
-            post = _run_post(run, pc, pe, pp)
+            # (in calls of the refits' lane counts: the refinement's post-fits reuse them)
+            post = _batched_post(run, lane_c, lane_e, r["params"])
             part = {f"fit/{k2}": v for k2, v in r.items()}
             part.update({f"post/{k2}": np.asarray(v)[: lane_c.size] for k2, v in post.items()})
             if store is not None:

@@ -37,9 +37,6 @@ def _refine(run: _Run, flat: dict, post: dict, from_data: np.ndarray):
     cap, dtype = run.cap, run.dtype
     kw = run.fit_kw(run.width)
     fit = _program("cold", run.mesh, max_steps=c.steps, **kw)
-    # the restart of a fit from its own end point raises every boundary s.d. (L-BFGS from a
-    # data-derived start can stop on the flat boundary short of the optimum)
-    restart = _program("cold", run.mesh, max_steps=c.steps, revert=False, **kw)
     ll_prog = _program("loglik", run.mesh, window=c.window, width=run.width)
     store = run.store(-1)
     vec = np.array(jax.vmap(flatten_params)(flat["params"]), np.float64)
@@ -94,9 +91,11 @@ def _refine(run: _Run, flat: dict, post: dict, from_data: np.ndarray):
                         src_l.append(s_[gate])
                 tgt = np.concatenate(tgt_l) if tgt_l else np.zeros(0, int)
                 src = np.concatenate(src_l) if src_l else np.zeros(0, int)
-            prog = restart if r == 0 else fit
-            diff = _refit_diff(run, prog, tgt, vec[src], fitd["loglik"][tgt], lane_c, lane_e,
-                               shapes)  # fmt: skip
+            # the first round restarts each fit from its own end point with every boundary
+            # s.d. raised (L-BFGS from a data-derived start can stop on the flat boundary
+            # short of the optimum); later rounds start from a neighbour's optimum
+            diff = _refit_diff(run, fit, tgt, vec[src], fitd["loglik"][tgt], lane_c, lane_e,
+                               shapes, revert=r > 0)  # fmt: skip
             refits += tgt.size
             if store is not None:
                 store.write("refine", r, diff)
@@ -143,8 +142,10 @@ def _explore(run: _Run, sel: np.ndarray, flat: dict, post: dict):
     else:
         computed = 1
         kw = run.fit_kw(run.width)
-        probe = _program("cold", run.mesh, max_steps=c.budget, **kw)
         fit = _program("cold", run.mesh, max_steps=c.steps, **kw)
+        # the probes' budget: a per-lane step limit of the same program (EM ignores it)
+        em = c.fit_method == "EM"
+        probe = _program("cold", run.mesh, max_steps=c.budget, **kw) if em else fit
         lanes = np.repeat(seeds, K)
         starts = np.tile(np.arange(K), seeds.size)
         n_probed = lanes.size
@@ -154,7 +155,7 @@ def _explore(run: _Run, sel: np.ndarray, flat: dict, post: dict):
             dummy = jax.tree.map(
                 lambda a: np.broadcast_to(np.asarray(a), (lanes.size,) + a.shape), template
             )
-            off = _offsets(start_design(K, c.seed), starts, dtype)
+            off = _offsets(start_design(K, c.seed), starts, dtype, min(int(c.budget), c.steps))
             extra = (np.zeros(lanes.size, bool), off)
             # padded to whole groups only: the probes are one call per run whose size
             # depends on the run's layout (a padded lane costs as much as a real one)
@@ -186,9 +187,12 @@ def _explore(run: _Run, sel: np.ndarray, flat: dict, post: dict):
     return flat, post, better, info
 
 
-def _refit_diff(run: _Run, prog, tgt, inits_flat, cur, lane_c, lane_e, shapes) -> dict:
+def _refit_diff(
+    run: _Run, prog, tgt, inits_flat, cur, lane_c, lane_e, shapes, revert: bool = True
+) -> dict:
     """Refit lanes ``tgt`` (a window may appear more than once) from the flat parameters
-    ``inits_flat`` with ``prog``, and keep, per window, the best refit that stopped at an
+    ``inits_flat`` with ``prog`` (``revert``: see :func:`ssjax.rolling.kernels._fit_window`),
+    and keep, per window, the best refit that stopped at an
     optimum above ``cur`` (the window's current log-likelihood, aligned with ``tgt``) by more
     than ``REFINE_ACCEPT``. Returns the change as ``{"lane", "fit/…", "post/…"}`` (no rows
     when nothing improved), the form in which ``out_dir`` stores it."""
@@ -197,7 +201,7 @@ def _refit_diff(run: _Run, prog, tgt, inits_flat, cur, lane_c, lane_e, shapes) -
         return diff
     dtype = np.dtype(run.dtype)
     inits = _unflat_params(np.asarray(inits_flat).astype(dtype), run.template)
-    use = (np.ones(len(tgt), bool), _zero_offsets(len(tgt), dtype))
+    use = (np.ones(len(tgt), bool), _zero_offsets(len(tgt), dtype, revert=revert))
     res = _fits(run, prog, run.cap, lane_c[tgt], lane_e[tgt], inits, use)
     best: dict[int, int] = {}
     for i in range(len(tgt)):
