@@ -17,6 +17,9 @@ Tasks:
 * ``fit``: ``ssjax.fit_mle`` from the data-derived start (the bare fit, no standard errors);
 * ``engine``: ``KalmanEngine().fit`` (16 starts, exact-Hessian and robust standard errors,
   states, forwards); the compile table below comes from this task;
+* ``rolling``, ``rolling_cold``: the README's ``ssjax.recalibrate(panel, window=104,
+  ends=[200, 220, 240], warm_start=True)`` (refinement and exploration included), and the
+  same windows in cold mode;
 * ``main``: the main job, ``ssjax --output-dir DIR --quiet`` (``ssjax.app.cli.main`` in the
   child process); its compile table is given too.
 
@@ -115,6 +118,10 @@ def child_ssjax(task: str) -> dict:
         elif task == "engine":
             f = ssjax.KalmanEngine().fit(F, ttm, dates=panel.dates)
             out["value"] = float(f.loglik)
+        elif task in ("rolling", "rolling_cold"):  # the README's rolling line
+            roll = ssjax.recalibrate(panel, window=104, ends=[200, 220, 240],
+                                     warm_start=task == "rolling", progress=False)  # fmt: skip
+            out["value"] = float(roll.loglik.sum())
         else:
             raise ValueError(task)
     out["first_done"] = time.time()
@@ -234,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[("statsmodels", task)] = run_child(["--child", task, "--npz", str(npz)], base_env)
         print(f"statsmodels {task}: {results[('statsmodels', task)][1]}", flush=True)
 
-    tasks = ["import_jax", "import", "loglik", "grad", "fit", "engine"]
+    tasks = ["import_jax", "import", "loglik", "grad", "fit", "engine", "rolling", "rolling_cold"]
     for task in tasks:
         cache = tmp / f"cache-{task}"
         for label in ("cold", "warm"):
@@ -275,7 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sm_se,
             "statsmodels `cov_type='approx'` (one start)",
         ),  # fmt: skip
-    ]
+        ("rolling", "first `recalibrate`, warm (README: 3 windows)", None,
+         "Σ log-likelihood of the 3 windows"),
+        ("rolling_cold", "first `recalibrate`, cold (the same windows)", None,
+         "Σ log-likelihood of the 3 windows"),
+    ]  # fmt: skip
     if not args.quick:
         spec.append(("main", "main job `ssjax`", None, ""))
     for task, what, sm_s, note in spec:
