@@ -26,6 +26,15 @@ def _post_program(run: _Run):
     )
 
 
+def _budget_program(run: _Run, full):
+    """The program of budgeted fits: ``full`` itself, the budget given as a per-lane step
+    limit (one compiled program), except for EM fits, which ignore step limits and get a
+    program compiled with ``max_steps = budget``."""
+    if run.config.fit_method != "EM":
+        return full
+    return _program("cold", run.mesh, max_steps=run.config.budget, **run.fit_kw(run.width))
+
+
 def _run_post(run: _Run, cs, es, params_flat) -> dict:
     """Post-fit numbers (standard errors, state, forwards, diagnostics) of lanes (cs, es)."""
     params = _unflat_params(params_flat.astype(run.dtype), run.template)
@@ -70,7 +79,7 @@ def _escape(run: _Run, r: dict, full, cap: int, cs, es) -> int:
     nr = len(ESCAPE_RHOS)
     lanes = np.repeat(deg, nr)
     rho = np.tile(np.asarray(ESCAPE_RHOS), deg.size).astype(dtype)
-    budget = min(int(run.config.budget), run.config.steps)
+    budget = run.step_budget
     inits = _unflat_params(np.asarray(r["params"])[lanes].astype(dtype), template)
     off = (np.zeros((lanes.size, 4), dtype), rho, np.zeros(lanes.size, bool),
            np.full(lanes.size, budget, np.int32), np.ones(lanes.size, bool))  # fmt: skip

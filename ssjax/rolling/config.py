@@ -268,6 +268,12 @@ class _Run:
         return self.config.vector_width
 
     @property
+    def step_budget(self) -> int:
+        """The budget of a budgeted fit (first passes, escapes, probes): ``budget`` steps, at
+        most ``max_steps``."""
+        return min(int(self.config.budget), self.config.steps)
+
+    @property
     def warm_budget(self) -> int | None:
         """Warm mode's step budget for a window that starts from an earlier optimum
         (``budget``; ``None`` for EM fits, which run ``max_steps`` iterations)."""

@@ -172,11 +172,11 @@ def _NO_OFFSET(dtype):
             jnp.ones((), bool))  # fmt: skip
 
 
-def _zero_offsets(n: int, dtype, limit: int = NO_LIMIT, revert: bool = True) -> tuple:
-    """``n`` lanes of the zero offset (host arrays; see :func:`_NO_OFFSET`), with a step
-    ``limit`` and ``revert`` for all."""
+def _zero_offsets(n: int, dtype, revert: bool = True) -> tuple:
+    """``n`` lanes of the zero offset (host arrays; see :func:`_NO_OFFSET`), with
+    ``revert`` for all."""
     return (np.zeros((n, 4), dtype), np.zeros(n, dtype), np.ones(n, bool),
-            np.full(n, limit, np.int32), np.full(n, revert, bool))  # fmt: skip
+            np.full(n, NO_LIMIT, np.int32), np.full(n, revert, bool))  # fmt: skip
 
 
 def _offsets(design, idx: np.ndarray, dtype, limit: int = NO_LIMIT) -> tuple:

@@ -10,7 +10,14 @@ from jax.sharding import PartitionSpec as P
 
 from ssjax.core.params import flatten_params
 from ssjax.fit.optimum import start_design
-from ssjax.rolling.batches import _batched_post, _best_per_window, _escape, _fits, _run_post
+from ssjax.rolling.batches import (
+    _batched_post,
+    _best_per_window,
+    _budget_program,
+    _escape,
+    _fits,
+    _run_post,
+)
 from ssjax.rolling.chunks import _cold_shapes, _Progress
 from ssjax.rolling.config import _Run
 from ssjax.rolling.devices import _AXIS, _bucket, _host, _put
@@ -42,10 +49,7 @@ def _run_cold(run: _Run) -> tuple[dict, dict, dict]:
     store = run.store(n_chunks)
     kw = run.fit_kw(run.width)
     full = _program("cold", run.mesh, max_steps=c.steps, **kw)
-    # the first pass's budget is a per-lane step limit of the same program (one compile);
-    # EM fits ignore that limit, so theirs is a program of its own
-    first = _program("cold", run.mesh, max_steps=c.budget, **kw) if c.fit_method == "EM" else full
-    budget = min(int(c.budget), c.steps)
+    first = _budget_program(run, full)  # (the first pass: budgeted)
     dtype = run.dtype
     dummy = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (B * K,) + a.shape), template)
     label = f"recalibrate {c.fit_method} cold"
@@ -71,7 +75,7 @@ def _run_cold(run: _Run) -> tuple[dict, dict, dict]:
             off = _offsets(design, lane_s, dtype)
             use = np.zeros(L, bool)
             d1 = jax.tree.map(lambda a: a[:L], dummy)
-            args = _put((cs, es, d1, use, _with_limit(off, budget)), run.mesh, P(_AXIS))
+            args = _put((cs, es, d1, use, _with_limit(off, run.step_budget)), run.mesh, P(_AXIS))
             r = _fit_arrays(first(run.stack_dev, *args))
             r = {name: v[: n * K] for name, v in r.items()}
             real = valid_all[lane_w[: n * K]]

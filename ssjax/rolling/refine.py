@@ -9,7 +9,7 @@ import numpy as np
 
 from ssjax.core.params import Params, flatten_params
 from ssjax.fit.optimum import bound_vector, start_design
-from ssjax.rolling.batches import REFINE_ACCEPT, _batched, _batched_post, _fits
+from ssjax.rolling.batches import REFINE_ACCEPT, _batched, _batched_post, _budget_program, _fits
 from ssjax.rolling.chunks import _cold_shapes
 from ssjax.rolling.config import _Run
 from ssjax.rolling.kernels import (
@@ -143,9 +143,7 @@ def _explore(run: _Run, sel: np.ndarray, flat: dict, post: dict):
         computed = 1
         kw = run.fit_kw(run.width)
         fit = _program("cold", run.mesh, max_steps=c.steps, **kw)
-        # the probes' budget: a per-lane step limit of the same program (EM ignores it)
-        em = c.fit_method == "EM"
-        probe = _program("cold", run.mesh, max_steps=c.budget, **kw) if em else fit
+        probe = _budget_program(run, fit)
         lanes = np.repeat(seeds, K)
         starts = np.tile(np.arange(K), seeds.size)
         n_probed = lanes.size
@@ -155,7 +153,7 @@ def _explore(run: _Run, sel: np.ndarray, flat: dict, post: dict):
             dummy = jax.tree.map(
                 lambda a: np.broadcast_to(np.asarray(a), (lanes.size,) + a.shape), template
             )
-            off = _offsets(start_design(K, c.seed), starts, dtype, min(int(c.budget), c.steps))
+            off = _offsets(start_design(K, c.seed), starts, dtype, run.step_budget)
             extra = (np.zeros(lanes.size, bool), off)
             # padded to whole groups only: the probes are one call per run whose size
             # depends on the run's layout (a padded lane costs as much as a real one)
