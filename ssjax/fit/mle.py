@@ -40,8 +40,6 @@ from ssjax.fit.optimum import BOUNDARY, BOUNDARY_MESSAGE, FitStatus, bound_vecto
 
 __all__ = [
     "MLEResult",
-    "LBFGSMemory",
-    "empty_memory",
     "fit_mle",
     "default_start",
     "status_message",
@@ -68,33 +66,6 @@ STATUS_MESSAGES = {
 }
 
 
-class LBFGSMemory(NamedTuple):
-    """L-BFGS's curvature pairs at the end of a fit, to start a neighbouring fit with them
-    (a pytree: it vmaps and rides in a ``lax.scan`` carry).
-
-    ``s`` and ``y`` are the last ``memory_size`` steps and gradient changes of the
-    per-observation objective in the unconstrained coordinates (not the preconditioned ones:
-    a fit that recomputes its scaling converts them); ``count`` is how many pairs were made
-    (0: none, the memory is ignored); ``spot_slope``: in which coordinates
-    (:mod:`ssjax.fit.coordinates`): a fit in the other ones ignores the memory.
-    """
-
-    count: Array  # int32
-    s: Array  # [memory_size, n]
-    y: Array  # [memory_size, n]
-    spot_slope: Array  # bool
-
-
-#: L-BFGS's default memory (pairs kept)
-MEMORY_SIZE = 10
-
-
-def empty_memory(n: int, dtype=jnp.float64, memory_size: int = MEMORY_SIZE) -> LBFGSMemory:
-    """An :class:`LBFGSMemory` with no pairs (``count`` 0) for ``n`` parameters."""
-    z = jnp.zeros((memory_size, n), dtype)
-    return LBFGSMemory(jnp.zeros((), jnp.int32), z, z, jnp.zeros((), bool))
-
-
 class MLEResult(NamedTuple):
     """Outcome of :func:`fit_mle` (a pytree: it vmaps)."""
 
@@ -104,7 +75,6 @@ class MLEResult(NamedTuple):
     num_steps: Array  # optimizer steps taken
     status: Array  # one of GTOL, FTOL, MAX_STEPS, NONFINITE, BOUNDARY
     converged: Array  # bool: an interior optimum (status GTOL or FTOL)
-    memory: LBFGSMemory | None = None  # the curvature pairs at the end (see LBFGSMemory)
 
 
 GRADIENTS = ("fisher", "autodiff")
@@ -201,14 +171,13 @@ def fit_mle(
     gtol: float = 1e-6,
     ftol: float = 1e-11,
     patience: int = 5,
-    memory_size: int = MEMORY_SIZE,
+    memory_size: int = 10,
     max_linesearch_steps: int = 30,
     precondition: bool = True,
     gradient: str = "autodiff",
     filter_method: str = "sequential",
     step_limit: ArrayLike | None = None,
     spot_slope: ArrayLike | None = None,
-    memory: LBFGSMemory | None = None,
 ) -> MLEResult:
     """Maximize the exact log-likelihood from ``init`` with optax L-BFGS (zoom line search).
 
@@ -242,11 +211,6 @@ def fit_mle(
         spot_slope: optimize in the spot–slope coordinates (:mod:`ssjax.fit.coordinates`:
             much faster where the likelihood rises along the κ → 0, ρ → −1 ridge) instead
             of the factors' own; may be a traced boolean (one choice per vmapped lane).
-        memory: L-BFGS's curvature pairs from a neighbouring fit (``MLEResult.memory`` of
-            the previous window of a rolling run, say): the fit starts with them instead of
-            an empty memory, so its first steps are already quasi-Newton ones. Ignored where
-            its ``count`` is 0 or its coordinates (``spot_slope``) differ from this fit's,
-            and by the second (autodiff) phase of ``gradient="fisher"``.
 
     Returns:
         :class:`MLEResult`. Pure and jittable: ``jax.vmap(fit_mle, in_axes=(0, 0))`` fits a
@@ -282,7 +246,7 @@ def fit_mle(
         linesearch=scale_by_zoom_linesearch(max_linesearch_steps, initial_guess_strategy="one"),
     )
 
-    def run(fun, w0: Array, step0: Array, budget: int, mem: LBFGSMemory | None = None) -> _Carry:
+    def run(fun, w0: Array, step0: Array, budget: int) -> _Carry:
         """L-BFGS on ``fun`` from ``w0`` until a stopping rule fires (steps counted on)."""
         f0, g0 = jax.value_and_grad(fun)(w0)
         gnorm0 = jnp.max(jnp.abs(g0 * d))
@@ -293,8 +257,6 @@ def fit_mle(
         # is not finite; under vmap that cond becomes a select and every step paid a second
         # value-and-gradient evaluation: vmapped fits took ~2x as long.)
         opt_state0 = optax.tree.set(solver.init(w0), value=f0, grad=g0)
-        if mem is not None:
-            opt_state0 = (_seed_memory(opt_state0[0], mem, w0, g0),) + tuple(opt_state0[1:])
         carry0 = _Carry(
             v=w0,
             opt_state=opt_state0,
@@ -339,40 +301,6 @@ def fit_mle(
 
         return lax.while_loop(cond, body, carry0)
 
-    def _seed_memory(lb, mem: LBFGSMemory, w0: Array, g0: Array):
-        """optax's L-BFGS state holding ``mem`` (converted to the preconditioned
-        coordinates), set up so that its first update re-inserts the newest pair (whose
-        slot it overwrites with the same values) and scales the identity by it."""
-        use = (mem.count > 0) & (jnp.asarray(mem.spot_slope) == jnp.asarray(ss_flag))
-        s_w = (mem.s * d * free).astype(w0.dtype)  # w = d (v - v0)
-        y_w = (mem.y / d * free).astype(w0.dtype)
-        sy = jnp.sum(s_w * y_w, axis=1)
-        weights = jnp.where(sy > 0, 1.0 / jnp.where(sy > 0, sy, 1.0), 0.0)
-        weights = weights.astype(lb.weights_memory.dtype)
-        last = (mem.count - 1) % memory_size
-
-        def pick(a, b):
-            return jnp.where(use, a, b)
-
-        return lb._replace(
-            count=pick(mem.count, lb.count).astype(lb.count.dtype),
-            params=pick(w0 - s_w[last], lb.params),
-            updates=pick(g0 - y_w[last], lb.updates),
-            diff_params_memory=pick(s_w, lb.diff_params_memory),
-            diff_updates_memory=pick(y_w, lb.diff_updates_memory),
-            weights_memory=pick(weights, lb.weights_memory),
-        )
-
-    def _memory_out(c: _Carry) -> LBFGSMemory:
-        lb = c.opt_state[0]
-        return LBFGSMemory(
-            count=lb.count.astype(jnp.int32),
-            s=lb.diff_params_memory / d,
-            y=lb.diff_updates_memory * d,
-            spot_slope=jnp.asarray(ss_flag, bool),
-        )
-
-    ss_flag = False if spot_slope is None else spot_slope
     w0 = jnp.zeros_like(v0)
     step0 = jnp.zeros((), jnp.int32)
     if step_limit is not None:
@@ -381,10 +309,10 @@ def fit_mle(
         # the fast gradient takes the fit to the optimum's neighbourhood; plain autodiff
         # finishes it, so the stopping rules see the accurate gradient (the Fisher one loses
         # digits as a noise s.d. heads to zero: see ssjax.core.score)
-        first = run(objective("fisher"), w0, step0, max_steps, memory)
+        first = run(objective("fisher"), w0, step0, max_steps)
         c = run(objective("autodiff"), first.v, first.step, max_steps)
     else:
-        c = run(objective("autodiff"), w0, step0, max_steps, memory)
+        c = run(objective("autodiff"), w0, step0, max_steps)
     params = from_u(unflatten_params(v0 + free * c.v / d, template))
     met = (c.status == GTOL) | (c.status == FTOL)
     status = jnp.where(met & jnp.any(bound_vector(params, free)), BOUNDARY, c.status)
@@ -396,7 +324,6 @@ def fit_mle(
         num_steps=c.step,
         status=status,
         converged=(status == GTOL) | (status == FTOL),
-        memory=_memory_out(c),
     )
 
 

@@ -23,9 +23,8 @@ from ssjax.progress import progress_bar
 from ssjax.rolling.devices import _from_lead, _lead
 
 _MANIFEST = "manifest.json"
-# 4: robust standard errors in the post-fit numbers; 5: FitStatus codes; 6: the device layout;
-# 7: L-BFGS's memory in warm mode's carry
-_FORMAT_VERSION = 7
+# 4: robust standard errors in the post-fit numbers; 5: FitStatus codes; 6: the device layout
+_FORMAT_VERSION = 6
 #: the parts of the device layout a run's numbers depend on: a folder written under another
 #: count of devices or another platform is not resumed (the last bits differ; how the devices
 #: are spread over processes changes nothing: docs/design.md, "Several processes")

@@ -23,7 +23,7 @@ from ssjax.core.params import Params, flatten_params, unflatten_params
 from ssjax.fit.coordinates import on_ridge
 from ssjax.fit.em import fit_em
 from ssjax.fit.inference import parameter_uncertainty
-from ssjax.fit.mle import MAX_STEPS, LBFGSMemory, empty_memory, fit_mle, stopped
+from ssjax.fit.mle import MAX_STEPS, fit_mle, stopped
 from ssjax.fit.mle import default_start as _default_start
 from ssjax.fit.optimum import move_inside, offset_start, pull_back
 from ssjax.rolling.devices import _AXIS, _host
@@ -109,8 +109,7 @@ def _fit_window(
     filter_method,
     floor,
     pad=True,
-    memory: LBFGSMemory | None = None,
-) -> WindowFit | tuple[WindowFit, LBFGSMemory]:
+) -> WindowFit:
     """Fit one window from ``init`` moved inside and off the boundary (``use_init``) or from
     its data-derived start moved by ``offset`` (one start of a design, a step limit and a
     choice: ``(log_scale [4], rho, keep_rho, limit, revert)``, see
@@ -122,11 +121,7 @@ def _fit_window(
 
     A window whose ``init`` lies on the κ → 0, ρ → −1 ridge (an earlier optimum there) is
     fitted in the spot–slope coordinates, from either start (:mod:`ssjax.fit.coordinates`:
-    the factors' coordinates walk that ridge for hundreds of steps).
-
-    ``memory`` (MLE): L-BFGS's curvature pairs from the fit that ended at ``init`` (the
-    previous window's, in warm mode), used where ``use_init``; the fit then returns
-    ``(WindowFit, its own memory)``."""
+    the factors' coordinates walk that ridge for hundreds of steps)."""
     log_scale, rho, keep_rho, limit, revert = offset
     # (an escape's lanes, which set ρ, move a ridge point inside and run in the factors'
     # coordinates: they look for an interior optimum)
@@ -149,8 +144,6 @@ def _fit_window(
     prior = default_prior(raw)
     # the prior and the free mask as KalmanEngine passes them
     free = jnp.ones_like(flatten_params(start))
-    if memory is not None:  # (a seed's start is not where the memory's pairs were made)
-        memory = memory._replace(count=jnp.where(use_init, memory.count, 0))
     if method == "MLE":
         r = fit_mle(
             data,
@@ -162,10 +155,8 @@ def _fit_window(
             filter_method=filter_method,
             step_limit=limit,
             spot_slope=ridge,
-            memory=memory,
         )
-        fit = WindowFit(r.params, r.loglik, stopped(r.status), r.num_steps, r.status)
-        return fit if memory is None else (fit, r.memory)
+        return WindowFit(r.params, r.loglik, stopped(r.status), r.num_steps, r.status)
     r = fit_em(data, start, prior, free, max_iters=max_steps)
     return WindowFit(r.params, r.loglik, stopped(r.status), r.num_iters, r.status)
 
@@ -220,13 +211,8 @@ def _cold_body(stack, cs, ends, inits, use_init, offsets, *, width, **fit_kw):
     return _lanes(lambda *a: fn(stack, *a), (cs, ends, inits, use_init, offsets), width)
 
 
-def _warm_body(stack, cs, ends, carry, have, memory, *, width, budget=None, **fit_kw):
+def _warm_body(stack, cs, ends, carry, have, *, width, budget=None, **fit_kw):
     """``lax.scan`` over the window ends of each commodity, vmapped over commodities.
-
-    MLE fits hand L-BFGS's memory on along the chain with the end point (``memory``, one
-    :class:`~ssjax.fit.mle.LBFGSMemory` per commodity, returned updated): the next window's
-    likelihood is its neighbour's with one date swapped, so the last fit's curvature pairs
-    make its first steps quasi-Newton ones (~40% fewer steps on the bundled WTI windows).
 
     With a ``budget``, a window that starts from an earlier optimum gets at most that many
     L-BFGS steps (a commodity's first fit, from its data-derived start, gets ``max_steps``):
@@ -236,28 +222,23 @@ def _warm_body(stack, cs, ends, carry, have, memory, *, width, budget=None, **fi
     TRACE_COUNTS["warm"] += 1
     fn = functools.partial(_fit_window, pad=False, **fit_kw)
 
-    mle = fit_kw["method"] == "MLE"
-
-    def per_commodity(c, p0, h0, m0):
+    def per_commodity(c, p0, h0):
         def body(state, e):
-            p, h, m = state
+            p, h = state
             off = _NO_OFFSET(p.kappa.dtype)
             if budget is not None:
                 off = off[:3] + (jnp.where(h, budget, NO_LIMIT).astype(jnp.int32),) + off[4:]
-            if mle:
-                r, m_new = fn(stack, c, e, p, h, off, memory=m)
-            else:
-                r, m_new = fn(stack, c, e, p, h, off), m
+            r = fn(stack, c, e, p, h, off)
             ok = r.stopped & jnp.isfinite(r.loglik)
             if budget is not None:  # a fit cut short hands its end point on (on its way)
                 ok = ok | (h & (r.status == MAX_STEPS) & jnp.isfinite(r.loglik))
-            keep = functools.partial(jax.tree.map, lambda a, b: jnp.where(ok, a, b))
-            return (keep(r.params, p), h | ok, keep(m_new, m)), (r, h)
+            nxt = jax.tree.map(lambda a, b: jnp.where(ok, a, b), r.params, p)
+            return (nxt, h | ok), (r, h)
 
-        (p_last, h_last, m_last), res = lax.scan(body, (p0, h0, m0), ends)
-        return res, p_last, h_last, m_last
+        (p_last, h_last), res = lax.scan(body, (p0, h0), ends)
+        return res, p_last, h_last
 
-    return _lanes(per_commodity, (cs, carry, have, memory), width)
+    return _lanes(per_commodity, (cs, carry, have), width)
 
 
 def _post_body(stack, cs, ends, params, *, window, width, standard_errors):
@@ -322,8 +303,8 @@ def _program(kind: str, mesh: Mesh, **static) -> Callable:
     key = (kind, mesh, tuple(sorted(static.items())))
     if key not in _PROGRAMS:
         body = functools.partial(_BODIES[kind], **static)
-        if kind == "warm":  # (stack, cs, ends, carry, have, memory): ends replicated
-            in_specs = (P(), P(_AXIS), P(), P(_AXIS), P(_AXIS), P(_AXIS))
+        if kind == "warm":  # (stack, cs, ends, carry, have): ends replicated
+            in_specs = (P(), P(_AXIS), P(), P(_AXIS), P(_AXIS))
         elif kind == "cold":  # (stack, cs, ends, inits, use_init, offsets)
             in_specs = (P(), P(_AXIS), P(_AXIS), P(_AXIS), P(_AXIS), P(_AXIS))
         else:  # post and loglik: (stack, cs, ends, params)
@@ -338,21 +319,6 @@ def _program(kind: str, mesh: Mesh, **static) -> Callable:
 # --------------------------------------------------------------------------------------
 # The shell
 # --------------------------------------------------------------------------------------
-def _empty_memory(lanes: int, n: int) -> dict[str, np.ndarray]:
-    """Host arrays of ``lanes`` empty L-BFGS memories (see :func:`_memory_tree`)."""
-    m = empty_memory(n)
-    return {f: np.zeros((lanes,) + np.shape(getattr(m, f)), np.asarray(getattr(m, f)).dtype)
-            for f in LBFGSMemory._fields}  # fmt: skip
-
-
-def _memory_tree(host: dict[str, np.ndarray], dtype) -> LBFGSMemory:
-    """:class:`LBFGSMemory` from host arrays (``s`` and ``y`` in the run's dtype)."""
-    return LBFGSMemory(
-        count=host["count"].astype(np.int32), s=host["s"].astype(dtype),
-        y=host["y"].astype(dtype), spot_slope=host["spot_slope"].astype(bool),
-    )  # fmt: skip
-
-
 def _params_template(stack: MarketData, window: int) -> Params:
     """A start of the right structure (the leaves' shapes are what matters)."""
     return _default_start(window_data(stack, jnp.asarray(0), jnp.asarray(window - 1), window))

@@ -22,9 +22,7 @@ from ssjax.rolling.chunks import _cold_shapes, _Progress
 from ssjax.rolling.config import _Run
 from ssjax.rolling.devices import _AXIS, _bucket, _host, _put
 from ssjax.rolling.kernels import (
-    _empty_memory,
     _fit_arrays,
-    _memory_tree,
     _offsets,
     _program,
     _unflat_params,
@@ -148,9 +146,6 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
     n = flatten_params(template).shape[0]
     carry = np.broadcast_to(np.asarray(flatten_params(template)), (Cp, n)).copy()
     have = np.zeros(Cp, bool)
-    mem = _empty_memory(Cp, n)  # L-BFGS's memory, handed on with the carry (MLE)
-    carry_shapes = {"params": ((n,), np.float64), "have": ((), np.bool_)}
-    carry_shapes.update({f"mem_{f}": (v.shape[1:], v.dtype) for f, v in mem.items()})
     bar = _Progress(n_chunks, int(valid.sum()), run.progress, f"recalibrate {c.fit_method} warm")
     fit_parts, post_parts = [], []
     computed = escaped = stragglers = 0
@@ -160,18 +155,17 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
         nw = w_idx.size
         if store is not None and store.has("chunk", k) and store.has("carry", k):
             part = store.read("chunk", k, shapes)
-            cr = store.read("carry", k, carry_shapes)
+            cr = store.read("carry", k, {"params": ((n,), np.float64), "have": ((), np.bool_)})
             carry, have = cr["params"], cr["have"]
-            mem = {f: cr[f"mem_{f}"] for f in mem}
             bar.update(int(valid[:, w_idx].sum()), computed=False)
         else:
             e_chunk = ends[np.concatenate([w_idx, np.full(Bw - nw, w_idx[-1])])]
             p0 = _unflat_params(carry.astype(stack.log_f.dtype), template)
-            (res, warm), p_last, h_last, m_last = prog(
+            (res, warm), p_last, h_last = prog(
                 run.stack_dev,
                 _put(cs, mesh, P(_AXIS)),
                 _put(e_chunk.astype(np.int32), mesh, P()),
-                *_put((p0, have, _memory_tree(mem, stack.log_f.dtype)), mesh, P(_AXIS)),
+                *_put((p0, have), mesh, P(_AXIS)),
             )
             # the padded ends repeat the chunk's last window: their fits equal it, so the
             # carry after them is the carry after the last real window
@@ -180,7 +174,6 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
             r = _fit_arrays(res)
             carry = np.array(jax.vmap(flatten_params)(_host(p_last)), np.float64)
             have = np.array(_host(h_last))
-            mem = {f: np.array(v) for f, v in _host(m_last)._asdict().items()}
             # lanes in commodity-major order within the chunk
             lane_c = np.repeat(np.arange(C), nw).astype(np.int32)
             lane_e = np.tile(ends[w_idx], C).astype(np.int32)
@@ -197,10 +190,8 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
                     r[name][live] = sub_r[name]
                 last = np.arange(C) * nw + (nw - 1)
                 won = r["stopped"][last] & np.isfinite(r["loglik"][last])
-                moved = won & np.any(carry[:C] != r["params"][last], axis=1)
                 carry[:C][won] = r["params"][last][won]
                 have[:C] |= won
-                mem["count"][:C][moved] = 0  # not where its pairs were made
             escaped += n_esc
             stragglers += n_str
             # (in calls of the refits' lane counts: the refinement's post-fits reuse them)
@@ -209,8 +200,7 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
             part.update({f"post/{k2}": np.asarray(v)[: lane_c.size] for k2, v in post.items()})
             if store is not None:
                 store.write("chunk", k, part)
-                store.write("carry", k, {"params": carry, "have": have,
-                                         **{f"mem_{f}": v for f, v in mem.items()}})  # fmt: skip
+                store.write("carry", k, {"params": carry, "have": have})
             computed += 1
             bar.update(int(valid[:, w_idx].sum()), computed=True)
         fit_parts.append((w_idx, {k2[4:]: v for k2, v in part.items() if k2.startswith("fit/")}))

@@ -12,7 +12,6 @@ from ssjax.fit.mle import (
     BOUNDARY,
     MAX_STEPS,
     default_start,
-    empty_memory,
     fit_mle,
     free_mask,
     negative_loglik,
@@ -131,27 +130,6 @@ def test_fit_vmaps_over_panels(wti_data):
     for k, w in enumerate(windows):
         r = fit_mle(w, jax.tree.map(lambda a, k=k: a[k], init), max_steps=400)
         np.testing.assert_allclose(rb.loglik[k], r.loglik, rtol=1e-9)
-
-
-def test_lbfgs_memory_from_the_neighbouring_window(wti_data):
-    """The next window fitted from the last one's end point with its L-BFGS memory: the same
-    optimum in fewer steps; an empty memory, or one made in the other coordinates, changes
-    nothing (the same path as no memory, to the bit)."""
-    T = 120
-    a, b = (jax.tree.map(lambda x, s=s: x[s : s + T] if x.ndim else x, wti_data) for s in (0, 1))
-    a, b = a._replace(dt=a.dt[: T - 1]), b._replace(dt=b.dt[: T - 1])
-    ra = fit_mle(a, default_start(a), max_steps=400)
-    assert int(ra.memory.count) == int(ra.num_steps) > 0 and not bool(ra.memory.spot_slope)
-    plain = fit_mle(b, ra.params, max_steps=400)
-    warm = fit_mle(b, ra.params, max_steps=400, memory=ra.memory)
-    assert bool(stopped(plain.status)) and bool(stopped(warm.status))
-    assert int(warm.num_steps) < int(plain.num_steps)
-    np.testing.assert_allclose(warm.loglik, plain.loglik, rtol=0, atol=1e-6)
-    n = flatten_params(ra.params).size
-    for mem in (empty_memory(n), ra.memory._replace(spot_slope=jnp.asarray(True))):
-        same = fit_mle(b, ra.params, max_steps=400, memory=mem)
-        assert int(same.num_steps) == int(plain.num_steps)
-        np.testing.assert_array_equal(same.loglik, plain.loglik)
 
 
 @pytest.mark.slow
