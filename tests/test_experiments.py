@@ -128,6 +128,7 @@ def test_experiment_scripts_run(tmp_path, monkeypatch):
     assert (tmp_path / "oos" / "dm_wti.md").exists()
 
 
+@pytest.mark.slow  # a worker process that compiles warm mode afresh: ~100 s of CI
 def test_bench_scale_quick_runs_end_to_end(tmp_path, monkeypatch):
     """experiments/bench_scale.py --quick: panels, a worker process, the optimum check and the
     result files, on 2 commodities x 12 windows."""

@@ -75,6 +75,7 @@ def test_warm_seeds_find_the_optimum_a_warm_path_misses():
         recalibrate(wti, explore=-1, **kw)
 
 
+@pytest.mark.slow  # two warm runs on natural gas (~70 s); the refinement's CI tests: rolling/
 def test_refinement_tries_a_neighbours_other_mode(monkeypatch):
     """Natural gas, window ending at 239: the warm path ends at an interior optimum 3.96
     nats below the mode that prices the 24-month tenor exactly, which window 243 holds but
