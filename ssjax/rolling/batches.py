@@ -26,6 +26,12 @@ def _post_program(run: _Run):
     )
 
 
+def _fit_program(run: _Run):
+    """The window-fit program with the full step budget (``max_steps``): cold mode's lanes,
+    the stragglers', escapes' and refinement's refits, the probes (as step limits)."""
+    return _program("cold", run.mesh, max_steps=run.config.steps, **run.fit_kw(run.width))
+
+
 def _budget_program(run: _Run, full):
     """The program of budgeted fits: ``full`` itself, the budget given as a per-lane step
     limit (one compiled program), except for EM fits, which ignore step limits and get a

@@ -15,6 +15,7 @@ from ssjax.rolling.batches import (
     _best_per_window,
     _budget_program,
     _escape,
+    _fit_program,
     _fits,
     _run_post,
 )
@@ -47,8 +48,7 @@ def _run_cold(run: _Run) -> tuple[dict, dict, dict]:
     N = C * W
     n_chunks = -(-N // B)
     store = run.store(n_chunks)
-    kw = run.fit_kw(run.width)
-    full = _program("cold", run.mesh, max_steps=c.steps, **kw)
+    full = _fit_program(run)
     first = _budget_program(run, full)  # (the first pass: budgeted)
     dtype = run.dtype
     dummy = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (B * K,) + a.shape), template)
@@ -141,7 +141,7 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
     prog = _program("warm", mesh, max_steps=c.steps, budget=run.warm_budget,
                     **run.fit_kw(width_c))  # fmt: skip
     # the stragglers' refits and the escapes from degenerate end points
-    full = _program("cold", mesh, max_steps=c.steps, **run.fit_kw(width))
+    full = _fit_program(run)
     unit = run.unit
     n = flatten_params(template).shape[0]
     carry = np.broadcast_to(np.asarray(flatten_params(template)), (Cp, n)).copy()

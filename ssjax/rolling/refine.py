@@ -9,7 +9,14 @@ import numpy as np
 
 from ssjax.core.params import Params, flatten_params
 from ssjax.fit.optimum import bound_vector, start_design
-from ssjax.rolling.batches import REFINE_ACCEPT, _batched, _batched_post, _budget_program, _fits
+from ssjax.rolling.batches import (
+    REFINE_ACCEPT,
+    _batched,
+    _batched_post,
+    _budget_program,
+    _fit_program,
+    _fits,
+)
 from ssjax.rolling.chunks import _cold_shapes
 from ssjax.rolling.config import _Run
 from ssjax.rolling.kernels import (
@@ -35,8 +42,7 @@ def _refine(run: _Run, flat: dict, post: dict, from_data: np.ndarray):
     c, template, ends, valid = run.config, run.template, run.ends, run.valid
     C, W = valid.shape
     cap, dtype = run.cap, run.dtype
-    kw = run.fit_kw(run.width)
-    fit = _program("cold", run.mesh, max_steps=c.steps, **kw)
+    fit = _fit_program(run)
     ll_prog = _program("loglik", run.mesh, window=c.window, width=run.width)
     store = run.store(-1)
     vec = np.array(jax.vmap(flatten_params)(flat["params"]), np.float64)
@@ -141,8 +147,7 @@ def _explore(run: _Run, sel: np.ndarray, flat: dict, post: dict):
         diff = store.read("explore", 0, shapes)
     else:
         computed = 1
-        kw = run.fit_kw(run.width)
-        fit = _program("cold", run.mesh, max_steps=c.steps, **kw)
+        fit = _fit_program(run)
         probe = _budget_program(run, fit)
         lanes = np.repeat(seeds, K)
         starts = np.tile(np.arange(K), seeds.size)
