@@ -240,6 +240,9 @@ def scale_by_zoom_linesearch(
         value_init = jnp.asarray(value, dtype)
         slope_init = jnp.real(jnp.vdot(updates, grad)).astype(dtype)
         guess = jnp.asarray(1.0, dtype) if initial_guess_strategy == "one" else state.learning_rate
+        # no value at the current point yet (a fresh state, as ssjax's fit_mle starts with a
+        # zero step): the first trial is that evaluation and is accepted whatever it gives
+        boot = ~jnp.isfinite(value_init)
         zero = jnp.zeros((), dtype)
         s0 = ZoomState(
             count=jnp.asarray(0),
@@ -274,6 +277,7 @@ def scale_by_zoom_linesearch(
             a = zoom_update(s, step, v, g, slope, value_init, slope_init)
             b = search_update(s, step, v, g, slope, value_init, slope_init)
             new = jax.tree.map(lambda x, y: jnp.where(s.interval_found, x, y), a, b)
+            new = new._replace(done=new.done | boot, failed=new.failed & ~boot)
             # (zoom_update leaves interval_found as it was: it is only set by the search)
             new = lax.cond(new.failed, try_safe_step, lambda x: x, new)
             return jax.tree.map(lambda x, ref: x.astype(ref.dtype), new, s)

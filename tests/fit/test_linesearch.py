@@ -104,3 +104,24 @@ def test_vmap_evaluates_once_per_iteration():
 def test_bad_guess_strategy():
     with pytest.raises(ValueError, match="initial_guess_strategy"):
         scale_by_zoom_linesearch(10, initial_guess_strategy="bogus")
+
+
+def test_a_fresh_state_takes_its_first_trial_as_the_evaluation_of_the_start():
+    """fit_mle's first loop pass: no value yet, a zero step; the line search evaluates the
+    start once and accepts it (so the fit compiles the objective's gradient only there)."""
+    x0 = jnp.array([-1.2, 1.0, 0.5])
+    ls = scale_by_zoom_linesearch(30)
+    state = ls.init(x0)
+    assert not np.isfinite(float(state.value))
+    upd, new = ls.update(
+        jnp.zeros(3), state, x0, value=state.value, grad=state.grad, value_fn=rosenbrock
+    )
+    f0, g0 = jax.value_and_grad(rosenbrock)(x0)
+    np.testing.assert_array_equal(np.asarray(upd), 0.0)
+    assert float(new.value) == pytest.approx(float(f0), rel=1e-14)  # (jitted vs eager)
+    np.testing.assert_allclose(np.asarray(new.grad), np.asarray(g0), rtol=1e-14)
+    assert int(new.info.num_linesearch_steps) == 1
+    # a state with a value searches as before: a descent step lowers the objective
+    upd, new = ls.update(-g0, new, x0, value=f0, grad=g0, value_fn=rosenbrock)
+    assert float(new.value) < float(f0)
+    assert int(new.info.num_linesearch_steps) >= 1
