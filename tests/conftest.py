@@ -20,18 +20,38 @@ else:
 
 import ssjax  # noqa: E402
 
+#: clear JAX's caches after a module once the process holds more memory maps than this
+#: fraction of the kernel's limit (see _free_compiled_programs)
+_MAPS_FRACTION = 0.5
+
+
+def _memory_maps() -> tuple[int, int] | None:
+    """(memory maps this process holds, the kernel's limit), or None where unknown."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            n = sum(1 for _ in f)
+        with open("/proc/sys/vm/max_map_count") as f:
+            return n, int(f.read())
+    except (OSError, ValueError):
+        return None
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_programs():
-    """Drop JAX's compiled programs after each test module.
+    """Drop JAX's compiled programs after a test module when they hold many memory maps.
 
     Every XLA CPU executable keeps its own mapped code pages; a worker that runs many modules
     accumulated enough of them to reach the kernel's limit on memory maps (vm.max_map_count),
-    and LLVM then crashed the worker inside a compile. Later modules reload what they need
-    from the run's persistent cache (above), so this costs little time.
+    and LLVM then crashed the worker inside a compile. Clearing after every module cost
+    each later module the tracing and lowering of the programs it shares with earlier ones
+    (the same fits of the bundled panel in many files), so the caches are cleared only once
+    the maps pass a fraction of the limit (always where the count cannot be read). Later
+    modules reload what they need from the run's persistent cache (above).
     """
     yield
-    jax.clear_caches()
+    maps = _memory_maps()
+    if maps is None or maps[0] > _MAPS_FRACTION * maps[1]:
+        jax.clear_caches()
 
 
 @pytest.fixture(scope="session")
