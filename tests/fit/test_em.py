@@ -211,19 +211,23 @@ def test_em_reaches_mle_on_simulated_panel_with_missing(sim_missing):
     assert "EM" in em.summary()
 
 
-def test_plain_and_accelerated_em_are_monotone(sim_missing, wti_data):
-    F, ttm = sim_missing
-    sim = ssjax.make_market_data(F, ttm, dt=1 / 52)
-    for data in (sim, wti_data):
-        start = ssjax.default_start(data)
-        # padded to the engine's 320 dates and run with its defaults: shares its compilation
-        data = pad_dates(data, 320)
-        for acc in (False, True):
-            res = fit_em(data, start, accelerate=acc, ecme=False)
-            path = _monotone(res)
-            assert path[-1] > path[0]
-            # ECM's structural CM-step maximizes Q: it is never undone on these panels
-            assert int(res.rollbacks) == 0
+# ECM (two more EM programs to compile, ~35 s): the slow suite; ECME (the default) in CI
+@pytest.mark.parametrize("ecme", [pytest.param(False, marks=pytest.mark.slow), True])
+def test_plain_and_accelerated_em_are_monotone(sim_missing, wti_data, ecme):
+    if not ecme:
+        F, ttm = sim_missing
+        sim = ssjax.make_market_data(F, ttm, dt=1 / 52)
+        for data in (sim, wti_data):
+            start = ssjax.default_start(data)
+            # padded to the engine's 320 dates and run with its defaults: shares its compilation
+            data = pad_dates(data, 320)
+            for acc in (False, True):
+                res = fit_em(data, start, accelerate=acc, ecme=False)
+                path = _monotone(res)
+                assert path[-1] > path[0]
+                # ECM's structural CM-step maximizes Q: it is never undone on these panels
+                assert int(res.rollbacks) == 0
+        return
     # ECME, plain (no acceleration safeguard): ℓ increases at every iteration on its own
     res = fit_em(pad_dates(wti_data, 320), ssjax.default_start(wti_data), accelerate=False,
                  max_iters=60)  # fmt: skip

@@ -62,7 +62,8 @@ def optax_zoom():
     return optax.scale_by_zoom_linesearch(30, initial_guess_strategy="one")
 
 
-@pytest.mark.parametrize("problem", ["rosenbrock", "wti"])
+# (the WTI objective's two L-BFGS programs take ~35 s to compile: the slow suite)
+@pytest.mark.parametrize("problem", ["rosenbrock", pytest.param("wti", marks=pytest.mark.slow)])
 def test_same_iterates_as_optax(problem):
     if problem == "rosenbrock":
         fun, x0 = rosenbrock, jnp.array([-1.2, 1.0, -0.5, 0.8, 1.3])
