@@ -98,6 +98,9 @@ EM_STATUS_MESSAGES = {
     BOUNDARY: BOUNDARY_MESSAGE,
 }
 _NOISE_FIELDS = ("meas_sd", "spot_sd")
+#: ECME's noise CM-step moves each log s.d. by at most this much per M-step (a factor of
+#: e^1.0 ≈ 2.7): see m_step
+_NOISE_MAX_MOVE = 1.0
 
 
 class EMResult(NamedTuple):
@@ -192,11 +195,21 @@ def _noise_mask(p: Params, free: Params) -> Array:
     return flatten_params(free) * (1.0 - _structural_mask(p, jax.tree.map(jnp.ones_like, free)))
 
 
-def _cm_step(objective, p: Params, block: Array, free: Params, scale_fn, num_steps: int):
+def _cm_step(
+    objective,
+    p: Params,
+    block: Array,
+    free: Params,
+    scale_fn,
+    num_steps: int,
+    max_move: float | None = None,
+):
     """Move the coordinates of ``block`` by L-BFGS on ``objective`` (undone if it rises).
 
     ``scale_fn(v0, to_p)`` returns the [n, n] upper-triangular whitening factor Lᵀ; the
-    search runs in w with v = v0 + block ⊙ L⁻ᵀw. Returns (params, rolled_back).
+    search runs in w with v = v0 + block ⊙ L⁻ᵀw. ``max_move`` bounds the move in the
+    unconstrained coordinates: a step whose largest coordinate change exceeds it is shrunk
+    along its direction to that length. Returns (params, rolled_back).
     """
     template = to_unconstrained(p)
     v0 = flatten_params(template)
@@ -210,7 +223,11 @@ def _cm_step(objective, p: Params, block: Array, free: Params, scale_fn, num_ste
         return v0 + block * jax.scipy.linalg.solve_triangular(Lt, w, lower=False)
 
     w = _lbfgs_steps(lambda w: objective(to_p(to_v(w))), v0.shape[0], num_steps, v0.dtype)
-    p2 = _keep_fixed(to_p(to_v(w)), p, free)  # fixed entries exactly (no log/exp round trip)
+    v = to_v(w)
+    if max_move is not None:
+        move = jnp.max(jnp.abs(v - v0))
+        v = v0 + (v - v0) * jnp.minimum(1.0, max_move / jnp.maximum(move, max_move))
+    p2 = _keep_fixed(to_p(v), p, free)  # fixed entries exactly (no log/exp round trip)
     f1, f2 = objective(p), objective(p2)
     ok = jnp.isfinite(f2) & (f2 <= f1)
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), p2, p), ~ok
@@ -260,7 +277,9 @@ def m_step(
             return jnp.diag(_bhhh_scale(v0, template, data, prior, scale))
 
         p2, rb2 = _cm_step(neg_ll, p1, s_mask, free, bhhh, num_steps)
-        p3, rb3 = _cm_step(neg_ll, p2, _noise_mask(p2, free), free, bhhh, num_steps)
+        p3, rb3 = _cm_step(
+            neg_ll, p2, _noise_mask(p2, free), free, bhhh, num_steps, _NOISE_MAX_MOVE
+        )
         rolled_back = rb2 | rb3
     else:
 
