@@ -72,6 +72,7 @@ from ssjax.core.smoother import (
     rts_smoother,
     transition_weights,
 )
+from ssjax.fit.linesearch import scale_by_zoom_linesearch
 from ssjax.fit.mle import _bhhh_scale
 from ssjax.fit.optimum import BOUNDARY, BOUNDARY_MESSAGE, FitStatus, bound_vector
 
@@ -171,23 +172,35 @@ class MStep(NamedTuple):
 
 
 def _lbfgs_steps(fun, n: int, num_steps: int, dtype) -> Array:
-    """``num_steps`` optax L-BFGS steps (zoom line search) on ``fun`` from 0 ∈ R^n."""
+    """``num_steps`` optax L-BFGS steps (zoom line search) on ``fun`` from 0 ∈ R^n.
+
+    The line search is ssjax's one-evaluation zoom (:mod:`ssjax.fit.linesearch`: optax's
+    decisions, so the same steps), and the loop's first pass is a zero step that only
+    evaluates the start (as in :func:`ssjax.fit.mle.fit_mle`): the objective's
+    value-and-gradient is compiled once, inside the line search, where optax's zoom and
+    ``value_and_grad_from_state`` compiled it three times (and under ``vmap`` ran their
+    ``cond`` branches as selects: two or three evaluations per line-search iteration).
+    """
     solver = optax.lbfgs(
         memory_size=num_steps,
-        linesearch=optax.scale_by_zoom_linesearch(
-            max_linesearch_steps=20, initial_guess_strategy="one"
-        ),
+        linesearch=scale_by_zoom_linesearch(20, initial_guess_strategy="one"),
     )
-    value_and_grad = optax.value_and_grad_from_state(fun)
-
-    def body(_, carry):
-        w, state = carry
-        value, grad = value_and_grad(w, state=state)
-        updates, state = solver.update(grad, state, w, value=value, grad=grad, value_fn=fun)
-        return optax.apply_updates(w, updates), state
-
     w0 = jnp.zeros((n,), dtype)
-    return lax.fori_loop(0, num_steps, body, (w0, solver.init(w0)))[0]
+    fresh = solver.init(w0)
+
+    def body(i, carry):
+        w, state = carry
+        value = optax.tree.get(state, "value")
+        grad = optax.tree.get(state, "grad")
+        updates, new = solver.update(grad, state, w, value=value, grad=grad, value_fn=fun)
+        # after the first pass (the start's evaluation) L-BFGS starts afresh from it
+        started = optax.tree.set(
+            fresh, value=optax.tree.get(new, "value"), grad=optax.tree.get(new, "grad")
+        )
+        new = jax.tree.map(lambda a, b: jnp.where(i == 0, a, b), started, new)
+        return optax.apply_updates(w, updates), new
+
+    return lax.fori_loop(0, num_steps + 1, body, (w0, fresh))[0]
 
 
 def _noise_mask(p: Params, free: Params) -> Array:
@@ -202,7 +215,7 @@ def _cm_step(
     free: Params,
     scale_fn,
     num_steps: int,
-    max_move: float | None = None,
+    max_move: float | Array | None = None,
 ):
     """Move the coordinates of ``block`` by L-BFGS on ``objective`` (undone if it rises).
 
@@ -224,9 +237,9 @@ def _cm_step(
 
     w = _lbfgs_steps(lambda w: objective(to_p(to_v(w))), v0.shape[0], num_steps, v0.dtype)
     v = to_v(w)
-    if max_move is not None:
+    if max_move is not None:  # a float or a traced scalar (inf: no bound)
         move = jnp.max(jnp.abs(v - v0))
-        v = v0 + (v - v0) * jnp.minimum(1.0, max_move / jnp.maximum(move, max_move))
+        v = v0 + (v - v0) * jnp.where(move > max_move, max_move / move, 1.0)
     p2 = _keep_fixed(to_p(v), p, free)  # fixed entries exactly (no log/exp round trip)
     f1, f2 = objective(p), objective(p2)
     ok = jnp.isfinite(f2) & (f2 <= f1)
@@ -276,11 +289,17 @@ def m_step(
             template = to_unconstrained(to_p(v0))
             return jnp.diag(_bhhh_scale(v0, template, data, prior, scale))
 
-        p2, rb2 = _cm_step(neg_ll, p1, s_mask, free, bhhh, num_steps)
-        p3, rb3 = _cm_step(
-            neg_ll, p2, _noise_mask(p2, free), free, bhhh, num_steps, _NOISE_MAX_MOVE
-        )
-        rolled_back = rb2 | rb3
+        # CM-steps 2 (structural block, unbounded) and 3 (noise block, each log s.d. moved at
+        # most _NOISE_MAX_MOVE) in one scan over the two blocks: the CM-step's program is
+        # compiled once, not twice
+        def cm(q, block_and_bound):
+            block, bound = block_and_bound
+            return _cm_step(neg_ll, q, block, free, bhhh, num_steps, bound)
+
+        blocks = jnp.stack([s_mask, _noise_mask(p1, free)])
+        bounds = jnp.asarray([jnp.inf, _NOISE_MAX_MOVE], blocks.dtype)
+        p3, rbs = lax.scan(cm, p1, (blocks, bounds))
+        rolled_back = jnp.any(rbs)
     else:
 
         def neg_q(q):
