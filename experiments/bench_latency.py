@@ -117,6 +117,7 @@ def child_ssjax(task: str) -> dict:
             out["value"] = float(r.loglik)
         elif task == "engine":
             f = ssjax.KalmanEngine().fit(F, ttm, dates=panel.dates)
+            _ = f.std_err  # the standard errors are computed on first use: part of this task
             out["value"] = float(f.loglik)
         elif task in ("rolling", "rolling_cold"):  # the README's rolling line
             roll = ssjax.recalibrate(panel, window=104, ends=[200, 220, 240],

@@ -462,7 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             engine = ssjax.KalmanEngine() if n_starts is None else ssjax.KalmanEngine(n_starts=1)
 
             def shell_fit(engine=engine) -> Any:
-                return engine.fit(panel.F_mkt, panel.ttm, dt=panel.dt)
+                fit = engine.fit(panel.F_mkt, panel.ttm, dt=panel.dt)
+                _ = fit.std_err  # computed on first use: timed with the fit, like statsmodels'
+                return fit
 
             jax.clear_caches()
             t_first, fit_e = timed(shell_fit)
@@ -515,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 eng = ssjax.KalmanEngine(**kw)
 
                 def one(eng=eng, F=F, tt=tt, dd=dd) -> Any:
-                    return eng.fit(F, tt, dates=dd)
+                    fit = eng.fit(F, tt, dates=dd)
+                    _ = fit.std_err  # computed on first use: timed with the fit
+                    return fit
 
                 t_first, f_w = timed(one)
                 t_j = min(timed(one)[0] for _ in range(rep_shell))

@@ -106,6 +106,8 @@ def test_fits(small):
     _second_call_lowers_nothing(lambda p: fit_em(data, p, max_iters=5).loglik)
     eng = ssjax.KalmanEngine(n_starts=2)
     _second_call_lowers_nothing(lambda p: eng.fit(F, ttm, dt=dt, theta0=p).loglik)
+    # the standard errors (computed on first use: a program of their own) likewise
+    _second_call_lowers_nothing(lambda p: eng.fit(F, ttm, dt=dt, theta0=p).std_err.to_numpy())
     # the data-derived start, called eagerly as the README does: its first call on a new shape
     # lowers one program (not one per array operation: 67 in a new process before it was
     # jitted), and a second call none

@@ -297,13 +297,29 @@ def _grad_norm(p: Params, data: MarketData, prior: Prior, free: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("smoothed",))
-def _post_fit(p: Params, data: MarketData, prior: Prior, free: Array, ttm: Array, smoothed: bool):
-    """Everything computed at the optimum, in one compiled program."""
-    unc = parameter_uncertainty(p, data, prior, free)
+def _post_fit(p: Params, data: MarketData, prior: Prior, ttm: Array, smoothed: bool):
+    """The states and the model forwards at the optimum, in one compiled program."""
     filt = kalman_filter(p, data, prior)
     smooth = rts_smoother(p, data, prior, filt) if smoothed else None
     path = filt.filtered_means if smooth is None else smooth.smoothed_means
-    return unc, filt, smooth, model_forwards(p, path, ttm)
+    return filt, smooth, model_forwards(p, path, ttm)
+
+
+_uncertainty = jax.jit(parameter_uncertainty)
+
+
+def _covariances(
+    p: Params, data: MarketData, prior: Prior, free: Array
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Hessian, sandwich) covariances at ``p``: what ``KalmanFit.cov`` computes on first use.
+
+    The exact Hessian (forward over forward through the filter) is a program of its own,
+    compiled and run only when a fit's standard errors are read: it is about a fifth of a
+    first ``KalmanEngine().fit``'s compile time, which a caller who needs only Θ, the states
+    or the forwards no longer pays.
+    """
+    unc = _uncertainty(p, data, prior, free)
+    return np.asarray(unc.cov), np.asarray(unc.cov_robust)
 
 
 def _first_dates(filt: FilterResult, smooth: SmootherResult | None, T: int):
@@ -587,8 +603,8 @@ class KalmanEngine:
         ttm_fit = np.where(np.isfinite(ttm_np[sl]), ttm_np[sl], np.nan)
         ttm_pad = np.zeros((n_pad, M))
         ttm_pad[:T] = np.nan_to_num(ttm_fit)
-        unc, filt, smooth, F_path = _post_fit(
-            p, data_pad, prior, free_j, jnp.asarray(ttm_pad), smoothed=self.states == "smoothed"
+        filt, smooth, F_path = _post_fit(
+            p, data_pad, prior, jnp.asarray(ttm_pad), smoothed=self.states == "smoothed"
         )
         filt, smooth = _first_dates(filt, smooth, T)
         path = np.asarray(filt.filtered_means if smooth is None else smooth.smoothed_means)
@@ -613,8 +629,7 @@ class KalmanEngine:
             F_model_t=F_t,
             F_model_path=F_path,
             t_star=t_idx,
-            cov=np.asarray(unc.cov),
-            cov_robust=np.asarray(unc.cov_robust),
+            covariances=functools.partial(_covariances, p, data_pad, prior, free_j),
             free=np.asarray(free_j),
             filter_result=filt,
             smoother_result=smooth,

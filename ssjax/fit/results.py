@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -57,8 +58,8 @@ class KalmanFit:
     F_model_t: np.ndarray
     F_model_path: np.ndarray
     t_star: int
-    cov: np.ndarray
-    cov_robust: np.ndarray
+    #: ``() -> (cov, cov_robust)``: computes the covariances on first use (see :attr:`cov`)
+    covariances: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False)
     free: np.ndarray
     filter_result: FilterResult
     smoother_result: SmootherResult | None
@@ -99,6 +100,25 @@ class KalmanFit:
     @property
     def n_params(self) -> int:
         return int(np.sum(self.free))
+
+    @cached_property
+    def _covs(self) -> tuple[np.ndarray, np.ndarray]:
+        cov, robust = self.covariances()
+        return np.asarray(cov, float), np.asarray(robust, float)
+
+    @property
+    def cov(self) -> np.ndarray:
+        """[n, n] covariance of the parameters from the exact Hessian at the end point
+        (NaN on fixed parameters, and everywhere when the Hessian is not negative
+        definite there). Computed on first use (and kept): the Hessian is a program of
+        its own, which a fit whose standard errors are never read does not compile."""
+        return self._covs[0]
+
+    @property
+    def cov_robust(self) -> np.ndarray:
+        """[n, n] robust (sandwich) covariance H⁻¹BH⁻¹, B the outer product of the per-date
+        scores; computed with :attr:`cov`."""
+        return self._covs[1]
 
     @cached_property
     def std_err(self) -> pd.Series:

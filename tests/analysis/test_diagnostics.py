@@ -230,7 +230,7 @@ def test_report_from_a_fit_object(true_params, panel, report):
         params=true_params, method="MLE", loglik=float(filt.loglik), nobs=int(data.nobs),
         converged=True, status="", num_steps=0, grad_norm=0.0, state_t=np.zeros(2),
         state_path=np.asarray(filt.filtered_means), F_model_t=F_model[-1],
-        F_model_path=F_model, t_star=T - 1, cov=np.eye(8), cov_robust=np.eye(8),
+        F_model_path=F_model, t_star=T - 1, covariances=lambda: (np.eye(8), np.eye(8)),
         free=np.ones(8), filter_result=filt, smoother_result=None,
         tenor_names=["F1", "F6", "F12"], extra={"data": data, "prior": _prior(data)},
     )  # fmt: skip

@@ -42,6 +42,33 @@ def test_model_forwards_follow_the_closed_form(fit, wti):
     assert np.median(np.abs(np.log(fit.F_model_path / wti.F_mkt))) < 0.01
 
 
+def test_standard_errors_are_computed_on_first_use(wti):
+    """The fit does not compute the covariances; the first read of ``cov``, ``std_err`` or
+    ``summary()`` does, once, and they equal ``parameter_uncertainty`` at the end point. A
+    fit pickles (the deferred computation is a partial of module functions)."""
+    import pickle
+
+    from ssjax.fit.inference import parameter_uncertainty
+
+    eng = ssjax.KalmanEngine(n_starts=1)
+    calls = []
+    fit = eng.fit(wti.F_mkt, wti.ttm, dt=wti.dt)
+    inner = fit.covariances
+    fit.covariances = lambda: calls.append(1) or inner()
+    assert "_covs" not in vars(fit)  # nothing computed yet
+    cov = fit.cov
+    assert calls == [1]
+    np.testing.assert_array_equal(fit.cov_robust, fit.cov_robust)
+    _ = fit.std_err, fit.std_err_robust, fit.summary()
+    assert calls == [1]  # computed once
+    ex = fit.extra
+    unc = jax.jit(parameter_uncertainty)(fit.params, ex["data"], ex["prior"], fit.free)
+    np.testing.assert_allclose(cov, np.asarray(unc.cov), rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(fit.cov_robust, np.asarray(unc.cov_robust), rtol=1e-9, atol=1e-15)
+    again = pickle.loads(pickle.dumps(eng.fit(wti.F_mkt, wti.ttm, dt=wti.dt)))
+    np.testing.assert_allclose(again.std_err, fit.std_err, rtol=1e-12)
+
+
 def test_standard_errors_and_summary(fit):
     se = fit.std_err
     assert se.index.tolist()[:5] == ["kappa", "sigma_x", "sigma_y", "rho", "mu"]
