@@ -156,3 +156,12 @@ def test_every_layer_is_a_subpackage_with_an_api():
 @pytest.mark.parametrize("name", ssjax.__all__)
 def test_public_api_resolves(name):
     assert getattr(ssjax, name) is not None
+
+
+def test_the_heavy_first_order_names_existing_test_files():
+    """``conftest.HEAVY_FIRST`` (the CI's scheduling order) names test files that exist."""
+    from conftest import HEAVY_FIRST
+
+    tests = Path(__file__).resolve().parent
+    missing = [name for name in HEAVY_FIRST if not (tests / name).is_file()]
+    assert not missing and len(set(HEAVY_FIRST)) == len(HEAVY_FIRST), missing
