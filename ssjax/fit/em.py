@@ -37,7 +37,10 @@ fraction of missing information along the (κ, state) ridge tends to one and ECM
 (how far short it stays: ``docs/design.md``). The noise variances' own EM update is
 sublinear near zero too. ECME keeps the closed-form noise step (1), then takes CM-step 2
 (structural) and a CM-step 3 (noise s.d.s) on the observed ℓ instead of Q: a few L-BFGS
-steps each, BHHH-scaled, undone if ℓ would fall. ℓ still never decreases, and ECME reaches
+steps each, BHHH-scaled, undone if ℓ would fall. CM-step 3 moves each log s.d. by at most 1
+per M-step: with the structure held, ℓ is flat as an s.d. goes to zero, and unbounded steps
+could run an s.d. down that flat to ~1e-16 in one M-step, where (in log coordinates) it
+cannot come back. ℓ still never decreases, and ECME reaches
 the MLE where ECM crawls.
 
 The whole fit is one jittable function (``lax.while_loop`` over iterations), so it vmaps over
@@ -265,8 +268,9 @@ def m_step(
     whitened by the Cholesky factor of −∇²Q (ECM). With ``ecme=True`` (ECME, Liu & Rubin
     1994: a CM-step may maximize the observed log-likelihood ℓ instead of Q) CM-step 2 runs
     on −ℓ, scaled by the BHHH diagonal, and a CM-step 3 then moves the noise s.d.s on −ℓ
-    the same way. A CM-step 2 or 3 that would worsen its objective is undone and reported
-    in ``rolled_back``; every step keeps ℓ from decreasing.
+    the same way, each log s.d. by at most ``_NOISE_MAX_MOVE`` (1.0). A CM-step 2 or 3
+    that would worsen its objective is undone and reported in ``rolled_back``; every step
+    keeps ℓ from decreasing.
 
     ``free`` has the structure of ``p`` with 1.0 on estimated and 0.0 on fixed entries;
     ``prior`` is used by ``ecme`` (default :func:`ssjax.core.filter.default_prior`).
