@@ -311,7 +311,11 @@ def test_fit_mle_with_the_parallel_filter(wti_data):
     init = ssjax.default_start(w)
     seq = ssjax.fit_mle(w, init)
     par = ssjax.fit_mle(w, init, filter_method="parallel")
-    assert bool(seq.converged) and bool(par.converged)
+    # this slice's optimum prices the fourth tenor exactly (its s.d. ~5e-8): a boundary
+    # point, which both fits reach and report as such (not "converged")
+    from ssjax.fit.optimum import BOUNDARY
+
+    assert int(seq.status) == int(par.status) == BOUNDARY
     assert float(par.loglik) == pytest.approx(float(seq.loglik), abs=1e-5)
     # "auto" is the sequential filter on a CPU: the same program, the same numbers
     auto = ssjax.fit_mle(w, init, filter_method="auto")
