@@ -201,7 +201,7 @@ def _within_se(fit_em_, fit_mle_, k: float = 1.0):
 def test_ecme_noise_step_does_not_collapse_an_sd(sim_missing):
     """ECME's noise CM-step on ℓ moves each log s.d. by at most 1 per M-step.
 
-    Unbounded, its L-BFGS steps took one s.d. from 0.012 to ~1e-16 in one M-step on this
+    Unbounded, its L-BFGS steps took one s.d. from 0.002 to ~1e-16 in one M-step on this
     panel (ℓ is flat as an s.d. goes to zero with the structure held, so the line search
     ran down the flat; in log coordinates the s.d. could never come back and the fit ended
     at a boundary point 46 nats below the optimum), and whether it did depended on the
