@@ -20,9 +20,11 @@ else:
 
 import ssjax  # noqa: E402
 
-#: clear JAX's caches after a module once the process holds more memory maps than this
-#: fraction of the kernel's limit (see _free_compiled_programs)
+#: clear JAX's caches between two test files once the process holds more memory maps than
+#: this fraction of the kernel's limit, and between two tests of one file past the second
+#: (see pytest_runtest_teardown)
 _MAPS_FRACTION = 0.5
+_MAPS_FRACTION_IN_FILE = 0.8
 
 
 def _memory_maps() -> tuple[int, int] | None:
@@ -59,25 +61,31 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
-@pytest.fixture(autouse=True)
-def _free_compiled_programs():
+def pytest_runtest_teardown(item, nextitem):
     """Drop JAX's compiled programs after a test when they hold many memory maps.
 
-    Every XLA CPU executable keeps its own mapped code pages; a worker that runs many modules
+    Every XLA CPU executable keeps its own mapped code pages; a worker that runs many files
     accumulated enough of them to reach the kernel's limit on memory maps (vm.max_map_count),
-    and LLVM then crashed the worker inside a compile. Clearing after every module cost
-    each later module the tracing and lowering of the programs it shares with earlier ones
-    (the same fits of the bundled panel in many files), so the caches are cleared only once
-    the maps pass a fraction of the limit (always where the count cannot be read). The count
-    is checked after every test, not every module: a module of long tests can add many maps
-    (a worker of the slow suite crashed with a segmentation fault while JAX wrote a compiled
-    program to its cache, inside ``tests/rolling/test_rolling.py``; the maps are the likely
-    cause, not a confirmed one). Later tests reload what they need from the run's
-    persistent cache.
+    and LLVM then crashed the worker inside a compile. Clearing after every file cost each
+    later file the tracing and lowering of the programs it shares with earlier ones (the same
+    fits of the bundled panel in many files), so the caches are cleared only once the maps
+    pass a fraction of the limit (always at the end of a file where the count cannot be
+    read); later tests reload what they need from the run's persistent cache.
+
+    Inside a file the bar is higher: its tests may rely on what an earlier test or a
+    file-scoped fixture compiled (a recompile check that compares cache sizes failed in CI
+    when a clear fell between its fixture's fit and the test), so a clear there is only the
+    guard for a file of long tests that adds many maps by itself (a worker of the slow suite
+    crashed while JAX wrote a compiled program to its cache inside
+    ``tests/rolling/test_rolling.py``; the maps are the likely cause, not a confirmed one).
     """
-    yield
+    same_file = nextitem is not None and nextitem.path == item.path
     maps = _memory_maps()
-    if maps is None or maps[0] > _MAPS_FRACTION * maps[1]:
+    if maps is None:
+        clear = not same_file
+    else:
+        clear = maps[0] > (_MAPS_FRACTION_IN_FILE if same_file else _MAPS_FRACTION) * maps[1]
+    if clear:
         jax.clear_caches()
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ast
 import collections
 from pathlib import Path
+from types import SimpleNamespace
 
+import jax
 import pytest
 
 import ssjax
@@ -165,3 +167,24 @@ def test_the_heavy_first_order_names_existing_test_files():
     tests = Path(__file__).resolve().parent
     missing = [name for name in HEAVY_FIRST if not (tests / name).is_file()]
     assert not missing and len(set(HEAVY_FIRST)) == len(HEAVY_FIRST), missing
+
+
+def test_memory_map_guard_clears_between_files_not_inside_one(monkeypatch):
+    """The caches survive between two tests of one file unless the maps near the limit."""
+    import conftest
+
+    f = jax.jit(lambda x: x + 1)
+    here, other = SimpleNamespace(path=Path("a.py")), SimpleNamespace(path=Path("b.py"))
+
+    def cached_after(maps, nextitem):
+        f(1.0)
+        monkeypatch.setattr(conftest, "_memory_maps", lambda: maps)
+        conftest.pytest_runtest_teardown(here, nextitem)
+        return f._cache_size()
+
+    assert cached_after((60, 100), here) == 1  # same file, past half: kept
+    assert cached_after((60, 100), other) == 0  # next file: cleared
+    assert cached_after((60, 100), None) == 0  # last test
+    assert cached_after((90, 100), here) == 0  # same file, near the limit
+    assert cached_after((10, 100), other) == 1
+    assert cached_after(None, here) == 1 and cached_after(None, other) == 0
