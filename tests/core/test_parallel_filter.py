@@ -25,6 +25,7 @@ from ssjax.core.parallel_filter import (
     log_likelihood_auto,
     log_likelihood_parallel,
 )
+from ssjax.fit.optimum import BOUNDARY
 
 # ---- tolerances ------------------------------------------------------------------------------
 # Both filters use the same collapsed observations and the same update formula for the
@@ -313,8 +314,6 @@ def test_fit_mle_with_the_parallel_filter(wti_data):
     par = ssjax.fit_mle(w, init, filter_method="parallel")
     # this slice's optimum prices the fourth tenor exactly (its s.d. ~5e-8): a boundary
     # point, which both fits reach and report as such (not "converged")
-    from ssjax.fit.optimum import BOUNDARY
-
     assert int(seq.status) == int(par.status) == BOUNDARY
     assert float(par.loglik) == pytest.approx(float(seq.loglik), abs=1e-5)
     # "auto" is the sequential filter on a CPU: the same program, the same numbers
