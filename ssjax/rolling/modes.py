@@ -17,6 +17,7 @@ from ssjax.rolling.batches import (
     _escape,
     _fit_program,
     _fits,
+    _idle,
     _run_post,
 )
 from ssjax.rolling.chunks import _cold_shapes, _Progress
@@ -75,7 +76,9 @@ def _run_cold(run: _Run) -> tuple[dict, dict, dict]:
             off = _offsets(design, lane_s, dtype)
             use = np.zeros(L, bool)
             d1 = jax.tree.map(lambda a: a[:L], dummy)
-            args = _put((cs, es, d1, use, _with_limit(off, run.step_budget)), run.mesh, P(_AXIS))
+            # (the padding lanes stop after evaluating their start: step limit 0)
+            off1 = _idle(_with_limit(off, run.step_budget), n * K)
+            args = _put((cs, es, d1, use, off1), run.mesh, P(_AXIS))
             r = _fit_arrays(first(run.stack_dev, *args))
             r = {name: v[: n * K] for name, v in r.items()}
             real = valid_all[lane_w[: n * K]]
@@ -89,7 +92,7 @@ def _run_cold(run: _Run) -> tuple[dict, dict, dict]:
                 nb = _bucket(todo.size, B * K, unit)
                 sub = np.concatenate([todo, np.full(nb - todo.size, todo[0])])
                 d2 = jax.tree.map(lambda a: a[:nb], dummy)
-                o2 = tuple(np.asarray(x)[sub] for x in off)
+                o2 = _idle(tuple(np.asarray(x)[sub] for x in off), todo.size)
                 args = _put((cs[sub], es[sub], d2, np.zeros(nb, bool), o2), run.mesh, P(_AXIS))
                 r2 = _fit_arrays(full(run.stack_dev, *args))
                 for name in r:
@@ -99,7 +102,7 @@ def _run_cold(run: _Run) -> tuple[dict, dict, dict]:
             cw, ew = cs_all[wins], es_all[wins]
             real_w = np.flatnonzero(valid_all[wins])
             sub_r = {name: v[real_w] for name, v in r.items()}
-            escaped += _escape(run, sub_r, full, B, cw[real_w], ew[real_w])
+            escaped += _escape(run, sub_r, full, B, cw[real_w], ew[real_w])[0]
             for name in r:
                 r[name][real_w] = sub_r[name]
             nw = _bucket(n, B, unit)
@@ -148,7 +151,7 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
     have = np.zeros(Cp, bool)
     bar = _Progress(n_chunks, int(valid.sum()), run.progress, f"recalibrate {c.fit_method} warm")
     fit_parts, post_parts = [], []
-    computed = escaped = stragglers = 0
+    computed = escaped = escape_skipped = stragglers = 0
     shapes = _cold_shapes(template, stack)
     for k in range(n_chunks):
         w_idx = np.arange(k * Bw, min((k + 1) * Bw, W))
@@ -177,13 +180,15 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
             # lanes in commodity-major order within the chunk
             lane_c = np.repeat(np.arange(C), nw).astype(np.int32)
             lane_e = np.tile(ends[w_idx], C).astype(np.int32)
+            lane_w = np.tile(w_idx, C)
             live = np.flatnonzero(valid[:, w_idx].reshape(-1))
             sub_r = {name: v[live] for name, v in r.items()}
             # a warm fit that did not stop within the budget is refitted, with the other
             # stragglers of the chunk, from its end point and its data-derived start
             n_str = _stragglers(run, sub_r, full, warm[live], lane_c[live], lane_e[live])
             # a degenerate end point (a factor gone, |ρ| = 1) is refitted from inside
-            n_esc = _escape(run, sub_r, full, -(-Bw // unit) * unit, lane_c[live], lane_e[live])
+            n_esc, n_skip = _escape(run, sub_r, full, -(-Bw // unit) * unit, lane_c[live],
+                                    lane_e[live], chain=lane_c[live], pos=lane_w[live])  # fmt: skip
             if n_esc or n_str:
                 # where a refit wins in a commodity's last window, the next chunk starts there
                 for name in r:
@@ -193,6 +198,7 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
                 carry[:C][won] = r["params"][last][won]
                 have[:C] |= won
             escaped += n_esc
+            escape_skipped += n_skip
             stragglers += n_str
             # (in calls of the refits' lane counts: the refinement's post-fits reuse them)
             post = _batched_post(run, lane_c, lane_e, r["params"])
@@ -219,7 +225,8 @@ def _run_warm(run: _Run) -> tuple[dict, dict, dict]:
     post = assemble([(w, p) for (w, _), p in zip(fit_parts, post_parts, strict=True)])
     flat["params"] = _unflat_params(flat["params"], template)
     info = {"chunks": n_chunks, "chunks_computed": computed,
-            "second_pass_windows": stragglers, "escaped": escaped}  # fmt: skip
+            "second_pass_windows": stragglers, "escaped": escaped,
+            "escapes_not_tried": escape_skipped}  # fmt: skip
     return flat, post, info
 
 

@@ -163,7 +163,7 @@ def _explore(run: _Run, sel: np.ndarray, flat: dict, post: dict):
             # padded to whole groups only: the probes are one call per run whose size
             # depends on the run's layout (a padded lane costs as much as a real one)
             parts = _batched(run, probe, cap * K, lane_c[lanes], lane_e[lanes], dummy,
-                             extra=extra, pow2=False)  # fmt: skip
+                             extra=extra, pow2=False, idle_pad=True)  # fmt: skip
             parts = [_flat_fit(p) for p in parts]
             res = {k: np.concatenate([p[k] for p in parts]) for k in ("params", "loglik")}
             ll = np.where(np.isfinite(res["loglik"]), res["loglik"], -np.inf).reshape(-1, K)
