@@ -116,7 +116,9 @@ class RollingConfig:
             path of a standalone ``KalmanEngine(n_starts=1)`` fit).
             Whatever the mode, a fit that ends at a degenerate point (κ, σ_X or σ_Y
             → 0, |ρ| → 1) is refitted from it moved inside (ρ at −0.5, 0 and 0.5) and the
-            better result kept (``info["escaped"]``).
+            better result kept (``info["escaped"]``); in warm mode, of a commodity's run of
+            consecutive degenerate windows every 8th and the last first, the others only if
+            one of those escaped (``info["escapes_not_tried"]``).
     """
 
     window: int = 104
