@@ -524,11 +524,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     hit = table[(table.get("C") == tc)] if "fits/s" in table else table.iloc[:0]
     verdict = ""
     if len(hit) and "fits/s" in hit:
-        ok = hit[(hit["at ref optimum"] == "yes") & (hit["fits/s"] >= tf)]
-        best = hit["fits/s"].max()
+        # at an equal-or-better optimum: at the reference on the sampled windows and, when
+        # several configurations ran, below the best of them in no window
+        below = pd.to_numeric(hit.get("below best of configs"), errors="coerce").fillna(0)
+        qual = hit[(hit["at ref optimum"] == "yes") & (below == 0)]
+        ok = qual[qual["fits/s"] >= tf]
+        best = qual["fits/s"].max() if len(qual) else float("nan")
+        fastest = hit.loc[hit["fits/s"].idxmax()]
+        n_below = int(below[hit["fits/s"].idxmax()])
         verdict = (f"Target on this device: ≥ {tf:,.0f} window fits/s on C = {tc} at an equal-or-"
-                   f"better optimum: **{'met' if len(ok) else 'not met'}** (best {best:,.1f} "
-                   f"fits/s, {best / tf:.2f} of it).")  # fmt: skip
+                   f"better optimum: **{'met' if len(ok) else 'not met'}** (best at an equal-or-"
+                   f"better optimum {best:,.1f} fits/s, {best / tf:.2f} of it")  # fmt: skip
+        if n_below:
+            verdict += (f"; the fastest row, `{fastest['config']}` at {fastest['fits/s']:,.1f} "
+                        f"fits/s, ends below the best of the configurations in {n_below} "
+                        "windows, so it does not count")  # fmt: skip
+        verdict += ")."
     ref_text = f"`KalmanEngine(n_starts={args.ref_starts}, seed=1)`"
     if not args.quick:
         ref_text = f"best of `KalmanEngine()` and {ref_text}"
