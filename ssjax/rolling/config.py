@@ -96,8 +96,13 @@ class RollingConfig:
             causal backtests). ``"none"``: the fits as they end. Refined windows are flagged
             in ``refined``.
         max_refine_rounds: cap on the refinement rounds (``info["refine_rounds"]``).
+        probe_steps: L-BFGS steps of each of ``explore``'s probes (default 40; EM probes run
+            ``budget`` iterations). 40 instead of the former ``budget`` (100) found the same
+            optima in every window of ``experiments/bench_optimum.py``'s four series, of the
+            1,001-window WTI batch and of the C = 16 batch of ``bench_scale.py``, and cut the
+            seeds' time on the latter from 17.0 to 6.2 s (``docs/design.md``).
         explore: warm mode only: also probe seed windows from their data-derived starts
-            (``n_starts`` each, ``budget`` L-BFGS steps, as cold mode's first pass); where a
+            (``n_starts`` each, ``probe_steps`` L-BFGS steps); where a
             probe ends above the warm fit, the window is refitted from the probe's end point
             with the full budget and the refit kept if it stops higher, before the
             refinement, which then spreads it to the neighbours. A probe only shows that a
@@ -139,18 +144,20 @@ class RollingConfig:
     max_refine_rounds: int = 100
     n_starts: int = 4
     seed: int = 0
+    probe_steps: int = 40
 
     def __post_init__(self) -> None:
         def bad(name: str, want: str) -> ValueError:
             return ValueError(f"RollingConfig.{name} must be {want}, got {getattr(self, name)!r}")
 
-        for name in ("window", "step", "chunk_size", "budget", "vector_width", "n_starts"):
+        ints = ("window", "step", "chunk_size", "budget", "vector_width", "n_starts", "probe_steps")
+        for name in ints:
             v = getattr(self, name)
             if not is_int(v):
                 raise bad(name, "an integer")
         if self.window < 3:
             raise bad("window", ">= 3")
-        for name in ("step", "chunk_size", "budget", "vector_width", "n_starts"):
+        for name in ints[1:]:
             if getattr(self, name) < 1:
                 raise bad(name, ">= 1")
         if not isinstance(self.method, str) or self.method.upper() not in ("MLE", "EM"):
@@ -276,6 +283,12 @@ class _Run:
         return min(int(self.config.budget), self.config.steps)
 
     @property
+    def probe_budget(self) -> int:
+        """Steps of a seed probe: ``probe_steps``, at most ``max_steps`` (EM probes run the
+        budgeted program's ``budget`` iterations)."""
+        return min(int(self.config.probe_steps), self.config.steps)
+
+    @property
     def warm_budget(self) -> int | None:
         """Warm mode's step budget for a window that starts from an earlier optimum
         (``budget``; ``None`` for EM fits, which run ``max_steps`` iterations)."""
@@ -305,6 +318,7 @@ class _Run:
             warm_floor=float(c.warm_floor), refine=c.refine,
             max_refine_rounds=int(c.max_refine_rounds), explore=c.stride,
             n_starts=int(c.n_starts), seed=int(c.seed),
+            probe_steps=self.probe_budget if c.stride else None,
         )  # fmt: skip
 
     def store(self, n_chunks: int) -> _ChunkStore | None:

@@ -121,8 +121,8 @@ def _refine(run: _Run, flat: dict, post: dict, from_data: np.ndarray):
 
 def _explore(run: _Run, sel: np.ndarray, flat: dict, post: dict):
     """Warm mode's seeds (``recalibrate(explore=)``): probe windows ``sel`` of every
-    commodity from ``n_starts`` data-derived starts each, with the first-pass ``budget`` of
-    L-BFGS steps and nothing else (no second pass, no standard errors); where a window's best
+    commodity from ``n_starts`` data-derived starts each, with ``probe_steps`` L-BFGS steps
+    and nothing else (no second pass, no standard errors); where a window's best
     probe ends higher than its warm fit, refit the window from the probe's end point with the
     full budget and keep the refit if it stops at an optimum above the warm fit.
 
@@ -158,7 +158,7 @@ def _explore(run: _Run, sel: np.ndarray, flat: dict, post: dict):
             dummy = jax.tree.map(
                 lambda a: np.broadcast_to(np.asarray(a), (lanes.size,) + a.shape), template
             )
-            off = _offsets(start_design(K, c.seed), starts, dtype, run.step_budget)
+            off = _offsets(start_design(K, c.seed), starts, dtype, run.probe_budget)
             extra = (np.zeros(lanes.size, bool), off)
             # padded to whole groups only: the probes are one call per run whose size
             # depends on the run's layout (a padded lane costs as much as a real one)

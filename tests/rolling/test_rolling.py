@@ -352,6 +352,8 @@ def test_refinement_arguments(small_panels):
         (dict(warm_floor=-0.1), "warm_floor"),
         (dict(warm_floor=float("nan")), "warm_floor"),
         (dict(max_refine_rounds=-1), "max_refine_rounds"),
+        (dict(probe_steps=0), "probe_steps"),
+        (dict(probe_steps=2.5), "probe_steps"),
     ):
         with pytest.raises(ValueError, match=match):
             recalibrate(small_panels, **SMALL, **kw)

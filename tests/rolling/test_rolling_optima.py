@@ -56,11 +56,22 @@ NG_BEST = [1035.5370701243928, 1045.9672260945215, 1056.163070801609, 1075.62297
            1135.034248660145, 1175.462258722117, 1188.677181528203, 1190.53406604138]  # fmt: skip
 
 
-def test_warm_seeds_find_the_optimum_a_warm_path_misses():
+def test_warm_seeds_find_the_optimum_a_warm_path_misses(monkeypatch):
     """The WTI panel's last windows: a warm path that enters them in one mode stays there,
     5-9 nats below the best known optimum; the default seeds (the first and the last window
-    here) find the better mode and the refinement spreads it to the rest."""
+    here) find the better mode, in probes of ``probe_steps`` (40) L-BFGS steps, and the
+    refinement spreads it to the rest."""
+    import ssjax.rolling.refine as refine
     from ssjax.rolling import recalibrate
+
+    limits = []
+    offsets = refine._offsets
+
+    def spy(design, idx, dtype, limit):
+        limits.append(limit)
+        return offsets(design, idx, dtype, limit)
+
+    monkeypatch.setattr(refine, "_offsets", spy)
 
     wti = ssjax.datasets.load_wti_ss2000()
     kw = dict(window=104, ends=np.arange(211, 268, 8), warm_start=True, progress=False)
@@ -69,10 +80,13 @@ def test_warm_seeds_find_the_optimum_a_warm_path_misses():
     assert short.max() > 1.0  # the failure the seeds exist for
     seeded = recalibrate(wti, **kw)
     assert seeded.info["explore_windows"] == 2
+    assert limits == [40]  # the probes' step limit (not budget's 100)
     np.testing.assert_allclose(seeded.loglik[0], WTI_TAIL_BEST, atol=1e-3, rtol=0)
     assert seeded.optimum_reached.all()
     with pytest.raises(ValueError, match="explore must be a bool or a window stride"):
         recalibrate(wti, explore=-1, **kw)
+    with pytest.raises(ValueError, match="probe_steps must be >= 1"):
+        recalibrate(wti, probe_steps=0, **kw)
 
 
 @pytest.mark.slow  # two warm runs on natural gas (~70 s); the refinement's CI tests: rolling/
