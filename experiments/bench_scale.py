@@ -530,8 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         qual = hit[(hit["at ref optimum"] == "yes") & (below == 0)]
         ok = qual[qual["fits/s"] >= tf]
         best = qual["fits/s"].max() if len(qual) else float("nan")
-        fastest = hit.loc[hit["fits/s"].idxmax()]
-        n_below = int(below[hit["fits/s"].idxmax()])
+        top = hit["fits/s"].idxmax()
+        fastest, n_below = hit.loc[top], int(below[top])
         verdict = (f"Target on this device: ≥ {tf:,.0f} window fits/s on C = {tc} at an equal-or-"
                    f"better optimum: **{'met' if len(ok) else 'not met'}** (best at an equal-or-"
                    f"better optimum {best:,.1f} fits/s, {best / tf:.2f} of it")  # fmt: skip

@@ -64,8 +64,8 @@ def _run_cold(run: _Run) -> tuple[dict, dict, dict]:
             part = store.read("chunk", k, _cold_shapes(template, stack))
             bar.update(int(valid_all[wins].sum()), computed=False)
         else:
-            # a short chunk is padded (repeating its last lane) only to a power of two of
-            # whole groups: a padded lane costs as much as a real one
+            # a short chunk is padded (repeating its last lane) to a power of two of whole
+            # groups, not to the full chunk (few compiled shapes; the padding lanes idle)
             L = _bucket(n * K, B * K, unit)
             lane_w = np.repeat(wins, K)  # K starts of each window, side by side
             lane_s = np.tile(np.arange(K), n)

@@ -161,7 +161,7 @@ def _explore(run: _Run, sel: np.ndarray, flat: dict, post: dict):
             off = _offsets(start_design(K, c.seed), starts, dtype, run.probe_budget)
             extra = (np.zeros(lanes.size, bool), off)
             # padded to whole groups only: the probes are one call per run whose size
-            # depends on the run's layout (a padded lane costs as much as a real one)
+            # depends on the run's layout (its padding lanes idle: step limit 0)
             parts = _batched(run, probe, cap * K, lane_c[lanes], lane_e[lanes], dummy,
                              extra=extra, pow2=False, idle_pad=True)  # fmt: skip
             parts = [_flat_fit(p) for p in parts]

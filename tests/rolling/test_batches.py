@@ -34,15 +34,20 @@ def escapes(monkeypatch):
     return run
 
 
-def test_warm_escapes_try_every_eighth_window_of_a_run_and_its_last(escapes):
-    # commodity 0: windows 0..19 degenerate (one run of 20); commodity 1: windows 3..5, then
-    # 7 (two runs: 6 is not degenerate); lanes commodity-major as warm mode passes them
+def _two_commodities():
+    """(degenerate, chain, pos) of 2 commodities x 20 windows, lanes commodity-major as warm
+    mode passes them: commodity 0's windows 0..19 are degenerate (one run of 20), commodity
+    1's 3..5 and 7 (two runs: 6 is not degenerate)."""
     chain = np.repeat([0, 1], 20)
     pos = np.tile(np.arange(20), 2)
     deg = np.zeros(40, bool)
     deg[:20] = True
     deg[[23, 24, 25, 27]] = True
-    calls, (won, skipped) = escapes(deg, chain, pos, wins=[])
+    return deg, chain, pos
+
+
+def test_warm_escapes_try_every_eighth_window_of_a_run_and_its_last(escapes):
+    calls, (won, skipped) = escapes(*_two_commodities(), wins=[])
     assert ESCAPE_STRIDE == 8
     assert calls[0] == [0, 8, 16, 19, 23, 25, 27]  # every 8th of a run and its last
     assert calls[1] == []  # nothing escaped, so no run is tried in full
@@ -50,13 +55,8 @@ def test_warm_escapes_try_every_eighth_window_of_a_run_and_its_last(escapes):
 
 
 def test_a_run_with_an_escape_is_tried_in_full(escapes):
-    chain = np.repeat([0, 1], 20)
-    pos = np.tile(np.arange(20), 2)
-    deg = np.zeros(40, bool)
-    deg[:20] = True
-    deg[[23, 24, 25, 27]] = True
     # window 8 of commodity 0 escapes, and then so do windows 5 and 9 of its run
-    calls, (won, skipped) = escapes(deg, chain, pos, wins=[8, 5, 9])
+    calls, (won, skipped) = escapes(*_two_commodities(), wins=[8, 5, 9])
     assert calls[1] == [i for i in range(20) if i not in (0, 8, 16, 19)]
     assert (won, skipped) == (3, 1)  # only commodity 1's window 4 (lane 24) is not tried
 
