@@ -84,13 +84,14 @@ class RollingConfig:
             or where it has another pattern of noise s.d.s at zero (another mode; once per
             window and pattern), the window is refitted from it (moved off the boundary) and
             the refit is kept if it ends higher; rounds repeat until no window improves (a
-            better optimum travels one window per round). First, every fit that started from its
-            data-derived start (all of them in cold mode; in warm mode each commodity's first
-            and, with ``explore``, the seeds kept), and every fit that ended with a noise s.d.
-            at its bound, is restarted once from its own end point with every boundary s.d.
-            raised (such a fit can stop on the flat boundary short of the optimum, or keep
-            the previous window's exactly-priced tenor where this window prices another
-            one exactly). ``"past"``: only
+            better optimum travels one window per round; after the first, only the pairs with
+            a window changed in the round before are scored again). First, every fit that
+            started from its data-derived start (all of them in cold mode; in warm mode each
+            commodity's first and, with ``explore``, the seeds kept) is restarted once from
+            its own end point with every boundary s.d. raised (such a fit can stop on the
+            flat boundary short of the optimum). A warm fit that keeps the previous window's
+            exactly-priced tenor where this window prices another one exactly is found by the
+            seeds and the neighbours' modes. ``"past"``: only
             window w−1's optimum is tried, so which optimum a window reports never depends
             on later data (the estimate is the window's MLE either way; use it for strictly
             causal backtests). ``"none"``: the fits as they end. Refined windows are flagged

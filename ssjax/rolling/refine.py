@@ -58,17 +58,19 @@ def _refine(run: _Run, flat: dict, post: dict, from_data: np.ndarray):
     rounds = refits = changed_total = 0
     done = False
     tried: set[tuple[int, int]] = set()  # (window, noise s.d. pattern) refitted from
+    moved = np.ones(C * W, bool)  # the windows the last round changed
     for r in range(c.max_refine_rounds):
         if store is not None and store.has("refine", r):
             diff = store.read("refine", r, shapes)
         else:
             if r == 0:
                 # once again from their own end points with every boundary s.d. raised: the
-                # fits from data-derived starts, and every fit that ended with a noise s.d.
-                # at its bound (a warm path can keep a tenor pinned at ~0 where the window's
-                # optimum prices another tenor exactly instead)
-                pinned = _pin_keys(vec, template) != 0
-                tgt = np.flatnonzero(ok & (from_data | pinned))
+                # fits from data-derived starts (L-BFGS from there can stop on the flat
+                # boundary short of the optimum). A warm fit that keeps a tenor pinned at ~0
+                # where the window's optimum prices another tenor exactly is left to the
+                # seeds and the neighbours' rounds (restarting every pinned fit here changed
+                # no window of bench_optimum's 364, see docs/design.md)
+                tgt = np.flatnonzero(ok & from_data)
                 src = tgt
             else:  # gate: the window's log-likelihood at its neighbours' optima
                 tgt_l, src_l = [], []
@@ -78,6 +80,10 @@ def _refine(run: _Run, flat: dict, post: dict, from_data: np.ndarray):
                     pair = ok & (nb >= 0) & (nb < W)
                     src_i = np.where(pair, lane_c * W + np.clip(nb, 0, W - 1), 0)
                     pair &= ok[src_i]
+                    if r > 1:
+                        # a pair neither of whose windows changed in the last round has been
+                        # gated (and refitted where the gate opened) with the same numbers
+                        pair &= moved | moved[src_i]
                     t, s_ = np.flatnonzero(pair), src_i[pair]
                     if t.size:
                         p_nb = _unflat_params(vec[s_].astype(dtype), template)
@@ -107,6 +113,8 @@ def _refine(run: _Run, flat: dict, post: dict, from_data: np.ndarray):
                 store.write("refine", r, diff)
         rounds += 1
         lanes = _apply_diff(diff, vec, fitd, post)
+        moved = np.zeros(C * W, bool)
+        moved[lanes] = True
         if lanes.size:
             refined[lanes] = True
             changed_total += lanes.size
