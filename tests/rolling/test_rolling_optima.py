@@ -72,15 +72,28 @@ def test_warm_seeds_find_the_optimum_a_warm_path_misses(monkeypatch):
         return offsets(design, idx, dtype, limit)
 
     monkeypatch.setattr(refine, "_offsets", spy)
+    targets = []
+    refit_diff = refine._refit_diff
+
+    def spy_refits(run, prog, tgt, *args, **kw):
+        targets.append(sorted(np.asarray(tgt).tolist()))
+        return refit_diff(run, prog, tgt, *args, **kw)
 
     wti = ssjax.datasets.load_wti_ss2000()
     kw = dict(window=104, ends=np.arange(211, 268, 8), warm_start=True, progress=False)
     plain = recalibrate(wti, explore=0, **kw)
     short = np.asarray(WTI_TAIL_BEST) - plain.loglik[0]
     assert short.max() > 1.0  # the failure the seeds exist for
+    monkeypatch.setattr(refine, "_refit_diff", spy_refits)
     seeded = recalibrate(wti, **kw)
     assert seeded.info["explore_windows"] == 2
     assert limits == [40]  # the probes' step limit (not budget's 100)
+    # the refinement's first round (after the seeds' refits) restarts the fits from
+    # data-derived starts only: the first window and the seeds that won, not the warm fits
+    # between them, although those end with a noise s.d. at its bound
+    assert set(targets[1]) <= {0, 7} and targets[1]
+    pinned = seeded.at_bound[0, 1:7, 5:].any(-1)
+    assert pinned.any()
     np.testing.assert_allclose(seeded.loglik[0], WTI_TAIL_BEST, atol=1e-3, rtol=0)
     assert seeded.optimum_reached.all()
     with pytest.raises(ValueError, match="explore must be a bool or a window stride"):
