@@ -98,10 +98,12 @@ class RollingConfig:
             in ``refined``.
         max_refine_rounds: cap on the refinement rounds (``info["refine_rounds"]``).
         probe_steps: L-BFGS steps of each of ``explore``'s probes (default 40; EM probes run
-            ``budget`` iterations). 40 instead of the former ``budget`` (100) found the same
-            optima in every window of ``experiments/bench_optimum.py``'s four series, of the
-            1,001-window WTI batch and of the C = 16 batch of ``bench_scale.py``, and cut the
-            seeds' time on the latter from 17.0 to 6.2 s (``docs/design.md``).
+            ``budget`` iterations). 40 instead of the former ``budget`` (100): the default
+            warm path found the same optima in every window of
+            ``experiments/bench_optimum.py``'s four series, of the 1,001-window WTI batch and
+            of the C = 16 batch of ``bench_scale.py``, and the seeds' time on the latter fell
+            from 17.0 to 6.2 s; ``explore=True`` misses one natural-gas window (0.87 nats)
+            that it reached with 100 (``docs/design.md``).
         explore: warm mode only: also probe seed windows from their data-derived starts
             (``n_starts`` each, ``probe_steps`` L-BFGS steps); where a
             probe ends above the warm fit, the window is refitted from the probe's end point

@@ -68,8 +68,8 @@ def _refine(run: _Run, flat: dict, post: dict, from_data: np.ndarray):
                 # fits from data-derived starts (L-BFGS from there can stop on the flat
                 # boundary short of the optimum). A warm fit that keeps a tenor pinned at ~0
                 # where the window's optimum prices another tenor exactly is left to the
-                # seeds and the neighbours' rounds (restarting every pinned fit here changed
-                # no window of bench_optimum's 364, see docs/design.md)
+                # seeds and the neighbours' rounds (restarting every pinned fit here moved no
+                # window of bench_optimum's 364 by more than 1e-4, see docs/design.md)
                 tgt = np.flatnonzero(ok & from_data)
                 src = tgt
             else:  # gate: the window's log-likelihood at its neighbours' optima
